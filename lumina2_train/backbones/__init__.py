@@ -1,0 +1,62 @@
+"""Lumina2 backbones: a concrete network adapted to the library's convention.
+
+A backbone answers `velocity(x_σ, σ, cap_feats, cap_mask) -> ε − x` (recipe.py) and names its Linear layers
+with the native Lumina2 names. Two implementations: `diffusers.py` (Lumina2Transformer2DModel weights)
+and `comfy.py` (ComfyUI's NextDiT from a MODEL). Both run the one forward in `nextdit.py`.
+No ComfyUI imports here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .nextdit import ArchConfig, ForwardOptions, Linears, NativeNextDiT, linear_names, velocity
+
+__all__ = ["ArchConfig", "Backbone", "ForwardOptions", "NativeNextDiT", "linear_names"]
+
+
+class Backbone:
+    """A NextDiT module tree with native names plus the one forward over it.
+
+    The tree's parameters are never written and no module or hook is added to it; adapters live in the
+    `adapters` dict passed to `velocity` (see nextdit.Linears).
+    """
+
+    def __init__(self, tree: nn.Module, arch: ArchConfig, *, weight_fn: Callable | None = None,
+                 kind: str = "native"):
+        self.tree = tree
+        self.arch = arch
+        self.weight_fn = weight_fn
+        self.kind = kind
+        self.options = ForwardOptions()
+
+    def velocity(self, x_sigma: torch.Tensor, sigma: torch.Tensor, cap_feats: torch.Tensor,
+                 cap_mask: torch.Tensor | None, adapters: dict[str, nn.Module] | None = None,
+                 *, frozen: bool = True) -> torch.Tensor:
+        """ε − x for latents `x_sigma` (B, 16, h, w) at noise levels `sigma` (B,)."""
+        lin = Linears(adapters, self.weight_fn, frozen=frozen)
+        return velocity(self.tree, self.arch, x_sigma, sigma, cap_feats, cap_mask, lin, self.options)
+
+    def linear(self, name: str) -> nn.Module:
+        """The frozen base Linear with native name `name` (read it; never write it)."""
+        return self.tree.get_submodule(name)
+
+    def linear_names(self) -> list[str]:
+        return linear_names(self.arch)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.tree.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tree.x_embedder.weight.dtype
+
+    def base_fingerprint(self) -> str:
+        """A short hash of the base weights (recorded in checkpoints and LoRA metadata)."""
+        from ..fingerprint import tensor_fingerprint
+
+        return tensor_fingerprint(self.tree.state_dict())

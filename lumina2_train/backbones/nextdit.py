@@ -1,0 +1,315 @@
+"""The Lumina2 NextDiT forward, written once over any module tree that uses the native names
+(ComfyUI's `NextDiT`, or `NativeNextDiT` built here from diffusers weights).
+
+Native names (official code, ComfyUI, kohya): `layers.N.attention.qkv|out`, `layers.N.feed_forward.w1|w2|w3`,
+`layers.N.adaLN_modulation.1`, the same under `noise_refiner.N` / `context_refiner.N` (no adaLN there),
+`final_layer.linear`, `final_layer.adaLN_modulation.1`, `x_embedder`, `t_embedder.mlp.0|2`, `cap_embedder.1`.
+
+The forward never writes the tree's parameters and never adds modules or hooks to it: adapters are
+looked up by native name in a separate `AdapterSet` and added to each Linear's output. That is how the
+shared ComfyUI model stays untouched while a LoRA trains on it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint as _checkpoint
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """Shapes of a NextDiT (full Lumina2 2B by default)."""
+
+    dim: int = 2304
+    n_layers: int = 26
+    n_refiner_layers: int = 2
+    n_heads: int = 24
+    n_kv_heads: int = 8
+    ffn_hidden: int = 9216
+    cap_feat_dim: int = 2304
+    patch_size: int = 2
+    in_channels: int = 16
+    axes_dims: tuple[int, int, int] = (32, 32, 32)
+    axes_lens: tuple[int, int, int] = (300, 512, 512)
+    norm_eps: float = 1e-5
+    qk_norm_eps: float | None = 1e-5
+    rope_theta: float = 10000.0
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def t_dim(self) -> int:
+        return min(self.dim, 1024)
+
+    @property
+    def qkv_split(self) -> tuple[int, int, int]:
+        """Rows of the fused qkv weight: q, k, v (2304, 768, 768 for Lumina2 2B)."""
+        kv = self.n_kv_heads * self.head_dim
+        return (self.n_heads * self.head_dim, kv, kv)
+
+
+# ---------------------------------------------------------------- the module tree with native names
+
+class _Attention(nn.Module):
+    def __init__(self, a: ArchConfig):
+        super().__init__()
+        self.qkv = nn.Linear(a.dim, sum(a.qkv_split), bias=False)
+        self.out = nn.Linear(a.dim, a.dim, bias=False)
+        self.q_norm = nn.RMSNorm(a.head_dim, eps=a.qk_norm_eps)
+        self.k_norm = nn.RMSNorm(a.head_dim, eps=a.qk_norm_eps)
+
+
+class _FeedForward(nn.Module):
+    def __init__(self, a: ArchConfig):
+        super().__init__()
+        self.w1 = nn.Linear(a.dim, a.ffn_hidden, bias=False)
+        self.w2 = nn.Linear(a.ffn_hidden, a.dim, bias=False)
+        self.w3 = nn.Linear(a.dim, a.ffn_hidden, bias=False)
+
+
+class _Block(nn.Module):
+    def __init__(self, a: ArchConfig, modulation: bool):
+        super().__init__()
+        self.modulation = modulation
+        self.attention = _Attention(a)
+        self.feed_forward = _FeedForward(a)
+        for name in ("attention_norm1", "attention_norm2", "ffn_norm1", "ffn_norm2"):
+            setattr(self, name, nn.RMSNorm(a.dim, eps=a.norm_eps))
+        if modulation:
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(a.t_dim, 4 * a.dim))
+
+
+class _FinalLayer(nn.Module):
+    def __init__(self, a: ArchConfig):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(a.dim, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(a.dim, a.patch_size**2 * a.in_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(a.t_dim, a.dim))
+
+
+class _TimestepEmbedder(nn.Module):
+    def __init__(self, a: ArchConfig):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(256, a.t_dim), nn.SiLU(), nn.Linear(a.t_dim, a.t_dim))
+
+
+class NativeNextDiT(nn.Module):
+    """A parameter container laid out exactly like ComfyUI's NextDiT (its state dict loads as is)."""
+
+    def __init__(self, arch: ArchConfig):
+        super().__init__()
+        self.arch = arch
+        self.x_embedder = nn.Linear(arch.patch_size**2 * arch.in_channels, arch.dim)
+        self.t_embedder = _TimestepEmbedder(arch)
+        self.cap_embedder = nn.Sequential(nn.RMSNorm(arch.cap_feat_dim, eps=arch.norm_eps),
+                                          nn.Linear(arch.cap_feat_dim, arch.dim))
+        self.noise_refiner = nn.ModuleList(_Block(arch, True) for _ in range(arch.n_refiner_layers))
+        self.context_refiner = nn.ModuleList(_Block(arch, False) for _ in range(arch.n_refiner_layers))
+        self.layers = nn.ModuleList(_Block(arch, True) for _ in range(arch.n_layers))
+        self.final_layer = _FinalLayer(arch)
+
+
+def linear_names(arch: ArchConfig) -> list[str]:
+    """Every adaptable Linear of a NextDiT, by native name, in a stable order."""
+    def block(prefix: str, modulation: bool) -> list[str]:
+        names = [f"{prefix}.attention.qkv", f"{prefix}.attention.out",
+                 f"{prefix}.feed_forward.w1", f"{prefix}.feed_forward.w2", f"{prefix}.feed_forward.w3"]
+        return names + ([f"{prefix}.adaLN_modulation.1"] if modulation else [])
+
+    out = ["x_embedder", "t_embedder.mlp.0", "t_embedder.mlp.2", "cap_embedder.1"]
+    for i in range(arch.n_refiner_layers):
+        out += block(f"noise_refiner.{i}", True)
+    for i in range(arch.n_refiner_layers):
+        out += block(f"context_refiner.{i}", False)
+    for i in range(arch.n_layers):
+        out += block(f"layers.{i}", True)
+    return out + ["final_layer.linear", "final_layer.adaLN_modulation.1"]
+
+
+# ---------------------------------------------------------------- the forward
+
+class Linears:
+    """Applies the tree's Linear layers plus any adapter registered under the same native name.
+
+    `weight_fn(module, dtype, device)` returns (weight, bias) ready for F.linear; ComfyUI's backbone passes
+    one that goes through comfy.ops' casting (fp8 storage, offloaded weights).
+    """
+
+    def __init__(self, adapters: dict[str, nn.Module] | None = None, weight_fn=None, frozen: bool = True):
+        self.adapters = adapters or {}
+        self.weight_fn = weight_fn or _plain_weight
+        self.frozen = frozen  # base weights are detached: no gradient ever reaches (or is stored on) them
+
+    def norm(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        w = norm.weight
+        if w is not None:
+            w = (w.detach() if self.frozen else w).to(device=x.device, dtype=x.dtype)
+        return F.rms_norm(x, (x.shape[-1],), w, norm.eps)
+
+    def __call__(self, name: str, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        adapter = self.adapters.get(name)
+        if adapter is not None and getattr(adapter, "replaces_weight", False):
+            weight, bias = adapter.weight_and_bias(module, x)  # full fine-tune / DoRA-style adapters
+            return F.linear(x, weight, bias)
+        weight, bias = self.weight_fn(module, x.dtype, x.device)
+        if self.frozen:
+            weight, bias = weight.detach(), (bias.detach() if bias is not None else None)
+        y = F.linear(x, weight, bias)
+        return y if adapter is None else y + adapter(x)
+
+
+def _plain_weight(module: nn.Module, dtype: torch.dtype, device: torch.device):
+    w = module.weight.to(device=device, dtype=dtype)
+    b = module.bias.to(device=device, dtype=dtype) if module.bias is not None else None
+    return w, b
+
+
+def timestep_features(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features of Lumina's own time t ∈ [0, 1] ([cos, sin], no ×1000), float32."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def rope_angles(pos: torch.Tensor, arch: ArchConfig) -> torch.Tensor:
+    """(B, L, 3) integer positions -> (B, L, head_dim/2) rotation angles (float32)."""
+    parts = []
+    for i, d in enumerate(arch.axes_dims):
+        freqs = 1.0 / (arch.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64, device=pos.device) / d))
+        parts.append(pos[..., i : i + 1].double() * freqs)
+    return torch.cat(parts, dim=-1).float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs of x (B, L, H, hd) by angles given as cos/sin (B, L, 1, hd/2)."""
+    xf = x.float().unflatten(-1, (-1, 2))
+    x0, x1 = xf[..., 0], xf[..., 1]
+    out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
+    return out.flatten(-2).to(x.dtype)
+
+
+def _attention(blk, prefix: str, lin: Linears, x, key_mask, cos, sin, arch: ArchConfig):
+    b, n, _ = x.shape
+    q, k, v = lin(f"{prefix}.attention.qkv", blk.attention.qkv, x).split(arch.qkv_split, dim=-1)
+    q = lin.norm(blk.attention.q_norm, q.view(b, n, arch.n_heads, arch.head_dim))
+    k = lin.norm(blk.attention.k_norm, k.view(b, n, arch.n_kv_heads, arch.head_dim))
+    v = v.view(b, n, arch.n_kv_heads, arch.head_dim)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+                                       enable_gqa=arch.n_heads != arch.n_kv_heads)
+    return lin(f"{prefix}.attention.out", blk.attention.out, o.transpose(1, 2).reshape(b, n, -1))
+
+
+def _ffn(blk, prefix: str, lin: Linears, x):
+    ff = blk.feed_forward
+    h = F.silu(lin(f"{prefix}.feed_forward.w1", ff.w1, x)) * lin(f"{prefix}.feed_forward.w3", ff.w3, x)
+    return lin(f"{prefix}.feed_forward.w2", ff.w2, h)
+
+
+def block_forward(blk, prefix: str, lin: Linears, arch: ArchConfig, x, key_mask, cos, sin, temb):
+    """One JointTransformerBlock (sandwich norms; adaLN modulation when temb is given)."""
+    if temb is None:
+        x = x + lin.norm(blk.attention_norm2, _attention(blk, prefix, lin, lin.norm(blk.attention_norm1, x),
+                                                     key_mask, cos, sin, arch))
+        return x + lin.norm(blk.ffn_norm2, _ffn(blk, prefix, lin, lin.norm(blk.ffn_norm1, x)))
+    mod = lin(f"{prefix}.adaLN_modulation.1", blk.adaLN_modulation[1], F.silu(temb))
+    scale_msa, gate_msa, scale_mlp, gate_mlp = mod.unsqueeze(1).chunk(4, dim=-1)
+    a = _attention(blk, prefix, lin, lin.norm(blk.attention_norm1, x) * (1 + scale_msa), key_mask, cos, sin, arch)
+    x = x + gate_msa.tanh() * lin.norm(blk.attention_norm2, a)
+    f = _ffn(blk, prefix, lin, lin.norm(blk.ffn_norm1, x) * (1 + scale_mlp))
+    return x + gate_mlp.tanh() * lin.norm(blk.ffn_norm2, f)
+
+
+@dataclass
+class ForwardOptions:
+    checkpoint: bool = False  # activation checkpointing of every transformer block
+    checkpoint_every: int = 1  # with checkpoint: only every k-th main layer is recomputed
+    compiled_block: object | None = None  # a torch.compile'd block_forward, set by the trainer on CUDA
+
+
+def _positions(cap_len: torch.Tensor, L: int, h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Caption token i -> (i, 0, 0); image token (r, c) -> (cap_len, r, c), per sample."""
+    b = cap_len.shape[0]
+    cap_pos = torch.zeros(b, L, 3, dtype=torch.int64, device=device)
+    cap_pos[..., 0] = torch.arange(L, device=device)
+    rows = torch.arange(h, device=device).repeat_interleave(w)
+    cols = torch.arange(w, device=device).repeat(h)
+    img_pos = torch.stack([cap_len[:, None].expand(b, h * w), rows.expand(b, -1), cols.expand(b, -1)], dim=-1)
+    return cap_pos, img_pos
+
+
+def velocity(tree: nn.Module, arch: ArchConfig, x_sigma: torch.Tensor, sigma: torch.Tensor,
+             cap_feats: torch.Tensor, cap_mask: torch.Tensor | None, lin: Linears,
+             opts: ForwardOptions | None = None) -> torch.Tensor:
+    """ε − x predicted by the NextDiT `tree` for latents at noise level σ (library convention).
+
+    Args:
+        x_sigma: (B, 16, h, w) noisy latents in the scaled space; h, w multiples of the patch size.
+        sigma: (B,) noise levels in [0, 1].
+        cap_feats: (B, L, cap_feat_dim) Gemma features, captions left-aligned.
+        cap_mask: (B, L) 1 = token, 0 = padding; None when every caption fills L.
+    Returns:
+        (B, 16, h, w) velocity in x_sigma's dtype.
+    """
+    opts = opts or ForwardOptions()
+    b, c, hh, ww = x_sigma.shape
+    p = arch.patch_size
+    h, w = hh // p, ww // p
+    dtype = x_sigma.dtype
+    t = 1.0 - sigma.float()  # Lumina's own time: t = 0 noise, t = 1 data
+    temb = lin("t_embedder.mlp.2", tree.t_embedder.mlp[2],
+               F.silu(lin("t_embedder.mlp.0", tree.t_embedder.mlp[0], timestep_features(t).to(dtype))))
+    cap = lin("cap_embedder.1", tree.cap_embedder[1], lin.norm(tree.cap_embedder[0], cap_feats.to(dtype)))
+    L = cap.shape[1]
+    if cap_mask is not None and bool(cap_mask.all()):
+        cap_mask = None
+    key_mask = None if cap_mask is None else cap_mask.bool()
+    cap_len = torch.full((b,), L, device=x_sigma.device) if cap_mask is None else cap_mask.long().sum(1)
+
+    img = x_sigma.view(b, c, h, p, w, p).permute(0, 2, 4, 3, 5, 1).reshape(b, h * w, p * p * c)
+    img = lin("x_embedder", tree.x_embedder, img)
+
+    cap_pos, img_pos = _positions(cap_len, L, h, w, x_sigma.device)
+    angles = rope_angles(torch.cat([cap_pos, img_pos], dim=1), arch).unsqueeze(2)
+    cos, sin = angles.cos(), angles.sin()
+    cos_c, sin_c, cos_i, sin_i = cos[:, :L], sin[:, :L], cos[:, L:], sin[:, L:]
+
+    run = _runner(opts)
+    for i, blk in enumerate(tree.context_refiner):
+        cap = run(blk, f"context_refiner.{i}", lin, arch, cap, key_mask, cos_c, sin_c, None, i)
+    for i, blk in enumerate(tree.noise_refiner):
+        img = run(blk, f"noise_refiner.{i}", lin, arch, img, None, cos_i, sin_i, temb, i)
+
+    hidden = torch.cat([cap, img], dim=1)
+    joint_mask = None if key_mask is None else torch.cat(
+        [key_mask, key_mask.new_ones(b, h * w)], dim=1)
+    for i, blk in enumerate(tree.layers):
+        hidden = run(blk, f"layers.{i}", lin, arch, hidden, joint_mask, cos, sin, temb, i)
+
+    fl = tree.final_layer
+    scale = lin("final_layer.adaLN_modulation.1", fl.adaLN_modulation[1], F.silu(temb))
+    out = F.layer_norm(hidden[:, L:], (arch.dim,), eps=1e-6) * (1 + scale.unsqueeze(1))
+    out = lin("final_layer.linear", fl.linear, out)
+    out = out.view(b, h, w, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, hh, ww)
+    return -out  # the network predicts x − ε (official convention); the library's velocity is ε − x
+
+
+def _runner(opts: ForwardOptions):
+    fn = opts.compiled_block or block_forward
+
+    def run(blk, prefix, lin, arch, x, mask, cos, sin, temb, index):
+        use_ckpt = opts.checkpoint and torch.is_grad_enabled() and index % max(opts.checkpoint_every, 1) == 0
+        if use_ckpt:
+            return _checkpoint(fn, blk, prefix, lin, arch, x, mask, cos, sin, temb, use_reentrant=False)
+        return fn(blk, prefix, lin, arch, x, mask, cos, sin, temb)
+
+    return run

@@ -1,0 +1,38 @@
+"""Tiny random Lumina2-shaped models for tests, the demo and `make-tiny-models`. Nothing is downloaded.
+
+The DiT here is a real diffusers `Lumina2Transformer2DModel` with few layers and a small width; the
+text encoder (transformers Gemma2 + a tokenizer trained in code) and the Flux-shaped VAE live in
+tiny/text.py and tiny/vae.py.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# A small NextDiT: head_dim 24 = 3 RoPE axes of 8; GQA 2 query heads over 1 kv head.
+TINY_DIT = dict(
+    sample_size=16, patch_size=2, in_channels=16, hidden_size=48, num_layers=2, num_refiner_layers=1,
+    num_attention_heads=2, num_kv_heads=1, multiple_of=16, ffn_dim_multiplier=None, norm_eps=1e-5,
+    axes_dim_rope=(8, 8, 8), axes_lens=(300, 512, 512), cap_feat_dim=32,
+)
+# Lumina2's real width (ComfyUI's detection and diffusers' LoRA converter both hard-code 2304 | 768 | 768)
+# with one layer, one refiner of each kind and a thin FFN: for tests that go through those code paths.
+NATIVE_WIDTH_DIT = dict(TINY_DIT, hidden_size=2304, num_layers=1, num_attention_heads=24, num_kv_heads=8,
+                        axes_dim_rope=(32, 32, 32), ffn_dim_multiplier=0.01)
+
+
+def make_tiny_transformer(seed: int = 0, config: dict | None = None, std: float = 0.1):
+    """A diffusers Lumina2Transformer2DModel with every parameter drawn from N(0, std²) (fp32, eval mode).
+
+    diffusers zero-initialises some layers; random values everywhere make sign or name mix-ups visible.
+    Norm weights are drawn around 1 so activations keep their scale.
+    """
+    from diffusers import Lumina2Transformer2DModel
+
+    gen = torch.Generator().manual_seed(seed)
+    model = Lumina2Transformer2DModel(**(config or TINY_DIT)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen) * std
+            p.copy_(1.0 + noise if "norm" in name and "linear" not in name else noise)
+    return model
