@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import torch
 
-# A small NextDiT: head_dim 24 = 3 RoPE axes of 8; GQA 2 query heads over 1 kv head.
+# A small NextDiT: head_dim 24 = 3 RoPE axes of 8; GQA 4 query heads over 2 kv heads; the width (96) exceeds
+# the 64 values of a 2x2x16 patch so the network can carry its input through (the learning test needs it).
 TINY_DIT = dict(
-    sample_size=16, patch_size=2, in_channels=16, hidden_size=48, num_layers=2, num_refiner_layers=1,
-    num_attention_heads=2, num_kv_heads=1, multiple_of=16, ffn_dim_multiplier=None, norm_eps=1e-5,
+    sample_size=16, patch_size=2, in_channels=16, hidden_size=96, num_layers=2, num_refiner_layers=1,
+    num_attention_heads=4, num_kv_heads=2, multiple_of=16, ffn_dim_multiplier=None, norm_eps=1e-5,
     axes_dim_rope=(8, 8, 8), axes_lens=(300, 512, 512), cap_feat_dim=32,
 )
 # Lumina2's real width (ComfyUI's detection and diffusers' LoRA converter both hard-code 2304 | 768 | 768)

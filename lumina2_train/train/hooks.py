@@ -1,0 +1,55 @@
+"""What the training loop reports and asks, as plain callbacks (tqdm in the CLI, ComfyUI in the nodes).
+
+StepInfo.as_dict() is the payload of the `lumina2t.step` websocket event (web/js draws from it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    step: int  # optimizer steps done (1-based after the first step)
+    total_steps: int
+    loss: float  # mean loss of this step's micro-batches
+    lr: float
+    sigma: float  # mean noise level of this step's samples
+    samples_per_s: float
+    eta_s: float
+    epoch: int
+    bucket: str  # "WxH" of the step's last micro-batch
+    grad_norm: float = float("nan")
+    memory_gib: float = 0.0
+    status: str = "training"
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        return {k: (None if isinstance(v, float) and v != v else v) for k, v in d.items()}  # NaN -> null
+
+
+@dataclass(frozen=True)
+class ValidationImages:
+    step: int
+    prompts: tuple[str, ...]
+    images: torch.Tensor  # (N, 3, H, W) float in [0, 1]
+    paths: tuple[Path, ...] = ()
+    grid_path: Path | None = None
+
+
+def _noop(*_a, **_k) -> None:
+    return None
+
+
+@dataclass
+class TrainHooks:
+    on_step: Callable[[StepInfo], None] = _noop
+    on_validation: Callable[[ValidationImages], None] = _noop
+    on_checkpoint: Callable[[Path, int], None] = _noop
+    on_status: Callable[[str, str], None] = _noop  # (status, detail): caching, compiling, training, ...
+    check_interrupt: Callable[[], None] = _noop  # raises to stop the run (ComfyUI's interrupt, Ctrl-C)
+    extra: dict = field(default_factory=dict)

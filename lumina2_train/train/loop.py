@@ -1,0 +1,280 @@
+"""The training loop: adapters on a backbone, trained from a cache, with hooks, checkpoints and resume.
+
+Setup -> (validation) -> steps -> save. Every optimizer step draws its randomness from generators seeded
+by (seed, step), so 4 straight steps equal 2 steps + resume + 2 steps. On interrupt, out-of-memory or any
+other exception the last completed step is checkpointed before the exception propagates (same type).
+No ComfyUI imports: ComfyUI's progress and cancel arrive through `TrainHooks`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import recipe
+from ..adapters import AdapterSet, build_adapters
+from ..atomic import atomic_write_text
+from ..config import RunConfig
+from ..errors import TrainingError
+from ..formats import check_fits, lora_metadata, lora_modules, read_lora, save_lora
+from .batches import BucketBatches, DataPosition
+from .checkpoint import CheckpointState, capture_rng, check_compatible, load_checkpoint, restore_rng, save_checkpoint
+from .hooks import StepInfo, TrainHooks, ValidationImages
+from .optim import build_optimizer, build_scheduler
+from .step import collate, micro_step_loss
+from .validation import run_validation
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    adapters: AdapterSet
+    losses: list[float]
+    sigmas: list[float]
+    step: int
+    run_dir: Path
+    lora_path: Path | None = None
+    checkpoint: Path | None = None
+    validations: list[ValidationImages] = field(default_factory=list)
+
+
+@dataclass
+class _State:
+    step: int = 0
+    position: DataPosition = field(default_factory=DataPosition)
+    losses: list[float] = field(default_factory=list)
+    sigmas: list[float] = field(default_factory=list)
+
+
+def step_generator(seed: int, step: int, micro: int = 0) -> torch.Generator:
+    """The generator of optimizer step `step`'s micro-step `micro` (noise, σ, flips, caption dropout)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 997 + micro)
+
+
+class Trainer:
+    """Owns one run. `run()` returns a TrainResult; the run folder holds config, checkpoints and samples."""
+
+    def __init__(self, cfg: RunConfig, backbone, cache, hooks: TrainHooks | None = None, *, run_dir: str | Path,
+                 lora_path: str | Path | None = None, decode=None, workflow: dict | None = None):
+        self.cfg, self.backbone, self.cache = cfg, backbone, cache
+        self.hooks = hooks or TrainHooks()
+        self.run_dir = Path(run_dir)
+        self.lora_path = Path(lora_path) if lora_path else self.run_dir / f"{Path(cfg.save.name).name}.safetensors"
+        self.decode, self.workflow = decode, workflow
+        self.device = backbone.device
+        self.dtype = torch.float32 if cfg.train.precision == "fp32" else torch.bfloat16
+        t = cfg.train
+        self.timesteps = recipe.TimestepSampling(t.timestep_sampling, t.logit_mean, t.logit_std, t.shift_mode,
+                                                 t.static_shift)
+        self.state = _State()
+        self.validations: list[ValidationImages] = []
+        self.base_hash = ""
+
+    # ------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        cfg = self.cfg
+        self.adapters = build_adapters(self.backbone, cfg.adapter, self.device, seed=cfg.train.seed)
+        if cfg.adapter.init_from:
+            self._init_from_file(cfg.adapter.init_from)
+        self.optimizer = build_optimizer(self.adapters.parameters(), cfg.train, self.device.type)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train)
+        buckets = self.cache.buckets()
+        repeats = {i: self.cache.repeats(i) for idxs in buckets.values() for i in idxs}
+        self.batches = BucketBatches(buckets, repeats, cfg.train.batch_size, cfg.train.seed)
+        self.backbone.options.checkpoint = cfg.train.checkpointing != "off"
+        self.base_hash = self.backbone.base_fingerprint()
+        if cfg.resume_from:
+            self._resume(cfg.resume_from)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / "config.json", _json(self._config_dict()))
+        if self.workflow is not None:
+            atomic_write_text(self.run_dir / "workflow.json", _json(self.workflow))
+
+    def _config_dict(self) -> dict:
+        d = self.cfg.to_dict()
+        d["cache_fingerprint"] = getattr(self.cache, "fingerprint", "")
+        d["base_model_hash"] = self.base_hash
+        return d
+
+    def _init_from_file(self, path: str) -> None:
+        mods = read_lora(path, self.backbone.arch)
+        check_fits(mods, self.backbone)
+        for name, mod in mods.items():
+            if name in self.adapters.names:
+                self.adapters[name].load_tensors(mod.down, mod.up, mod.alpha)
+
+    def _resume(self, path: str) -> None:
+        ck = load_checkpoint(path)
+        check_compatible(ck.config, self._config_dict(), ck.path)
+        self.adapters.load_state_dict(ck.adapter)
+        self.optimizer.load_state_dict(ck.optimizer)
+        self.scheduler.load_state_dict(ck.scheduler)
+        restore_rng(ck.rng)
+        self.state = _State(ck.step, ck.position, list(ck.losses), list(ck.meta.get("sigmas", [])))
+        log.info("resumed from %s at step %d", ck.path, ck.step)
+
+    # ------------------------------------------------------------ one optimizer step
+    def _optimizer_step(self, batch_iter) -> tuple[float, float, str, float]:
+        cfg, st = self.cfg.train, self.state
+        total_loss, sigmas, bucket = 0.0, [], (0, 0)
+        for micro in range(cfg.grad_accum):
+            position, bucket, indices = next(batch_iter)
+            gen = step_generator(cfg.seed, st.step, micro)
+            torch.manual_seed(gen.initial_seed())  # adapter dropout draws from the global RNG
+            batch = collate(self.cache, indices, bucket, gen, cfg.caption_dropout)
+            loss, sigma = micro_step_loss(self.backbone, self.adapters.as_dict(), batch, self.timesteps,
+                                          weighting=cfg.loss_weighting, gamma=cfg.min_snr_gamma, gen=gen,
+                                          device=self.device, dtype=self.dtype)
+            (loss / cfg.grad_accum).backward()
+            total_loss += float(loss.detach()) / cfg.grad_accum
+            sigmas += sigma.tolist()
+            st.position = position
+        params = [p for p in self.adapters.parameters() if p.grad is not None]
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+        label = f"{bucket[0]}x{bucket[1]}"
+        if not (math.isfinite(total_loss) and math.isfinite(grad_norm)):
+            self._nonfinite(total_loss, grad_norm, label)
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        st.step += 1
+        st.losses.append(total_loss)
+        st.sigmas.append(sum(sigmas) / len(sigmas))
+        return total_loss, st.sigmas[-1], label, grad_norm
+
+    def _nonfinite(self, loss: float, grad_norm: float, bucket: str) -> None:
+        lr = self.scheduler.get_last_lr()[0]
+        what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm}"
+        if self.cfg.train.on_nonfinite == "skip":
+            log.warning("step %d: %s (bucket %s, lr %.3g); the update was skipped", self.state.step + 1, what,
+                        bucket, lr)
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        path = self._checkpoint()
+        raise TrainingError(
+            f"train: step {self.state.step + 1} gave a non-finite {what} (bucket {bucket}, lr {lr:.3g}); the "
+            f"last good state is saved in {path}. Lower train.lr, keep train.max_grad_norm > 0, or set "
+            "train.on_nonfinite to 'skip'")
+
+    # ------------------------------------------------------------ outputs
+    def _checkpoint(self) -> Path:
+        st = self.state
+        ck = CheckpointState(st.step, st.position, st.losses, self.adapters.state_dict(),
+                             self.optimizer.state_dict(), self.scheduler.state_dict(), capture_rng(),
+                             self._config_dict(), {"sigmas": st.sigmas})
+        path = save_checkpoint(self.run_dir, ck, self.cfg.save.keep_last)
+        self.hooks.on_checkpoint(path, st.step)
+        return path
+
+    def save_lora(self, path: Path) -> Path:
+        a = self.cfg.adapter
+        md = lora_metadata(rank=a.rank, alpha=a.alpha, step=self.state.step, config=self.cfg.to_dict(),
+                           base_hash=self.base_hash, title=Path(self.cfg.save.name).name, workflow=self.workflow,
+                           extra={"lumina2t.system_prompt": getattr(self.cache, "system_prompt", "")})
+        return save_lora(lora_modules(self.adapters), path, fmt=self.cfg.save.format, dtype=self.cfg.save.dtype,
+                         arch=self.backbone.arch, metadata=md)
+
+    def _validate(self) -> None:
+        v = self.cfg.validation
+        if not v.prompts:
+            return
+        self.hooks.on_status("validating", f"step {self.state.step}")
+        with torch.no_grad():
+            images = run_validation(self.backbone, self.adapters.as_dict(), self.cache, v, self.state.step,
+                                    decode=self.decode, folder=self.run_dir / "samples", device=self.device,
+                                    dtype=self.dtype)
+        self.validations.append(images)
+        self.hooks.on_validation(images)
+
+    # ------------------------------------------------------------ the loop
+    def run(self) -> TrainResult:
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            self._setup()
+            try:
+                self._loop()
+            except BaseException as e:
+                self._save_on_failure(e)
+                advised = _with_advice(e)
+                if advised is e:
+                    raise
+                raise advised from e
+        return TrainResult(self.adapters, self.state.losses, self.state.sigmas, self.state.step, self.run_dir,
+                           self.lora_path, self.last_checkpoint, self.validations)
+
+    def _loop(self) -> None:
+        cfg, st, hooks = self.cfg, self.state, self.hooks
+        total = cfg.train.steps
+        every_ckpt, every_val = cfg.save.every_n_steps, cfg.validation.every_n_steps
+        self.last_checkpoint = None
+        if st.step == 0:
+            self._validate()
+        batch_iter = self.batches.iterate(st.position)
+        hooks.on_status("training", f"step {st.step}/{total}")
+        t_start, first = time.perf_counter(), st.step
+        per_step = cfg.train.batch_size * cfg.train.grad_accum
+        while st.step < total:
+            hooks.check_interrupt()
+            loss, sigma, bucket, gnorm = self._optimizer_step(batch_iter)
+            elapsed = time.perf_counter() - t_start
+            rate = (st.step - first) * per_step / max(elapsed, 1e-9)
+            hooks.on_step(StepInfo(st.step, total, loss, self.scheduler.get_last_lr()[0], sigma, rate,
+                                   (total - st.step) * per_step / max(rate, 1e-9), st.position.epoch, bucket,
+                                   gnorm, _memory_gib(self.device)))
+            if every_ckpt and st.step % every_ckpt == 0 and st.step < total:
+                self.last_checkpoint = self._checkpoint()
+                self.save_lora(self.run_dir / "loras" / f"{Path(cfg.save.name).name}_step{st.step:06d}.safetensors")
+            if every_val and st.step % every_val == 0 and st.step < total:
+                self._validate()
+        hooks.on_status("saving", str(self.lora_path))
+        self.last_checkpoint = self._checkpoint()
+        self.save_lora(self.lora_path)
+        atomic_write_text(self.run_dir / "losses.json", _json({"loss": st.losses, "sigma": st.sigmas}))
+        self._validate()
+
+    def _save_on_failure(self, exc: BaseException) -> None:
+        if not hasattr(self, "optimizer") or isinstance(exc, TrainingError):
+            return
+        try:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.last_checkpoint = self._checkpoint()
+            log.warning("run stopped (%s); resumable checkpoint at %s", type(exc).__name__, self.last_checkpoint)
+            self.hooks.on_status("cancelled" if not isinstance(exc, Exception) or "Interrupt" in type(exc).__name__
+                                 else "failed", str(self.last_checkpoint))
+        except Exception as save_error:  # never hide the original exception
+            log.error("could not write the resumable checkpoint: %s", save_error)
+
+
+def _with_advice(e: BaseException) -> BaseException:
+    """CUDA out-of-memory keeps its type (ComfyUI unloads models on it) with our levers added."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return torch.OutOfMemoryError(
+            f"{e}\nLumina2 training ran out of GPU memory. A resumable checkpoint was written. Try a smaller "
+            "batch_size (with grad_accum to keep the effective batch), a smaller largest bucket (resolution), "
+            "checkpointing 'on', or a quantised base (model.base_precision)")
+    return e
+
+
+def _memory_gib(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+
+
+def _json(obj) -> str:
+    import json
+
+    return json.dumps(obj, indent=2, sort_keys=True, default=str)
+
+
+def train_lora(cfg: RunConfig, backbone, cache, hooks: TrainHooks | None = None, **kwargs) -> TrainResult:
+    """Train adapters per `cfg` on `backbone` from `cache`; see Trainer for the keyword arguments."""
+    return Trainer(cfg, backbone, cache, hooks, **kwargs).run()
+
+
+__all__ = ["TrainResult", "Trainer", "step_generator", "train_lora"]
