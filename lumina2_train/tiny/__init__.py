@@ -37,3 +37,33 @@ def make_tiny_transformer(seed: int = 0, config: dict | None = None, std: float 
             noise = torch.randn(p.shape, generator=gen) * std
             p.copy_(1.0 + noise if "norm" in name and "linear" not in name else noise)
     return model
+
+
+def write_tiny_diffusers(root, seed: int = 0) -> dict:
+    """A diffusers-layout Lumina2 folder: transformer/, text_encoder/, tokenizer/, vae/, model_index.json.
+
+    Returns {"root", "transformer", "text_encoder", "tokenizer", "vae"} paths.
+    """
+    import json
+    from pathlib import Path
+
+    from .text import save_tiny_text_encoder
+    from .vae import save_tiny_vae
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    make_tiny_transformer(seed).save_pretrained(str(root / "transformer"))
+    te_dir, tok_dir = save_tiny_text_encoder(root, seed)
+    vae_dir = save_tiny_vae(root, seed)
+    index = {"_class_name": "Lumina2Pipeline", "_diffusers_version": "0.32.0",
+             "transformer": ["diffusers", "Lumina2Transformer2DModel"],
+             "text_encoder": ["transformers", "Gemma2Model"], "tokenizer": ["transformers", "GemmaTokenizerFast"],
+             "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+             "_note": "tiny random weights written by `python -m lumina2_train make-tiny-models`; not a real model"}
+    (root / "model_index.json").write_text(json.dumps(index, indent=2))
+    sched = root / "scheduler"
+    sched.mkdir(exist_ok=True)
+    (sched / "scheduler_config.json").write_text(json.dumps(
+        {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 6.0}, indent=2))
+    return {"root": root, "transformer": root / "transformer", "text_encoder": te_dir, "tokenizer": tok_dir,
+            "vae": vae_dir}

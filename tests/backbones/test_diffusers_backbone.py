@@ -3,7 +3,6 @@
 import torch
 
 from lumina2_train import keys
-from lumina2_train.backbones.diffusers import DiffusersBackbone
 
 
 def _inputs(b=3, L=7, d=32, seed=0):

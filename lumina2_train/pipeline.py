@@ -1,0 +1,94 @@
+"""The headless pipeline: dataset -> cache -> train -> LoRA, from a RunConfig and local weight files.
+
+The CLI's `train` and `demo` commands run this; the ComfyUI nodes run the same stages with ComfyUI's
+models instead of files. No ComfyUI imports.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .config import RunConfig
+from .errors import ConfigError
+from .train import TrainHooks, TrainResult, train_lora
+
+log = logging.getLogger(__name__)
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def unique_run_dir(output_dir: str | Path, name: str) -> Path:
+    """output_dir/name, or name_2, name_3, ... if taken: two runs never write into one folder."""
+    base = Path(output_dir) / Path(name).name
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}_{n}")
+    return candidate
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    """A resumed run continues in its own folder; a new run gets a fresh one."""
+    if cfg.resume_from:
+        from .train.checkpoint import resolve_checkpoint
+
+        return resolve_checkpoint(cfg.resume_from).parent.parent  # <run>/checkpoints/step_N
+    return unique_run_dir(cfg.save.output_dir, cfg.save.name)
+
+
+def check_model_paths(cfg: RunConfig) -> None:
+    """Every weight path named in the config exists (checked before anything loads)."""
+    problems = []
+    for field in ("transformer", "text_encoder", "vae"):
+        value = getattr(cfg.model, field)
+        if not value:
+            problems.append(f"model.{field} is empty; give the path of the local weights")
+        elif not Path(value).exists():
+            problems.append(f"model.{field} '{value}' does not exist; check the path")
+    if problems:
+        raise ConfigError(problems)
+
+
+def build_training_cache(cfg: RunConfig, encoders, cache_root: Path,
+                         progress: Callable[[int, int], None] | None = None):
+    """Scan the datasets (strict policy check) and build or reuse the fingerprinted cache."""
+    from .cache import build_cache
+    from .data import scan_dataset
+
+    dataset = scan_dataset(cfg.data).require_usable()
+    v = cfg.validation
+    prompts = [*v.prompts, v.negative_prompt] if v.prompts else []
+    return build_cache(dataset, encoders, cfg.cache, root=cache_root, extra_prompts=prompts, progress=progress)
+
+
+def run_training(cfg: RunConfig, *, run_dir: Path | None = None, hooks: TrainHooks | None = None,
+                 progress: Callable[[int, int], None] | None = None, device: torch.device | None = None,
+                 lora_path: Path | None = None) -> TrainResult:
+    """Validate, cache (encoders load only on a miss, then are released), load the DiT and train."""
+    from .backbones.loading import load_backbone
+    from .encoders.hf import HFEncoders
+
+    cfg.validate()
+    check_model_paths(cfg)
+    device = device or pick_device()
+    run_dir = run_dir or default_run_dir(cfg)
+    encoders = HFEncoders.from_paths(cfg.model.text_encoder, cfg.model.vae, cfg.model.tokenizer, device=device)
+    cache_root = Path(cfg.cache.dir) if cfg.cache.dir else Path(cfg.save.output_dir) / "cache"
+    cache = build_training_cache(cfg, encoders, cache_root, progress)
+    encoders.release()
+    backbone = load_backbone(cfg.model.transformer, cfg.model.dtype, device)
+
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        return encoders.latent_encoder().decode(latents.to(device)).float().cpu()
+
+    try:
+        return train_lora(cfg, backbone, cache, hooks, run_dir=run_dir, lora_path=lora_path,
+                          decode=decode if cfg.validation.prompts else None)
+    finally:
+        encoders.release()
