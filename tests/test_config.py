@@ -1,0 +1,71 @@
+"""The typed config: every error names its dotted field; dict round trips; unknown keys are refused."""
+
+import json
+
+import pytest
+
+from lumina2_train.config import (
+    AdapterConfig,
+    DataConfig,
+    DatasetConfig,
+    RunConfig,
+    TrainConfig,
+    ValidationConfig,
+    load_run_config,
+)
+from lumina2_train.errors import ConfigError
+
+
+def _cfg(**kw):
+    return RunConfig(data=DataConfig(datasets=(DatasetConfig(path="/data"),)), **kw)
+
+
+def test_defaults_validate():
+    assert _cfg().validate()
+
+
+def test_every_error_is_reported_at_once_with_its_field_path():
+    cfg = _cfg(adapter=AdapterConfig(rank=0, kind="nope"), train=TrainConfig(lr=-1.0, optimizer="sgdx"),
+               validation=ValidationConfig(width=100))
+    with pytest.raises(ConfigError) as e:
+        cfg.validate()
+    msg = str(e.value)
+    for field in ("adapter.rank", "adapter.kind", "train.lr", "train.optimizer", "validation.width"):
+        assert field in msg
+    assert len(e.value.problems) == 5
+
+
+def test_dataset_errors_name_the_dataset_index():
+    cfg = RunConfig(data=DataConfig(datasets=(DatasetConfig(path="/a"),
+                                              DatasetConfig(path="/b", caption_strategy="instance"))))
+    with pytest.raises(ConfigError, match=r"data.datasets\[1\].instance_prompt"):
+        cfg.validate()
+    with pytest.raises(ConfigError, match="data.datasets is empty"):
+        RunConfig().validate()
+
+
+def test_dict_round_trip_is_exact():
+    cfg = _cfg(adapter=AdapterConfig(targets=("attention", "ffn"), blocks="0-3"),
+               validation=ValidationConfig(prompts=("a", "b")), train=TrainConfig(betas=(0.9, 0.95)))
+    d = cfg.to_dict()
+    assert RunConfig.from_dict(json.loads(json.dumps(d))) == cfg
+
+
+def test_unknown_and_mistyped_keys_name_the_path():
+    with pytest.raises(ConfigError, match=r"train.learning_rate is not a known setting"):
+        RunConfig.from_dict({"train": {"learning_rate": 1e-4}})
+    with pytest.raises(ConfigError, match=r"train.steps must be int \(got 'ten'\)"):
+        RunConfig.from_dict({"train": {"steps": "ten"}})
+
+
+def test_toml_file_with_relative_paths(tmp_path):
+    (tmp_path / "cfg.toml").write_text(
+        '[[data.datasets]]\npath = "imgs"\n[train]\nsteps = 5\n[model]\nvae = "m/vae"\n', encoding="utf-8")
+    cfg = load_run_config(tmp_path / "cfg.toml")
+    assert cfg.data.datasets[0].path == str((tmp_path / "imgs").resolve())
+    assert cfg.model.vae == str((tmp_path / "m" / "vae").resolve()) and cfg.train.steps == 5
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_run_config(tmp_path / "missing.toml")
+    (tmp_path / "bad.json").write_text("{nope", encoding="utf-8")
+    with pytest.raises(ConfigError, match="cannot be parsed"):
+        load_run_config(tmp_path / "bad.json")
