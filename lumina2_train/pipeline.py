@@ -74,9 +74,12 @@ def run_training(cfg: RunConfig, *, run_dir: Path | None = None, hooks: TrainHoo
     from .backbones.loading import load_backbone
     from .encoders.hf import HFEncoders
 
+    from .train.optim import check_available
+
     cfg.validate()
     check_model_paths(cfg)
     device = device or pick_device()
+    check_available(cfg.train, device.type)
     run_dir = run_dir or default_run_dir(cfg)
     encoders = HFEncoders.from_paths(cfg.model.text_encoder, cfg.model.vae, cfg.model.tokenizer, device=device)
     cache_root = Path(cfg.cache.dir) if cfg.cache.dir else Path(cfg.save.output_dir) / "cache"

@@ -8,6 +8,7 @@ No ComfyUI imports: ComfyUI's progress and cancel arrive through `TrainHooks`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -25,7 +26,7 @@ from ..formats import check_fits, lora_metadata, lora_modules, read_lora, save_l
 from .batches import BucketBatches, DataPosition
 from .checkpoint import CheckpointState, capture_rng, check_compatible, load_checkpoint, restore_rng, save_checkpoint
 from .hooks import StepInfo, TrainHooks, ValidationImages
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, set_optimizer_mode
 from .step import collate, micro_step_loss
 from .validation import run_validation
 
@@ -84,6 +85,7 @@ class Trainer:
             self._init_from_file(cfg.adapter.init_from)
         self.optimizer = build_optimizer(self.adapters.parameters(), cfg.train, self.device.type)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
+        set_optimizer_mode(self.optimizer, training=True)
         buckets = self.cache.buckets()
         repeats = {i: self.cache.repeats(i) for idxs in buckets.values() for i in idxs}
         self.batches = BucketBatches(buckets, repeats, cfg.train.batch_size, cfg.train.seed)
@@ -174,7 +176,20 @@ class Trainer:
         self.hooks.on_checkpoint(path, st.step)
         return path
 
+    @contextlib.contextmanager
+    def _evaluation_weights(self):
+        """Schedule-free optimisers evaluate and export their averaged weights; others are unaffected."""
+        set_optimizer_mode(self.optimizer, training=False)
+        try:
+            yield
+        finally:
+            set_optimizer_mode(self.optimizer, training=True)
+
     def save_lora(self, path: Path) -> Path:
+        with self._evaluation_weights():
+            return self._save_lora(path)
+
+    def _save_lora(self, path: Path) -> Path:
         a = self.cfg.adapter
         md = lora_metadata(rank=a.rank, alpha=a.alpha, step=self.state.step, config=self.cfg.to_dict(),
                            base_hash=self.base_hash, title=Path(self.cfg.save.name).name, workflow=self.workflow,
@@ -187,7 +202,7 @@ class Trainer:
         if not v.prompts:
             return
         self.hooks.on_status("validating", f"step {self.state.step}")
-        with torch.no_grad():
+        with torch.no_grad(), self._evaluation_weights():
             images = run_validation(self.backbone, self.adapters.as_dict(), self.cache, v, self.state.step,
                                     decode=self.decode, folder=self.run_dir / "samples", device=self.device,
                                     dtype=self.dtype)
