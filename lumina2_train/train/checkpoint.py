@@ -25,7 +25,7 @@ RESUME_KEYS = {
     "adapter": None,  # whole section
     "train": ("batch_size", "grad_accum", "optimizer", "betas", "eps", "weight_decay", "seed",
               "timestep_sampling", "shift_mode", "static_shift", "logit_mean", "logit_std", "loss_weighting",
-              "caption_dropout", "scheduler", "warmup_steps"),
+              "caption_dropout", "scheduler", "warmup_steps", "use_ema"),
 }
 
 

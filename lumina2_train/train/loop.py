@@ -24,6 +24,7 @@ from ..config import RunConfig
 from ..errors import TrainingError
 from ..formats import check_fits, lora_metadata, lora_modules, read_lora, save_lora
 from .batches import BucketBatches, DataPosition
+from .ema import EMA
 from .checkpoint import CheckpointState, capture_rng, check_compatible, load_checkpoint, restore_rng, save_checkpoint
 from .hooks import StepInfo, TrainHooks, ValidationImages
 from .optim import build_optimizer, build_scheduler, set_optimizer_mode
@@ -86,6 +87,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.adapters.parameters(), cfg.train, self.device.type)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
         set_optimizer_mode(self.optimizer, training=True)
+        t = cfg.train
+        self.ema = EMA(self.adapters, t.ema_decay, t.ema_every_n_steps, t.ema_on_cpu) if t.use_ema else None
         buckets = self.cache.buckets()
         repeats = {i: self.cache.repeats(i) for idxs in buckets.values() for i in idxs}
         self.batches = BucketBatches(buckets, repeats, cfg.train.batch_size, cfg.train.seed)
@@ -114,7 +117,9 @@ class Trainer:
     def _resume(self, path: str) -> None:
         ck = load_checkpoint(path)
         check_compatible(ck.config, self._config_dict(), ck.path)
-        self.adapters.load_state_dict(ck.adapter)
+        self.adapters.load_state_dict({k: v for k, v in ck.adapter.items() if not k.startswith("ema.")})
+        if self.ema is not None:
+            self.ema.load_state_dict(ck.adapter)
         self.optimizer.load_state_dict(ck.optimizer)
         self.scheduler.load_state_dict(ck.scheduler)
         restore_rng(ck.rng)
@@ -148,6 +153,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         st.step += 1
+        if self.ema is not None:
+            self.ema.update(st.step)
         st.losses.append(total_loss)
         st.sigmas.append(sum(sigmas) / len(sigmas))
         return total_loss, st.sigmas[-1], label, grad_norm
@@ -169,7 +176,9 @@ class Trainer:
     # ------------------------------------------------------------ outputs
     def _checkpoint(self) -> Path:
         st = self.state
-        ck = CheckpointState(st.step, st.position, st.losses, self.adapters.state_dict(),
+        tensors = dict(self.adapters.state_dict())
+        tensors.update(self.ema.state_dict() if self.ema is not None else {})
+        ck = CheckpointState(st.step, st.position, st.losses, tensors,
                              self.optimizer.state_dict(), self.scheduler.state_dict(), capture_rng(),
                              self._config_dict(), {"sigmas": st.sigmas})
         path = save_checkpoint(self.run_dir, ck, self.cfg.save.keep_last)
@@ -177,16 +186,17 @@ class Trainer:
         return path
 
     @contextlib.contextmanager
-    def _evaluation_weights(self):
-        """Schedule-free optimisers evaluate and export their averaged weights; others are unaffected."""
+    def _evaluation_weights(self, use_ema: bool):
+        """The weights to evaluate or export: schedule-free's averaged ones, and the EMA when asked."""
         set_optimizer_mode(self.optimizer, training=False)
         try:
-            yield
+            with self.ema.swapped_in() if (use_ema and self.ema is not None) else contextlib.nullcontext():
+                yield
         finally:
             set_optimizer_mode(self.optimizer, training=True)
 
     def save_lora(self, path: Path) -> Path:
-        with self._evaluation_weights():
+        with self._evaluation_weights(self.cfg.save.save_ema):
             return self._save_lora(path)
 
     def _save_lora(self, path: Path) -> Path:
@@ -202,7 +212,7 @@ class Trainer:
         if not v.prompts:
             return
         self.hooks.on_status("validating", f"step {self.state.step}")
-        with torch.no_grad(), self._evaluation_weights():
+        with torch.no_grad(), self._evaluation_weights(v.use_ema):
             images = run_validation(self.backbone, self.adapters.as_dict(), self.cache, v, self.state.step,
                                     decode=self.decode, folder=self.run_dir / "samples", device=self.device,
                                     dtype=self.dtype)
