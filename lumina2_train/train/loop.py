@@ -24,8 +24,8 @@ from ..config import RunConfig
 from ..errors import TrainingError
 from ..formats import check_fits, lora_metadata, lora_modules, read_lora, save_lora
 from .batches import BucketBatches, DataPosition
-from .ema import EMA
 from .checkpoint import CheckpointState, capture_rng, check_compatible, load_checkpoint, restore_rng, save_checkpoint
+from .ema import EMA
 from .hooks import StepInfo, TrainHooks, ValidationImages
 from .optim import build_optimizer, build_scheduler, set_optimizer_mode
 from .step import collate, micro_step_loss

@@ -80,10 +80,10 @@ def test_unknown_optimizer_is_a_config_error():
 
 
 def test_schedulefree_exports_its_averaged_weights(tiny_backbone, tensor_cache, run_config, tmp_path):
+    import dataclasses
+
     from lumina2_train.formats import read_lora
     from lumina2_train.train import Trainer
-
-    import dataclasses
 
     cfg = run_config(tmp_path, steps=3, optimizer="adamw_schedulefree", lr=1e-2, caption_dropout=0.0)
     cfg = dataclasses.replace(cfg, save=dataclasses.replace(cfg.save, dtype="fp32"))
