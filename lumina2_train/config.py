@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +16,18 @@ from typing import Any
 
 from .errors import ConfigError
 
+try:  # Python 3.11+
+    import tomllib
+except ImportError:  # Python 3.10 (ComfyUI still supports it)
+    import tomli as tomllib
+
 CAPTION_STRATEGIES = ("textfile", "filename", "jsonl", "csv", "instance")
 RESOLUTION_TYPES = ("pixel_area", "shortest_side")
 CROP_STYLES = ("center", "random", "none")
 CROP_ASPECTS = ("preserve", "square")
 CAPTION_POLICIES = ("error", "skip", "empty")
+FILE_POLICIES = ("error", "skip")  # unreadable/corrupt images, non-UTF-8 captions
+DUPLICATE_POLICIES = ("error", "skip", "keep")  # images sharing one caption file (same stem)
 BUCKET_STEPS = (16, 32, 64)
 SYSTEM_PROMPTS = ("superior", "alignment", "base", "none", "custom")
 ADAPTER_KINDS = ("lora", "lokr", "loha", "full")
@@ -58,6 +64,16 @@ def _range(at: str, value: float, lo: float | None = None, hi: float | None = No
     return []
 
 
+def _colour(at: str, value: str) -> list[str]:
+    from PIL import ImageColor  # Pillow is a dependency; imported here to keep config import light
+
+    try:
+        ImageColor.getrgb(value)
+        return []
+    except ValueError:
+        return [f"{at} '{value}' is not a colour; use a name like 'white' or '#rrggbb'"]
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Where the base weights come from (CLI). Inside ComfyUI the MODEL/CLIP/VAE inputs replace this."""
@@ -92,13 +108,17 @@ class DatasetConfig:
     resolution_type: str = "pixel_area"
     bucket_step_px: int = 16
     min_size_px: int = 256  # images whose short side is smaller are skipped
-    max_size_px: int = 0  # 0 = no limit; larger images are downsampled before bucketing
+    max_size_px: int = 0  # 0 = no limit; images whose long side is larger are downsampled before bucketing
+    target_downsample_px: int = 0  # long side after that downsample; 0 = max_size_px
     max_aspect_ratio: float = 4.0  # long/short side above this is skipped
     crop_style: str = "center"
     crop_aspect: str = "preserve"
     flip: bool = False  # also cache the horizontally flipped latent, drawn at random
     missing_caption: str = "error"
     empty_caption: str = "error"
+    invalid_caption: str = "error"  # caption that is not UTF-8 or cannot be read: error | skip
+    duplicate_stem: str = "error"  # textfile captions shared by a.png and a.jpg: error | skip | keep
+    bad_image: str = "skip"  # zero-byte, truncated, not an image, unreadable: error | skip (reported either way)
     background: str = "white"  # colour that transparent pixels are composited on (name or #rrggbb)
     shuffle_tags: bool = False
     keep_tags: int = 0  # with shuffle_tags: keep the first N comma-separated tags in place
@@ -116,11 +136,16 @@ class DatasetConfig:
         out += _choice(f"{at}.crop_aspect", self.crop_aspect, CROP_ASPECTS)
         out += _choice(f"{at}.missing_caption", self.missing_caption, CAPTION_POLICIES)
         out += _choice(f"{at}.empty_caption", self.empty_caption, CAPTION_POLICIES)
+        out += _choice(f"{at}.invalid_caption", self.invalid_caption, FILE_POLICIES)
+        out += _choice(f"{at}.duplicate_stem", self.duplicate_stem, DUPLICATE_POLICIES)
+        out += _choice(f"{at}.bad_image", self.bad_image, FILE_POLICIES)
         out += _choice(f"{at}.mask_strategy", self.mask_strategy, ("none", "alpha", "folder"))
         out += _range(f"{at}.repeats", self.repeats, 1)
         out += _range(f"{at}.resolution", self.resolution, 64, 4096)
         out += _range(f"{at}.min_size_px", self.min_size_px, 0)
         out += _range(f"{at}.max_size_px", self.max_size_px, 0)
+        out += _range(f"{at}.target_downsample_px", self.target_downsample_px, 0)
+        out += _colour(f"{at}.background", self.background)
         out += _range(f"{at}.max_aspect_ratio", self.max_aspect_ratio, 1.0)
         out += _range(f"{at}.keep_tags", self.keep_tags, 0)
         out += _range(f"{at}.loss_weight", self.loss_weight, 0.0)
@@ -151,13 +176,17 @@ class CacheConfig:
     system_prompt: str = "superior"
     custom_system_prompt: str = ""
     max_caption_tokens: int = 256
-    encode_batch_size: int = 4
+    encode_batch_size: int = 4  # texts per text-encoder call
+    # images per VAE call; 1 keeps cached latents bit-identical to on-the-fly (vae_cache_disable) encoding,
+    # larger batches are faster but can differ in the last float bits (kernels depend on batch size)
+    vae_batch_size: int = 1
     vae_cache_disable: bool = False  # encode latents on the fly during training instead of caching them
 
     def errors(self, at: str = "cache") -> list[str]:
         out = _choice(f"{at}.system_prompt", self.system_prompt, SYSTEM_PROMPTS)
         out += _range(f"{at}.max_caption_tokens", self.max_caption_tokens, 8, 4096)
         out += _range(f"{at}.encode_batch_size", self.encode_batch_size, 1)
+        out += _range(f"{at}.vae_batch_size", self.vae_batch_size, 1)
         if self.system_prompt == "custom" and not self.custom_system_prompt.strip():
             out.append(f"{at}.custom_system_prompt is empty but system_prompt is 'custom'; write the prompt")
         return out
@@ -323,6 +352,7 @@ class SaveConfig:
     dtype: str = "bf16"
     every_n_steps: int = 0  # resumable checkpoint + LoRA file every N steps; 0 = only at the end
     keep_last: int = 2  # checkpoints kept (older ones are deleted; LoRA files are kept)
+    save_ema: bool = True  # with train.use_ema: the LoRA file holds the EMA weights (else the raw ones)
 
     def errors(self, at: str = "save") -> list[str]:
         out = _choice(f"{at}.format", self.format, LORA_FORMATS)
