@@ -43,3 +43,14 @@ class EncoderProvider(Protocol):
     def release(self) -> None:
         """Free the loaded encoders (GPU and CPU memory) before training."""
         ...
+
+
+def pad_features(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unpadded per-text features -> cap_feats (B, L_max, D) zero-padded on the right, cap_mask (B, L_max) bool."""
+    width = max(f.shape[0] for f in feats)
+    cap_feats = feats[0].new_zeros((len(feats), width, feats[0].shape[1]))
+    cap_mask = torch.zeros((len(feats), width), dtype=torch.bool, device=feats[0].device)
+    for i, f in enumerate(feats):
+        cap_feats[i, :f.shape[0]] = f
+        cap_mask[i, :f.shape[0]] = True
+    return cap_feats, cap_mask

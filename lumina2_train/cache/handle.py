@@ -1,0 +1,111 @@
+"""CacheHandle: what training reads. Small and frozen; tensors load lazily from disk, one entry at a time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import CacheConfig, DataConfig
+from ..data import DataItem, prepare_pixels
+from ..encoders import EncoderProvider
+from ..errors import CacheError
+from ..recipe import DROPPED_PROMPT, format_prompt
+from .store import LATENTS, TEXTS, entry_path, read_entry, text_key
+
+
+@dataclass(frozen=True)
+class Sample:
+    latent: torch.Tensor  # (16, h/8, w/8) float32, scaled space (recipe.latent_in applied)
+    cap_feats: torch.Tensor  # (L, D) float32, unpadded
+    caption: str
+    loss_weight: float
+    is_regularisation: bool
+    mask: torch.Tensor | None = None  # (1, h/8, w/8) in [0, 1] for masked loss; None until masks exist
+
+
+@dataclass(frozen=True)
+class CacheHandle:
+    """The cache of one dataset under one encoder pair and system prompt.
+
+    Picklable unless `vae_cache_disable` is on: then it carries the encoder provider and encodes latents
+    in `sample()` (use it in the main process, e.g. DataLoader num_workers=0).
+    """
+
+    root: Path
+    fingerprint: str
+    system_prompt: str  # the exact text ('' for 'none')
+    text_identity: str
+    vae_identity: str
+    max_tokens: int
+    items: tuple[DataItem, ...]
+    latent_keys: tuple[tuple[str, str], ...]  # per item: (key, key of the flipped latent or '')
+    data: DataConfig
+    config: CacheConfig
+    dataset_fingerprint: str
+    encoders: EncoderProvider | None = field(default=None, compare=False, repr=False)
+
+    def __len__(self) -> int:
+        """The number of DataItems (repeats not expanded)."""
+        return len(self.items)
+
+    @property
+    def on_the_fly(self) -> bool:
+        return self.config.vae_cache_disable
+
+    def repeats(self, i: int) -> int:
+        return self.items[i].repeats
+
+    def buckets(self) -> dict[tuple[int, int], list[int]]:
+        """(width_px, height_px) -> item indices, in item order."""
+        out: dict[tuple[int, int], list[int]] = {}
+        for i, item in enumerate(self.items):
+            out.setdefault(tuple(item.bucket), []).append(i)
+        return out
+
+    def can_flip(self, i: int) -> bool:
+        return self.items[i].flip
+
+    def sample(self, i: int, *, flip: bool = False) -> Sample:
+        """Item i's latent (flipped if asked) and caption features, read from disk (or encoded on the fly).
+
+        Raises:
+            CacheError: flip asked for an item whose dataset has flip off, or an entry is missing/unreadable.
+        """
+        item = self.items[i]
+        if flip and not item.flip:
+            raise CacheError(f"{item.path}: no flipped latent (flip is off for dataset {item.dataset_index}). "
+                             "Turn flip on for that dataset and rebuild the cache, or ask for flip=False.")
+        return Sample(self._latent(i, flip), self.prompt_features(item.caption), item.caption, item.loss_weight,
+                      item.is_regularisation)
+
+    def _latent(self, i: int, flip: bool) -> torch.Tensor:
+        if self.on_the_fly:
+            if self.encoders is None:
+                raise CacheError("cache.vae_cache_disable is on but this cache handle has no encoders. Build it "
+                                 "with build_cache(..., encoders) in this process.")
+            pixels = prepare_pixels(self.items[i], flip=flip)  # (3, H, W)
+            return self.encoders.latent_encoder().encode(pixels[None])[0]
+        key = self.latent_keys[i][1 if flip else 0]
+        return read_entry(entry_path(self.root, LATENTS, key), key)[0]["latent"]
+
+    def prompt_features(self, caption: str) -> torch.Tensor:
+        """(L, D) float32 features of format_prompt(caption, system_prompt).
+
+        Raises:
+            KeyError: naming the caption, when it was not cached (pass it in build_cache's extra_prompts).
+        """
+        return self._text(format_prompt(caption, self.system_prompt), caption)
+
+    def empty_prompt_features(self) -> torch.Tensor:
+        """Features of the dropped caption "" (the whole text empty, no system prompt): caption dropout."""
+        return self._text(DROPPED_PROMPT, DROPPED_PROMPT)
+
+    def _text(self, prompt: str, caption: str) -> torch.Tensor:
+        key = text_key(prompt, self.text_identity, self.max_tokens)
+        path = entry_path(self.root, TEXTS, key)
+        if not path.is_file():
+            raise KeyError(f"caption {caption!r} has no cached text features in {self.root}. Add it to "
+                           "build_cache's extra_prompts (validation and negative prompts) and build again.")
+        return read_entry(path, key)[0]["cap_feats"]

@@ -1,0 +1,234 @@
+"""Hugging Face encoders from local files: transformers Gemma2 + tokenizer, diffusers AutoencoderKL (Flux AE).
+
+Models load lazily (only when a cache misses) and are dropped by `release()`. Identities are content
+hashes of the weight/config/tokenizer files, computed without loading a model. No ComfyUI imports.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelError
+from ..fingerprint import json_fingerprint, tensor_fingerprint
+from ..recipe import LATENT_CHANNELS, latent_in, latent_out
+from . import EncoderProvider
+
+log = logging.getLogger(__name__)
+_HASHED_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".pt", ".pth", ".txt")
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """Content hash of one file; memoised per (path, size, mtime) so a re-run does not re-read 5 GB."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def folder_identity(folder: Path) -> str:
+    """A hash of the names and bytes of a model folder's weight, config and tokenizer files."""
+    parts = []
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix in _HASHED_SUFFIXES and not p.name.startswith("."):
+            st = p.stat()
+            parts.append((p.name, _file_sha256(str(p.resolve()), st.st_size, st.st_mtime_ns)))
+    return json_fingerprint(parts)
+
+
+class HFTextEncoder:
+    """Gemma2 features: hidden_states[-2] (penultimate layer, no final norm), BOS + text, right padding."""
+
+    def __init__(self, model, tokenizer, device: str | torch.device = "cpu"):
+        if tokenizer.bos_token_id is None:
+            raise ModelError("tokenizer: it has no BOS token (got bos_token None). Use the Gemma2 tokenizer.")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+
+    def tokenize(self, texts: list[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> input_ids (B, L) and attention_mask (B, L): BOS + tokens, cut at max_tokens, padded right."""
+        bos = self.tokenizer.bos_token_id
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        rows = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        rows = [([bos] + list(r))[:max_tokens] for r in rows]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, :len(r)] = 1
+        return ids, mask
+
+    def encode(self, texts: list[str], max_tokens: int) -> list[torch.Tensor]:
+        """Per text an unpadded (L_i, D) float32 CPU tensor."""
+        ids, mask = self.tokenize(texts, max_tokens)
+        with torch.no_grad():
+            out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                             output_hidden_states=True, use_cache=False)
+        feats = out.hidden_states[-2]  # (B, L, D)
+        return [feats[i, :n].float().cpu().clone() for i, n in enumerate(mask.sum(1).tolist())]
+
+
+class HFLatentEncoder:
+    """Flux AE: pixels in [-1, 1] <-> latents in the scaled space (posterior mean, deterministic)."""
+
+    def __init__(self, vae, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        self.vae = vae
+        self.device = torch.device(device)
+        self.dtype = dtype
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            raw = self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist.mean  # (B, 16, H/8, W/8)
+        return latent_in(raw.float()).cpu()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            pixels = self.vae.decode(latent_out(latents.float()).to(self.device, self.dtype)).sample
+        return pixels.float().clamp(-1.0, 1.0).cpu()
+
+
+class HFEncoders(EncoderProvider):
+    """An EncoderProvider over Hugging Face models; each model loads on first use and `release()` drops it."""
+
+    def __init__(self, *, load_text: Callable[[], HFTextEncoder], load_vae: Callable[[], HFLatentEncoder],
+                 text_identity: str, vae_identity: str):
+        self._load_text, self._load_vae = load_text, load_vae
+        self._text: HFTextEncoder | None = None
+        self._vae: HFLatentEncoder | None = None
+        self.text_identity = text_identity
+        self.vae_identity = vae_identity
+        self.loads = {"text": 0, "vae": 0}  # how often each model was loaded (tests, logs)
+
+    @classmethod
+    def from_paths(cls, text_encoder: str, vae: str, tokenizer: str = "", device: str | torch.device = "cpu",
+                   dtype: torch.dtype = torch.float32) -> HFEncoders:
+        """Local folders: a HF Gemma2 folder or diffusers `text_encoder/` (or a pipeline root holding
+        text_encoder/ + tokenizer/ + vae/), a tokenizer folder (default: next to the text encoder), and a
+        diffusers `vae/` folder. Checks the configs and hashes the files; loads nothing yet.
+
+        Raises:
+            ModelError: a path is missing, is a single file, or holds the wrong kind of model.
+        """
+        te_dir, tok_dir = resolve_text_paths(text_encoder, tokenizer)
+        vae_dir = resolve_vae_path(vae)
+        text_identity = json_fingerprint({"gemma2": folder_identity(te_dir), "tokenizer": folder_identity(tok_dir),
+                                          "dtype": str(dtype)})
+        vae_identity = json_fingerprint({"vae": folder_identity(vae_dir), "dtype": str(dtype)})
+        return cls(load_text=lambda: _load_text(te_dir, tok_dir, device, dtype),
+                   load_vae=lambda: _load_vae(vae_dir, device, dtype),
+                   text_identity=text_identity, vae_identity=vae_identity)
+
+    @classmethod
+    def from_models(cls, text_model, tokenizer, vae, device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32) -> HFEncoders:
+        """Already-built models (the demo, tests). Identities hash the weights and the tokenizer vocabulary."""
+        text_identity = json_fingerprint({"gemma2": tensor_fingerprint(text_model.state_dict()),
+                                          "tokenizer": json_fingerprint(sorted(tokenizer.get_vocab().items())),
+                                          "dtype": str(dtype)})
+        vae_identity = json_fingerprint({"vae": tensor_fingerprint(vae.state_dict()), "dtype": str(dtype)})
+        return cls(load_text=lambda: HFTextEncoder(text_model.to(device, dtype).eval(), tokenizer, device),
+                   load_vae=lambda: HFLatentEncoder(vae.to(device, dtype).eval(), device, dtype),
+                   text_identity=text_identity, vae_identity=vae_identity)
+
+    def text_encoder(self) -> HFTextEncoder:
+        if self._text is None:
+            self._text = self._load_text()
+            self.loads["text"] += 1
+        return self._text
+
+    def latent_encoder(self) -> HFLatentEncoder:
+        if self._vae is None:
+            self._vae = self._load_vae()
+            self.loads["vae"] += 1
+        return self._vae
+
+    def release(self) -> None:
+        if self._text is None and self._vae is None:
+            return
+        self._text = self._vae = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------- paths and loading
+
+
+def _folder(value: str, field: str, what: str) -> Path:
+    path = Path(os.path.expanduser(value)) if value else None
+    if path is None or not path.exists():
+        raise ModelError(f"{field}: folder not found ('{value}'). Give the {what} folder.")
+    if path.is_file():
+        raise ModelError(f"{field}: single-file checkpoints are not read by the Hugging Face loader ('{value}'). "
+                         f"Give the {what} folder, or load the file through ComfyUI.")
+    return path
+
+
+def _read_config(folder: Path, field: str) -> dict:
+    try:
+        return json.loads((folder / "config.json").read_text("utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{field}: no readable config.json in {folder} ({e}). Give a Hugging Face model "
+                         "folder.") from None
+
+
+def resolve_text_paths(text_encoder: str, tokenizer: str = "") -> tuple[Path, Path]:
+    """(text encoder folder, tokenizer folder); checks config.json says Gemma2."""
+    te = _folder(text_encoder, "model.text_encoder", "Gemma2 (diffusers text_encoder/ or Hugging Face)")
+    root = te if (te / "text_encoder").is_dir() else None
+    te = te / "text_encoder" if root else te
+    model_type = _read_config(te, "model.text_encoder").get("model_type")
+    if model_type != "gemma2":
+        raise ModelError(f"model.text_encoder: {te} holds a '{model_type}' model, not Gemma2 (config.json "
+                         "model_type). Lumina2 uses Gemma2-2B; give its folder.")
+    if tokenizer:
+        return te, _folder(tokenizer, "model.tokenizer", "tokenizer")
+    for candidate in ([root / "tokenizer"] if root else []) + [te, te.parent / "tokenizer"]:
+        if any((candidate / n).is_file() for n in ("tokenizer.json", "tokenizer.model")):
+            return te, candidate
+    raise ModelError(f"model.tokenizer: no tokenizer next to {te} (no tokenizer.json or tokenizer.model there or "
+                     "in ../tokenizer). Give the tokenizer folder.")
+
+
+def resolve_vae_path(vae: str) -> Path:
+    """The diffusers vae folder; checks it is a 16-channel AutoencoderKL."""
+    folder = _folder(vae, "model.vae", "diffusers vae/")
+    folder = folder / "vae" if (folder / "vae").is_dir() else folder
+    config = _read_config(folder, "model.vae")
+    channels = config.get("latent_channels")
+    if config.get("_class_name") != "AutoencoderKL" or channels != LATENT_CHANNELS:
+        raise ModelError(f"model.vae: {folder} is a {config.get('_class_name')} with {channels} latent channels. "
+                         f"Lumina2 needs the {LATENT_CHANNELS}-channel Flux AutoencoderKL (ae / FLUX.1 vae).")
+    return folder
+
+
+def _load_text(te_dir: Path, tok_dir: Path, device, dtype) -> HFTextEncoder:
+    import transformers
+    from packaging.version import Version
+    from transformers import AutoModel, AutoTokenizer
+
+    log.info("loading text encoder %s", te_dir)
+    kw = {"dtype": dtype} if Version(transformers.__version__) >= Version("4.56") else {"torch_dtype": dtype}
+    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+    model = AutoModel.from_pretrained(str(te_dir), local_files_only=True, **kw)
+    return HFTextEncoder(model.to(device).eval(), tokenizer, device)
+
+
+def _load_vae(vae_dir: Path, device, dtype) -> HFLatentEncoder:
+    from diffusers import AutoencoderKL
+
+    log.info("loading VAE %s", vae_dir)
+    vae = AutoencoderKL.from_pretrained(str(vae_dir), torch_dtype=dtype, local_files_only=True)
+    return HFLatentEncoder(vae.to(device).eval(), device, dtype)
