@@ -145,14 +145,22 @@ class CaptionSource:
         if text is None:
             self.problems.append(f"{self.meta_path}: metadata file {reason}")
             return
+        if self.ds.caption_strategy == "csv" and "\x00" in text:
+            self.problems.append(f"{self.meta_path}: metadata file contains NUL bytes, so it is not a text CSV "
+                                 "file. Save it again from a spreadsheet as CSV UTF-8.")
+            return
         if self.ds.caption_strategy == "csv" and not self._csv_header_ok(text):
             return
         rows = _jsonl_rows(text) if self.ds.caption_strategy == "jsonl" else _csv_rows(text)
-        for line, row, error in rows:
-            if error:
-                self._bad_line(line, error)
-                continue
-            self._add_row(line, row)
+        try:
+            for line, row, error in rows:
+                if error:
+                    self._bad_line(line, error)
+                    continue
+                self._add_row(line, row)
+        except csv.Error as e:
+            self.problems.append(f"{self.meta_path}: metadata file is not valid CSV ({e}). Fix it, or save it "
+                                 "again from a spreadsheet as CSV UTF-8.")
 
     def _csv_header_ok(self, text: str) -> bool:
         header = [h.strip() for h in next(csv.reader(io.StringIO(text)), [])]

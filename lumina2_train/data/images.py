@@ -57,6 +57,8 @@ def probe_image(data: bytes) -> tuple[int, int]:
         raise ImageProblem(f"image too large to decode safely ({e}). Downscale it.") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageProblem(f"truncated or corrupt image ({e}). Re-export or re-download it.") from None
+    except Exception as e:  # malformed headers can raise anything inside a decoder; a scan must not crash
+        raise ImageProblem(f"corrupt image ({type(e).__name__}: {e}). Re-export or re-download it.") from None
     return (height, width) if orientation in _ROTATED else (width, height)
 
 

@@ -75,6 +75,9 @@ def test_csv_metadata(tmp_path, write_image, make_dataset):
     (tmp_path / "bad.csv").write_text("name,words\na.png,x\n")
     bad = scan(make_dataset(tmp_path, caption_strategy="csv", metadata_file="bad.csv"))
     assert "no image-path or no caption column (got name, words)" in bad.report.problems[0]
+    (tmp_path / "nul.csv").write_bytes(b"file_name,caption\na.png,x\x00y\n")
+    nul = scan(make_dataset(tmp_path, caption_strategy="csv", metadata_file="nul.csv"))
+    assert "NUL bytes" in nul.report.problems[0]
     missing = scan(make_dataset(tmp_path, caption_strategy="jsonl", metadata_file="nope.jsonl"))
     assert "metadata file not found" in missing.report.problems[0] and missing.items == ()
 
