@@ -63,11 +63,12 @@ class LoraModule:
 # ---------------------------------------------------------------- writing
 
 def lora_modules(adapters) -> dict[str, LoraModule]:
-    """AdapterSet (LoRA) -> native LoraModules with the scale folded into `up` (alpha None)."""
+    """AdapterSet (plain LoRA) -> native LoraModules with the scale folded into `up` (alpha None)."""
     out = {}
     for name, mod in adapters.items():
-        if not hasattr(mod, "export_tensors"):
-            raise FormatError(f"adapter on {name} ({type(mod).__name__}) has no LoRA tensors to save")
+        if not hasattr(mod, "export_tensors") or getattr(mod, "replaces_weight", False):
+            raise FormatError(f"the {type(mod).__name__} adapter on {name} can be saved only in the 'comfyui' "
+                              "format (kohya and diffusers files hold plain LoRA). Set save.format to comfyui")
         t = mod.export_tensors()
         out[name] = LoraModule(t["down"], t["up"], None)
     return out
@@ -118,6 +119,36 @@ def lora_state_dict(mods: dict[str, LoraModule], fmt: str, arch: ArchConfig) -> 
     raise FormatError(f"save.format '{fmt}' is unknown; choose comfyui, kohya or diffusers")
 
 
+def adapter_state_dict(adapters, fmt: str, arch: ArchConfig) -> dict[str, torch.Tensor]:
+    """Any AdapterSet -> a state dict; LoHa, LoKr and DoRA use ComfyUI's suffixes under native paths."""
+    if all(type(m).__name__ == "LoRA" for _, m in adapters.items()):
+        return lora_state_dict(lora_modules(adapters), fmt, arch)
+    lora_modules(adapters) if fmt != "comfyui" else None  # raises the format error for non-LoRA adapters
+    return {f"{COMFY_PREFIX}{name}.{suffix}": t for name, mod in adapters.items()
+            for suffix, t in mod.file_tensors().items()}
+
+
+ADAPTER_SUFFIXES = ("lora_A.weight", "lora_B.weight", "lora_down.weight", "lora_up.weight", "hada_w1_a",
+                    "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "lokr_w1_a", "lokr_w1_b",
+                    "lokr_w2_a", "lokr_w2_b", "lokr_w1", "lokr_w2", "lokr_t2", "alpha", "dora_scale", "diff",
+                    "diff_b")
+
+
+def read_adapter_tensors(source: str | Path | dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """A ComfyUI-layout file (any adapter kind) -> {native module: {key suffix: tensor}}."""
+    sd = source if isinstance(source, dict) else load_state_dict(source)[0]
+    if detect_format(sd.keys()) != "comfyui":
+        raise FormatError("LoHa/LoKr/DoRA weights are read from ComfyUI-layout files (diffusion_model.<module>)")
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in sd.items():
+        rest = key[len(COMFY_PREFIX):]
+        suffix = next((sfx for sfx in ADAPTER_SUFFIXES if rest.endswith("." + sfx)), None)
+        if suffix is None:
+            raise FormatError(f"key '{key}' has a suffix we do not read; known: {', '.join(ADAPTER_SUFFIXES)}")
+        out.setdefault(rest[: -len(suffix) - 1], {})[suffix] = value
+    return out
+
+
 def lora_metadata(*, rank: int, alpha: float, step: int, config: dict | None = None, base_hash: str = "",
                   title: str = "", workflow: dict | None = None, extra: dict | None = None) -> dict[str, str]:
     """safetensors metadata: modelspec + kohya ss_* keys + ours (lumina2t.*). All values are strings."""
@@ -146,7 +177,17 @@ def lora_metadata(*, rank: int, alpha: float, step: int, config: dict | None = N
 def save_lora(mods: dict[str, LoraModule], path: str | Path, *, fmt: str = "comfyui", dtype: str = "bf16",
               arch: ArchConfig | None = None, metadata: dict[str, str] | None = None) -> Path:
     """Write a LoRA file atomically (temp file + rename)."""
-    sd = lora_state_dict(mods, fmt, arch or ArchConfig())
+    return save_state_dict(lora_state_dict(mods, fmt, arch or ArchConfig()), path, dtype, metadata)
+
+
+def save_adapters(adapters, path: str | Path, *, fmt: str = "comfyui", dtype: str = "bf16",
+                  arch: ArchConfig | None = None, metadata: dict[str, str] | None = None) -> Path:
+    """Write any AdapterSet (LoRA, DoRA, LoHa, LoKr) atomically."""
+    return save_state_dict(adapter_state_dict(adapters, fmt, arch or ArchConfig()), path, dtype, metadata)
+
+
+def save_state_dict(sd: dict[str, torch.Tensor], path: str | Path, dtype: str,
+                    metadata: dict[str, str] | None) -> Path:
     sd = {k: v.to(SAVE_DTYPES[dtype]) if v.dim() else v.float() for k, v in sd.items()}
     return atomic_save_safetensors(sd, path, metadata=metadata)
 

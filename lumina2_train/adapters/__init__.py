@@ -12,18 +12,35 @@ import torch
 from torch import nn
 
 from ..config import AdapterConfig
-from .lora import LoRA
+from .full import FullWeight
+from .lora import DoRA, LoRA
+from .lycoris import LoHa, LoKr
 from .targets import group_of, select_targets
 
-__all__ = ["REGISTRY", "AdapterSet", "LoRA", "build_adapters", "group_of", "select_targets"]
+__all__ = ["REGISTRY", "AdapterSet", "DoRA", "FullWeight", "LoHa", "LoKr", "LoRA", "build_adapters", "group_of",
+           "select_targets"]
 
 
 def _make_lora(in_f: int, out_f: int, cfg: AdapterConfig, device) -> nn.Module:
-    return LoRA(in_f, out_f, cfg.rank, cfg.alpha, dropout=cfg.dropout, init=cfg.init, device=device)
+    cls = DoRA if cfg.use_dora else LoRA
+    return cls(in_f, out_f, cfg.rank, cfg.alpha, dropout=cfg.dropout, init=cfg.init, device=device)
+
+
+def _make_full(in_f: int, out_f: int, cfg: AdapterConfig, device) -> nn.Module:
+    return FullWeight(in_f, out_f, device=device)  # build_adapters copies the base weight in (init_from_base)
+
+
+def _make_loha(in_f: int, out_f: int, cfg: AdapterConfig, device) -> nn.Module:
+    return LoHa(in_f, out_f, cfg.rank, cfg.alpha, dropout=cfg.dropout, device=device)
+
+
+def _make_lokr(in_f: int, out_f: int, cfg: AdapterConfig, device) -> nn.Module:
+    return LoKr(in_f, out_f, cfg.rank, cfg.alpha, factor=cfg.lokr_factor, dropout=cfg.dropout, device=device)
 
 
 # kind -> factory(in_features, out_features, AdapterConfig, device) -> module
-REGISTRY: dict[str, Callable[..., nn.Module]] = {"lora": _make_lora}
+REGISTRY: dict[str, Callable[..., nn.Module]] = {"lora": _make_lora, "loha": _make_loha, "lokr": _make_lokr,
+                                              "full": _make_full}
 
 
 def _key(name: str) -> str:
@@ -59,7 +76,10 @@ class AdapterSet(nn.Module):
         out = {}
         for name, mod in self.items():
             base = backbone.linear(name).weight.detach().float()
-            out[f"{name}.weight"] = base + mod.delta_weight().to(base.device)
+            if hasattr(mod, "adapted_weight"):  # DoRA rescales the merged weight
+                out[f"{name}.weight"] = mod.adapted_weight(base).detach()
+            else:
+                out[f"{name}.weight"] = base + mod.delta_weight().to(base.device)
         return out
 
 
@@ -75,8 +95,11 @@ def build_adapters(backbone, cfg: AdapterConfig, device: torch.device | str | No
     try:
         mods = {}
         for name in select_targets(backbone.arch, cfg):
-            out_f, in_f = backbone.linear(name).weight.shape
+            base = backbone.linear(name).weight
+            out_f, in_f = base.shape
             mods[name] = factory(in_f, out_f, cfg, device)
+            if hasattr(mods[name], "init_from_base"):  # DoRA's magnitude starts at the base norm
+                mods[name].init_from_base(base.detach().to(device or base.device))
     finally:
         if seed is not None:
             torch.random.set_rng_state(gen_state)

@@ -47,6 +47,16 @@ class LoRA(nn.Module):
         """{'down': (r, in), 'up': (out, r) with the scale folded in} for a file with no alpha key."""
         return {"down": self.down.detach().float(), "up": self.up.detach().float() * self.scale}
 
+    def file_tensors(self) -> dict[str, torch.Tensor]:
+        """Key suffix -> tensor in ComfyUI's layout (formats.py adds the module path)."""
+        t = self.export_tensors()
+        return {"lora_A.weight": t["down"], "lora_B.weight": t["up"]}
+
+    def load_file_tensors(self, t: dict[str, torch.Tensor]) -> None:
+        down = t.get("lora_A.weight", t.get("lora_down.weight"))
+        up = t.get("lora_B.weight", t.get("lora_up.weight"))
+        self.load_tensors(down.float(), up.float(), float(t["alpha"]) if "alpha" in t else None)
+
     def load_tensors(self, down: torch.Tensor, up: torch.Tensor, alpha: float | None) -> None:
         """Load (down, up) read from a file; `alpha` None means the file's scale is 1 (folded)."""
         rank = down.shape[0]
@@ -57,3 +67,49 @@ class LoRA(nn.Module):
         with torch.no_grad():
             self.down.copy_(down)
             self.up.copy_(up * (file_scale / self.scale))
+
+
+class DoRA(LoRA):
+    """Weight-decomposed LoRA: W' = m ⊙ (W + ΔW) / ‖W + ΔW‖, norms per input column, m of shape (1, in).
+
+    That is the layout ComfyUI's `weight_decompose` computes exactly (a `dora_scale` of shape (1, in)); the
+    norm is treated as a constant in the backward pass, as in the DoRA paper and PEFT. m starts at ‖W‖, so a
+    new DoRA adapter is the identity. The base weight is read per forward (DoRA cannot be a pure add-on).
+    """
+
+    replaces_weight = True
+
+    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float, **kw):
+        super().__init__(in_features, out_features, rank, alpha, **kw)
+        self.magnitude = nn.Parameter(torch.ones(1, in_features, device=self.down.device))
+
+    def init_from_base(self, weight: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.magnitude.copy_(_column_norm(weight.float()))
+
+    def adapted_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        merged = weight + (self.up.to(weight.dtype) @ self.down.to(weight.dtype)) * self.scale
+        return merged * (self.magnitude.to(weight.dtype) / _column_norm(merged).detach())
+
+    def weight_and_bias(self, module: nn.Module, x: torch.Tensor):
+        weight = module.weight.detach().to(x.device, x.dtype)
+        bias = module.bias.detach().to(x.device, x.dtype) if module.bias is not None else None
+        return self.adapted_weight(weight), bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # only used through weight_and_bias
+        raise RuntimeError("DoRA replaces its Linear's weight; call weight_and_bias()")
+
+    def file_tensors(self) -> dict[str, torch.Tensor]:
+        t = super().file_tensors()
+        t["dora_scale"] = self.magnitude.detach().float()
+        return t
+
+    def load_file_tensors(self, t: dict[str, torch.Tensor]) -> None:
+        super().load_file_tensors(t)
+        with torch.no_grad():
+            self.magnitude.copy_(t["dora_scale"])
+
+
+def _column_norm(weight: torch.Tensor) -> torch.Tensor:
+    """‖W‖ over the output axis for each input column, (1, in), plus ComfyUI's epsilon."""
+    return weight.norm(dim=0, keepdim=True) + torch.finfo(weight.dtype).eps

@@ -22,7 +22,7 @@ from ..adapters import AdapterSet, build_adapters
 from ..atomic import atomic_write_text
 from ..config import RunConfig
 from ..errors import TrainingError
-from ..formats import check_fits, lora_metadata, lora_modules, read_lora, save_lora
+from ..formats import check_fits, lora_metadata, read_adapter_tensors, read_lora, save_adapters
 from .batches import BucketBatches, DataPosition
 from .checkpoint import CheckpointState, capture_rng, check_compatible, load_checkpoint, restore_rng, save_checkpoint
 from .ema import EMA
@@ -108,11 +108,17 @@ class Trainer:
         return d
 
     def _init_from_file(self, path: str) -> None:
-        mods = read_lora(path, self.backbone.arch)
-        check_fits(mods, self.backbone)
-        for name, mod in mods.items():
+        """Continue from an existing file: LoRA from any format we read; LoHa/LoKr/DoRA from ComfyUI files."""
+        if type(self.adapters[self.adapters.names[0]]).__name__ == "LoRA":
+            mods = read_lora(path, self.backbone.arch)
+            check_fits(mods, self.backbone)
+            for name, mod in mods.items():
+                if name in self.adapters.names:
+                    self.adapters[name].load_tensors(mod.down, mod.up, mod.alpha)
+            return
+        for name, tensors in read_adapter_tensors(path).items():
             if name in self.adapters.names:
-                self.adapters[name].load_tensors(mod.down, mod.up, mod.alpha)
+                self.adapters[name].load_file_tensors(tensors)
 
     def _resume(self, path: str) -> None:
         ck = load_checkpoint(path)
@@ -203,9 +209,10 @@ class Trainer:
         a = self.cfg.adapter
         md = lora_metadata(rank=a.rank, alpha=a.alpha, step=self.state.step, config=self.cfg.to_dict(),
                            base_hash=self.base_hash, title=Path(self.cfg.save.name).name, workflow=self.workflow,
-                           extra={"lumina2t.system_prompt": getattr(self.cache, "system_prompt", "")})
-        return save_lora(lora_modules(self.adapters), path, fmt=self.cfg.save.format, dtype=self.cfg.save.dtype,
-                         arch=self.backbone.arch, metadata=md)
+                           extra={"lumina2t.system_prompt": getattr(self.cache, "system_prompt", ""),
+                                  **_network_metadata(a)})
+        return save_adapters(self.adapters, path, fmt=self.cfg.save.format, dtype=self.cfg.save.dtype,
+                             arch=self.backbone.arch, metadata=md)
 
     def _validate(self) -> None:
         v = self.cfg.validation
@@ -275,6 +282,17 @@ class Trainer:
                                  else "failed", str(self.last_checkpoint))
         except Exception as save_error:  # never hide the original exception
             log.error("could not write the resumable checkpoint: %s", save_error)
+
+
+def _network_metadata(a) -> dict[str, str]:
+    """kohya-style network keys for LyCORIS/DoRA files (plain LoRA keeps networks.lora)."""
+    if a.kind == "lora" and not a.use_dora:
+        return {}
+    import json
+
+    algo = "lora" if a.kind == "lora" else a.kind
+    args = {"algo": algo, "dora_wd": a.use_dora, **({"factor": a.lokr_factor} if a.kind == "lokr" else {})}
+    return {"ss_network_module": "lycoris.kohya", "ss_network_args": json.dumps(args)}
 
 
 def _with_advice(e: BaseException) -> BaseException:
