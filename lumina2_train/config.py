@@ -46,6 +46,8 @@ SHIFT_MODES = ("resolution", "static", "none")
 LOSS_WEIGHTINGS = ("none", "min_snr", "cosmap")
 PRECISIONS = ("bf16", "fp32")
 CHECKPOINTING = ("on", "off", "auto")
+OPTIMIZER_STATES = ("fp32", "8bit")
+BASE_PRECISIONS = ("no_change", "fp8", "int8", "int8-torchao", "fp8-torchao")
 SAVE_DTYPES = ("bf16", "fp16", "fp32")
 LORA_FORMATS = ("comfyui", "kohya", "diffusers")
 NONFINITE_POLICIES = ("stop", "skip")
@@ -83,12 +85,12 @@ class ModelConfig:
     tokenizer: str = ""  # optional; defaults to the text encoder's folder / the tokenizer inside the file
     vae: str = ""  # diffusers vae folder or a ComfyUI/Flux ae.safetensors
     dtype: str = "bf16"  # compute dtype of the frozen base
-    base_precision: str = "no_change"  # no_change | int8-torchao | fp8-torchao (storage of the frozen base)
+    base_precision: str = "no_change"  # storage of the frozen base: fp8 | int8 (backbones/quant.py), *-torchao
     quantize_via: str = "accelerator"  # cpu | accelerator
 
     def errors(self, at: str = "model") -> list[str]:
         out = _choice(f"{at}.dtype", self.dtype, PRECISIONS)
-        out += _choice(f"{at}.base_precision", self.base_precision, ("no_change", "int8-torchao", "fp8-torchao"))
+        out += _choice(f"{at}.base_precision", self.base_precision, BASE_PRECISIONS)
         out += _choice(f"{at}.quantize_via", self.quantize_via, ("cpu", "accelerator"))
         return out
 
@@ -280,6 +282,11 @@ class TrainConfig:
     ema_on_cpu: bool = False
     on_nonfinite: str = "stop"
     compile: bool = False  # regional torch.compile of the transformer blocks (CUDA)
+    # checkpointing 'auto': GiB the run may use on the GPU (0 = 90 % of the card); blocks keep their
+    # activations (no recompute) while the measured step still fits (train/memory.py)
+    memory_budget_gib: float = 0.0
+    optimizer_states: str = "fp32"  # adamw moments: fp32 | 8bit (fp8 with block scales, train/lowmem.py)
+    optimizer_in_backward: bool = False  # update each weight as its gradient completes (no gradient buffer)
 
     @property
     def effective_batch_size(self) -> int:
@@ -309,6 +316,17 @@ class TrainConfig:
         out += _range(f"{at}.num_cycles", self.num_cycles, 1)
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             out.append(f"{at}.betas must be two numbers in [0, 1) (got {list(self.betas)})")
+        return out + self._memory_errors(at)
+
+    def _memory_errors(self, at: str) -> list[str]:
+        out = _range(f"{at}.memory_budget_gib", self.memory_budget_gib, 0.0)
+        out += _choice(f"{at}.optimizer_states", self.optimizer_states, OPTIMIZER_STATES)
+        if (self.optimizer_states != "fp32" or self.optimizer_in_backward) and self.optimizer != "adamw":
+            out.append(f"{at}.optimizer_states / optimizer_in_backward work with optimizer 'adamw' (got "
+                       f"'{self.optimizer}'); choose 'adamw' or turn them off")
+        if self.optimizer_in_backward and (self.grad_accum != 1 or self.max_grad_norm > 0):
+            out.append(f"{at}.optimizer_in_backward needs grad_accum 1 and max_grad_norm 0 (got "
+                       f"{self.grad_accum} and {self.max_grad_norm}): both need every gradient at once")
         return out
 
 
@@ -328,6 +346,12 @@ class ValidationConfig:
     height: int = 1024
     every_n_steps: int = 0  # 0 = only before and after training
     use_ema: bool = False
+    prompt_library: str = ""  # a JSON file {"name": "prompt", ...}; its prompts join `prompts`
+    evaluation_type: str = "none"  # none | clip (CLIP score of each validation image against its prompt)
+    clip_model: str = ""  # a local transformers CLIP folder, for evaluation_type 'clip'
+    eval_every_n_steps: int = 0  # held-out loss at fixed σ bins; 0 = off
+    eval_holdout: int = 0  # items (after repeats are ignored) kept out of training for the held-out loss
+    eval_sigmas: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
 
     def errors(self, at: str = "validation") -> list[str]:
         out = _range(f"{at}.guidance", self.guidance, 0.0, 100.0)
@@ -337,6 +361,21 @@ class ValidationConfig:
         out += _range(f"{at}.steps", self.steps, 1, 1000)
         out += _range(f"{at}.shift", self.shift, 0.01, 100.0)
         out += _range(f"{at}.every_n_steps", self.every_n_steps, 0)
+        out += _choice(f"{at}.evaluation_type", self.evaluation_type, ("none", "clip"))
+        out += _range(f"{at}.eval_every_n_steps", self.eval_every_n_steps, 0)
+        out += _range(f"{at}.eval_holdout", self.eval_holdout, 0)
+        if self.evaluation_type == "clip" and not self.clip_model:
+            out.append(f"{at}.clip_model is empty but evaluation_type is 'clip'; give a local CLIP model folder")
+        if self.eval_every_n_steps and not self.eval_holdout:
+            out.append(f"{at}.eval_holdout is 0 but eval_every_n_steps is set; hold out at least one image")
+        if not all(0.0 < s < 1.0 for s in self.eval_sigmas):
+            out.append(f"{at}.eval_sigmas must lie strictly between 0 and 1 (got {list(self.eval_sigmas)})")
+        if self.prompt_library:
+            from pathlib import Path
+
+            if not Path(self.prompt_library).is_file():
+                out.append(f"{at}.prompt_library '{self.prompt_library}' is not a file; give a JSON file "
+                           '{"name": "prompt"}')
         for side in ("width", "height"):
             v = getattr(self, side)
             if v < 16 or v % 16:
@@ -475,4 +514,7 @@ def _resolve_paths(raw: dict, base: Path) -> dict:
     for k in ("transformer", "text_encoder", "tokenizer", "vae"):
         if k in raw.get("model", {}):
             raw["model"][k] = fix(raw["model"][k])
+    for k in ("prompt_library", "clip_model"):
+        if k in raw.get("validation", {}):
+            raw["validation"][k] = fix(raw["validation"][k])
     return raw

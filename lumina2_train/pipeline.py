@@ -62,8 +62,10 @@ def build_training_cache(cfg: RunConfig, encoders, cache_root: Path,
     from .data import scan_dataset
 
     dataset = scan_dataset(cfg.data).require_usable()
-    v = cfg.validation
-    prompts = [*v.prompts, v.negative_prompt] if v.prompts else []
+    from .train.validation import named_prompts
+
+    named = [p for _, p in named_prompts(cfg.validation)]
+    prompts = [*named, cfg.validation.negative_prompt] if named else []
     return build_cache(dataset, encoders, cfg.cache, root=cache_root, extra_prompts=prompts, progress=progress)
 
 
@@ -73,7 +75,6 @@ def run_training(cfg: RunConfig, *, run_dir: Path | None = None, hooks: TrainHoo
     """Validate, cache (encoders load only on a miss, then are released), load the DiT and train."""
     from .backbones.loading import load_backbone
     from .encoders.hf import HFEncoders
-
     from .train.optim import check_available
 
     cfg.validate()
@@ -92,6 +93,6 @@ def run_training(cfg: RunConfig, *, run_dir: Path | None = None, hooks: TrainHoo
 
     try:
         return train_lora(cfg, backbone, cache, hooks, run_dir=run_dir, lora_path=lora_path,
-                          decode=decode if cfg.validation.prompts else None)
+                          decode=decode if (cfg.validation.prompts or cfg.validation.prompt_library) else None)
     finally:
         encoders.release()

@@ -39,6 +39,8 @@ class ValidationImages:
     images: torch.Tensor  # (N, 3, H, W) float in [0, 1]
     paths: tuple[Path, ...] = ()
     grid_path: Path | None = None
+    names: tuple[str, ...] = ()  # prompt names (prompt-library keys, or prompt_00, prompt_01, ...)
+    clip_scores: tuple[float, ...] = ()  # with evaluation_type 'clip': 100·cos(image, prompt) per image
 
 
 def _noop(*_a, **_k) -> None:
@@ -50,6 +52,7 @@ class TrainHooks:
     on_step: Callable[[StepInfo], None] = _noop
     on_validation: Callable[[ValidationImages], None] = _noop
     on_checkpoint: Callable[[Path, int], None] = _noop
+    on_eval: Callable[[int, dict[float, float]], None] = _noop  # (step, {σ: held-out loss})
     on_status: Callable[[str, str], None] = _noop  # (status, detail): caching, compiling, training, ...
     check_interrupt: Callable[[], None] = _noop  # raises to stop the run (ComfyUI's interrupt, Ctrl-C)
     extra: dict = field(default_factory=dict)

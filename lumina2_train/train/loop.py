@@ -26,8 +26,11 @@ from ..formats import check_fits, lora_metadata, read_adapter_tensors, read_lora
 from .batches import BucketBatches, DataPosition
 from .checkpoint import CheckpointState, capture_rng, check_compatible, load_checkpoint, restore_rng, save_checkpoint
 from .ema import EMA
+from .evaluation import ClipScorer, heldout_loss, holdout_indices
 from .hooks import StepInfo, TrainHooks, ValidationImages
+from .lowmem import build_low_memory, uses_low_memory_adamw
 from .optim import build_optimizer, build_scheduler, set_optimizer_mode
+from .speed import CheckpointPlanner, prepare_forward
 from .step import collate, micro_step_loss
 from .validation import run_validation
 
@@ -52,6 +55,7 @@ class _State:
     position: DataPosition = field(default_factory=DataPosition)
     losses: list[float] = field(default_factory=list)
     sigmas: list[float] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)  # {"step": k, "loss_by_sigma": {σ: loss}}
 
 
 def step_generator(seed: int, step: int, micro: int = 0) -> torch.Generator:
@@ -84,15 +88,25 @@ class Trainer:
         self.adapters = build_adapters(self.backbone, cfg.adapter, self.device, seed=cfg.train.seed)
         if cfg.adapter.init_from:
             self._init_from_file(cfg.adapter.init_from)
-        self.optimizer = build_optimizer(self.adapters.parameters(), cfg.train, self.device.type)
+        self.release = None  # gradient release (train.optimizer_in_backward) runs the update in backward
+        if uses_low_memory_adamw(cfg.train):
+            self.optimizer, self.release = build_low_memory(self.adapters.parameters(), cfg.train)
+        else:
+            self.optimizer = build_optimizer(self.adapters.parameters(), cfg.train, self.device.type)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
         set_optimizer_mode(self.optimizer, training=True)
         t = cfg.train
         self.ema = EMA(self.adapters, t.ema_decay, t.ema_every_n_steps, t.ema_on_cpu) if t.use_ema else None
-        buckets = self.cache.buckets()
+        v = cfg.validation
+        self.holdout = holdout_indices(len(self.cache), v.eval_holdout, cfg.train.seed)
+        held = set(self.holdout)
+        buckets = {b: [i for i in idxs if i not in held] for b, idxs in self.cache.buckets().items()}
+        buckets = {b: idxs for b, idxs in buckets.items() if idxs}
         repeats = {i: self.cache.repeats(i) for idxs in buckets.values() for i in idxs}
+        self.scorer = ClipScorer(v.clip_model, self.device) if v.evaluation_type == "clip" else None
         self.batches = BucketBatches(buckets, repeats, cfg.train.batch_size, cfg.train.seed)
-        self.backbone.options.checkpoint = cfg.train.checkpointing != "off"
+        prepare_forward(self.backbone, cfg, len(buckets))
+        self.planner = CheckpointPlanner(self.backbone, cfg, self.dtype)
         self.base_hash = self.backbone.base_fingerprint()
         if cfg.resume_from:
             self._resume(cfg.resume_from)
@@ -129,7 +143,8 @@ class Trainer:
         self.optimizer.load_state_dict(ck.optimizer)
         self.scheduler.load_state_dict(ck.scheduler)
         restore_rng(ck.rng)
-        self.state = _State(ck.step, ck.position, list(ck.losses), list(ck.meta.get("sigmas", [])))
+        self.state = _State(ck.step, ck.position, list(ck.losses), list(ck.meta.get("sigmas", [])),
+                            list(ck.meta.get("evals", [])))
         log.info("resumed from %s at step %d", ck.path, ck.step)
 
     # ------------------------------------------------------------ one optimizer step
@@ -141,10 +156,12 @@ class Trainer:
             gen = step_generator(cfg.seed, st.step, micro)
             torch.manual_seed(gen.initial_seed())  # adapter dropout draws from the global RNG
             batch = collate(self.cache, indices, bucket, gen, cfg.caption_dropout)
+            probe = self.planner.begin(batch)
             loss, sigma = micro_step_loss(self.backbone, self.adapters.as_dict(), batch, self.timesteps,
                                           weighting=cfg.loss_weighting, gamma=cfg.min_snr_gamma, gen=gen,
                                           device=self.device, dtype=self.dtype)
             (loss / cfg.grad_accum).backward()
+            self.planner.end(probe, self.adapters.as_dict())
             total_loss += float(loss.detach()) / cfg.grad_accum
             sigmas += sigma.tolist()
             st.position = position
@@ -186,7 +203,7 @@ class Trainer:
         tensors.update(self.ema.state_dict() if self.ema is not None else {})
         ck = CheckpointState(st.step, st.position, st.losses, tensors,
                              self.optimizer.state_dict(), self.scheduler.state_dict(), capture_rng(),
-                             self._config_dict(), {"sigmas": st.sigmas})
+                             self._config_dict(), {"sigmas": st.sigmas, "evals": st.evals})
         path = save_checkpoint(self.run_dir, ck, self.cfg.save.keep_last)
         self.hooks.on_checkpoint(path, st.step)
         return path
@@ -216,15 +233,27 @@ class Trainer:
 
     def _validate(self) -> None:
         v = self.cfg.validation
-        if not v.prompts:
+        if not (v.prompts or v.prompt_library):
             return
         self.hooks.on_status("validating", f"step {self.state.step}")
         with torch.no_grad(), self._evaluation_weights(v.use_ema):
             images = run_validation(self.backbone, self.adapters.as_dict(), self.cache, v, self.state.step,
                                     decode=self.decode, folder=self.run_dir / "samples", device=self.device,
-                                    dtype=self.dtype)
+                                    dtype=self.dtype, scorer=self.scorer)
         self.validations.append(images)
+        if images.clip_scores:
+            log.info("step %d CLIP scores: %s", self.state.step,
+                     ", ".join(f"{n}={c:.1f}" for n, c in zip(images.names, images.clip_scores)))
         self.hooks.on_validation(images)
+
+    def _evaluate(self) -> None:
+        """Held-out loss at the fixed σ bins (validation.eval_sigmas)."""
+        v = self.cfg.validation
+        with self._evaluation_weights(v.use_ema):
+            losses = heldout_loss(self.backbone, self.adapters.as_dict(), self.cache, self.holdout, v.eval_sigmas,
+                                  seed=self.cfg.train.seed, device=self.device, dtype=self.dtype)
+        self.state.evals.append({"step": self.state.step, "loss_by_sigma": losses})
+        self.hooks.on_eval(self.state.step, losses)
 
     # ------------------------------------------------------------ the loop
     def run(self) -> TrainResult:
@@ -246,8 +275,11 @@ class Trainer:
         total = cfg.train.steps
         every_ckpt, every_val = cfg.save.every_n_steps, cfg.validation.every_n_steps
         self.last_checkpoint = None
+        every_eval = cfg.validation.eval_every_n_steps
         if st.step == 0:
             self._validate()
+            if every_eval:
+                self._evaluate()
         batch_iter = self.batches.iterate(st.position)
         hooks.on_status("training", f"step {st.step}/{total}")
         t_start, first = time.perf_counter(), st.step
@@ -265,10 +297,13 @@ class Trainer:
                 self.save_lora(self.run_dir / "loras" / f"{Path(cfg.save.name).name}_step{st.step:06d}.safetensors")
             if every_val and st.step % every_val == 0 and st.step < total:
                 self._validate()
+            if every_eval and st.step % every_eval == 0:
+                self._evaluate()
         hooks.on_status("saving", str(self.lora_path))
         self.last_checkpoint = self._checkpoint()
         self.save_lora(self.lora_path)
-        atomic_write_text(self.run_dir / "losses.json", _json({"loss": st.losses, "sigma": st.sigmas}))
+        atomic_write_text(self.run_dir / "losses.json", _json({"loss": st.losses, "sigma": st.sigmas,
+                                                              "eval": st.evals}))
         self._validate()
 
     def _save_on_failure(self, exc: BaseException) -> None:

@@ -58,13 +58,13 @@ def micro_step_loss(backbone, adapters, batch: Batch, timesteps: recipe.Timestep
     b = x.shape[0]
     w_px, h_px = batch.bucket
     sigma = recipe.sample_sigmas(b, timesteps, h_px, w_px, generator=gen)
-    noise = torch.randn(x.shape, generator=gen)
-    x_sigma = recipe.add_noise(x, noise, sigma)
+    noise = torch.randn(x.shape, generator=gen)  # drawn on the CPU: the same numbers on every device
+    x, noise, sigma_d = x.to(device), noise.to(device), sigma.to(device)
+    x_sigma = recipe.add_noise(x, noise, sigma_d)
     target = recipe.velocity_target(x, noise)
     cap_mask = batch.cap_mask.to(device) if batch.cap_mask is not None else None
-    pred = backbone.velocity(x_sigma.to(device, dtype), sigma.to(device), batch.cap_feats.to(device, dtype),
-                             cap_mask, adapters)
+    pred = backbone.velocity(x_sigma.to(dtype), sigma_d, batch.cap_feats.to(device, dtype), cap_mask, adapters)
     weights = recipe.loss_weights(sigma, weighting, gamma) * batch.loss_weights
     mask = batch.masks.to(device) if batch.masks is not None else None
-    loss = recipe.flow_loss(pred, target.to(device), weights.to(device), mask)
+    loss = recipe.flow_loss(pred, target, weights.to(device), mask)
     return loss, sigma

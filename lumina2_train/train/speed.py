@@ -1,0 +1,72 @@
+"""The run's speed and memory settings applied to the backbone: regional torch.compile, checkpointing
+(on / off / auto by memory budget) and 8-bit storage of the frozen base. Changes how the step runs, never
+what it computes (up to bf16 rounding and, for an 8-bit base, the stored weights' rounding).
+No ComfyUI imports.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..backbones.nextdit import compile_block
+from ..backbones.quant import quantize_base
+from ..config import RunConfig
+from ..errors import ConfigError
+from .memory import plan_checkpointing
+
+log = logging.getLogger(__name__)
+
+GRAPHS_PER_BUCKET = 4  # context refiner, noise refiner, main block; one spare (inference or a new mask shape)
+
+
+def prepare_forward(backbone, cfg: RunConfig, n_buckets: int) -> None:
+    """Set the backbone's ForwardOptions (and base storage) for this run; call after the adapters exist,
+    so a full fine-tune copies the unquantised base weights."""
+    t = cfg.train
+    opts = backbone.options
+    opts.checkpoint = t.checkpointing != "off"
+    opts.keep_activations.clear()
+    if cfg.model.base_precision in ("fp8", "int8"):
+        saved = quantize_base(backbone, cfg.model.base_precision)
+        log.info("frozen base stored in %s (%.2f GiB saved)", cfg.model.base_precision, saved / 2**30)
+    elif cfg.model.base_precision != "no_change":
+        raise ConfigError(f"model.base_precision '{cfg.model.base_precision}' is not available in this version; "
+                          "choose 'fp8' or 'int8' (stored by the library, no extra package)")
+    opts.compiled_block = None
+    if t.compile and backbone.device.type == "cuda":
+        import torch._dynamo
+
+        # one compiled function serves every block; each bucket shape adds a few graphs (static shapes)
+        limit = max(torch._dynamo.config.recompile_limit, GRAPHS_PER_BUCKET * max(n_buckets, 1) + 4)
+        torch._dynamo.config.recompile_limit = limit
+        opts.compiled_block = compile_block()
+    elif t.compile:
+        log.info("train.compile is ignored on %s (it compiles for CUDA GPUs)", backbone.device.type)
+
+
+class CheckpointPlanner:
+    """For checkpointing 'auto': measures the first micro-step of each new batch shape and plans from it."""
+
+    def __init__(self, backbone, cfg: RunConfig, dtype: torch.dtype):
+        self.backbone, self.cfg, self.dtype = backbone, cfg, dtype
+        self.active = cfg.train.checkpointing == "auto" and backbone.device.type == "cuda"
+
+    def begin(self, batch) -> tuple[int, int, int, int] | None:
+        """Call before a micro-step; returns the shape to plan for after it, or None."""
+        if not self.active:
+            return None
+        b, _, h, w = batch.latents.shape
+        cap_len = batch.cap_feats.shape[1]
+        p = self.backbone.arch.patch_size
+        if (b, cap_len + (h // p) * (w // p)) in self.backbone.options.keep_activations:
+            return None
+        torch.cuda.reset_peak_memory_stats(self.backbone.device)
+        return b, h, w, cap_len
+
+    def end(self, shape: tuple[int, int, int, int] | None, adapters: dict) -> None:
+        """Call after the micro-step's backward."""
+        if shape is not None:
+            peak = torch.cuda.max_memory_allocated(self.backbone.device)
+            plan_checkpointing(self.backbone, adapters, shape, peak, self.cfg.train, self.dtype)
