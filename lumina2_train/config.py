@@ -126,8 +126,9 @@ class DatasetConfig:
     keep_tags: int = 0  # with shuffle_tags: keep the first N comma-separated tags in place
     is_regularisation: bool = False
     loss_weight: float = 1.0  # prior-loss weight for regularisation sets
-    mask_strategy: str = "none"  # none | alpha | folder (masked loss)
-    mask_folder: str = ""
+    mask_strategy: str = "none"  # none | alpha | folder (masked loss: white/opaque trains, black is ignored)
+    mask_folder: str = ""  # for 'folder': masks with the image's relative path and stem, any image type
+    missing_mask: str = "error"  # with mask_strategy 'folder': an image without a mask file: error | skip
 
     def errors(self, at: str) -> list[str]:
         out = [] if self.path else [f"{at}.path is empty; give the folder that holds the images"]
@@ -156,6 +157,7 @@ class DatasetConfig:
         if self.caption_strategy in ("jsonl", "csv") and not self.metadata_file:
             out.append(f"{at}.metadata_file is empty but caption_strategy is '{self.caption_strategy}'; "
                        "give the metadata file")
+        out += _choice(f"{at}.missing_mask", self.missing_mask, FILE_POLICIES)
         if self.mask_strategy == "folder" and not self.mask_folder:
             out.append(f"{at}.mask_folder is empty but mask_strategy is 'folder'; give the mask folder")
         return out

@@ -9,6 +9,7 @@ import torch
 
 from ..config import CacheConfig, DataConfig
 from ..data import DataItem, prepare_pixels
+from ..data.images import prepare_mask
 from ..encoders import EncoderProvider
 from ..errors import CacheError
 from ..recipe import DROPPED_PROMPT, format_prompt
@@ -22,7 +23,7 @@ class Sample:
     caption: str
     loss_weight: float
     is_regularisation: bool
-    mask: torch.Tensor | None = None  # (1, h/8, w/8) in [0, 1] for masked loss; None until masks exist
+    mask: torch.Tensor | None = None  # (1, h/8, w/8) in [0, 1] for masked loss (mask_strategy); else None
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,10 @@ class CacheHandle:
         if flip and not item.flip:
             raise CacheError(f"{item.path}: no flipped latent (flip is off for dataset {item.dataset_index}). "
                              "Turn flip on for that dataset and rebuild the cache, or ask for flip=False.")
-        return Sample(self._latent(i, flip), self.prompt_features(item.caption), item.caption, item.loss_weight,
-                      item.is_regularisation)
+        latent = self._latent(i, flip)
+        mask = prepare_mask(item, tuple(latent.shape[-2:]), flip=flip) if item.mask_source else None
+        return Sample(latent, self.prompt_features(item.caption), item.caption, item.loss_weight,
+                      item.is_regularisation, mask)
 
     def _latent(self, i: int, flip: bool) -> torch.Tensor:
         if self.on_the_fly:

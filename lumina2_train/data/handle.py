@@ -31,6 +31,9 @@ class DataItem:
     downsample_px: tuple[int, int] = (0, 0)  # after the max_size_px downsample (== size_px when none)
     resize_px: tuple[int, int] = (0, 0)  # resized to this before cropping (== bucket for crop_style none)
     background: str = "white"  # colour transparent pixels are composited on
+    mask_source: str = ""  # masked loss: "" (none), "alpha" (the image's alpha channel) or "file"
+    mask_path: str = ""  # with mask_source "file": the mask image
+    mask_fingerprint: str = ""  # sha256[:16] of the mask file's bytes
 
 
 @dataclass(frozen=True)

@@ -156,3 +156,32 @@ def prepare_pixels(item: DataItem, *, flip: bool = False) -> torch.Tensor:
         img = ImageOps.mirror(img)
     pixels = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, H, W)
     return pixels.float() / 127.5 - 1.0
+
+
+def prepare_mask(item: DataItem, latent_hw: tuple[int, int], *, flip: bool = False) -> torch.Tensor:
+    """The loss mask of one item at latent resolution: (1, h, w) float32 in [0, 1], 1 = train.
+
+    The mask (the image's alpha channel, or a grayscale mask file) goes through the same downsample,
+    resize and crop as the pixels, then a box filter down to the latent grid.
+    """
+    import torch
+
+    source = item.mask_path if item.mask_source == "file" else item.path
+    try:
+        with Image.open(io.BytesIO(Path(source).read_bytes())) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except (OSError, UnidentifiedImageError) as e:
+        raise DatasetError(f"{source}: the mask cannot be read any more ({e}). Restore it or re-run the scan.") \
+            from None
+    if item.mask_source == "alpha":
+        mask = img.convert("RGBA").getchannel("A") if (img.mode in _ALPHA or "transparency" in img.info) \
+            else Image.new("L", img.size, 255)
+    else:
+        mask = to_rgb(img).convert("L")
+    mask = resize_and_crop(mask, item)
+    if flip:
+        mask = ImageOps.mirror(mask)
+    h, w = latent_hw
+    mask = mask.resize((w, h), Image.Resampling.BOX)
+    return torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)[None]

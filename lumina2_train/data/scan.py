@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..fingerprint import json_fingerprint
 from .buckets import plan_crop
 from .captions import CaptionSource, shuffle_tags
-from .files import is_image_name, list_images
+from .files import IMAGE_EXTENSIONS, is_image_name, list_images
 from .handle import DataItem, DatasetHandle
 from .images import ImageProblem, bytes_fingerprint, probe_image
 from .report import DatasetReport, ScanReport, Skipped, bucket_name
@@ -63,9 +63,8 @@ def _scan_one(ds: DatasetConfig, index: int, seed: int) -> tuple[list[DataItem],
     at = f"data.datasets[{index}]"
     root = Path(os.path.abspath(os.path.expanduser(ds.path)))
     problems = []
-    if ds.mask_strategy != "none":
-        problems.append(f"{at}.mask_strategy: masked loss is not implemented yet ('{ds.mask_strategy}'). "
-                        "Set it to 'none'.")
+    if ds.mask_strategy == "folder" and not Path(ds.mask_folder).expanduser().is_dir():
+        problems.append(f"{ds.mask_folder}: mask folder does not exist ({at}.mask_folder). Check the path.")
     if not root.is_dir():
         what = "is a file, not a folder" if root.exists() else "does not exist"
         problems.append(f"{root}: dataset folder {what} ({at}.path = '{ds.path}'). Check the path.")
@@ -142,13 +141,44 @@ def _check_file(path: Path, ctx: _Context) -> DataItem | Skipped:
     rel = path.relative_to(ctx.root).as_posix()
     if ds.shuffle_tags and caption:
         caption = shuffle_tags(caption, ds.keep_tags, random.Random(f"tags:{ctx.seed}:{ctx.index}:{rel}"))
+    mask = _mask_for(path, rel, (width, height), ds)
+    if isinstance(mask, Skipped):
+        return mask
     plan = plan_crop((width, height), ds, random.Random(f"crop:{ctx.seed}:{ctx.index}:{rel}"))
     return DataItem(
         path=str(path), caption=caption, dataset_index=ctx.index, bucket=plan.bucket, crop=plan.crop,
         is_regularisation=ds.is_regularisation, loss_weight=ds.loss_weight, repeats=ds.repeats,
         image_fingerprint=bytes_fingerprint(data), flip=ds.flip, size_px=(width, height),
         downsample_px=plan.downsample_px, resize_px=plan.resize_px, background=ds.background,
+        mask_source=mask[0], mask_path=mask[1], mask_fingerprint=mask[2],
     )
+
+
+def _mask_for(path: Path, rel: str, size: tuple[int, int], ds: DatasetConfig) -> tuple[str, str, str] | Skipped:
+    """(mask_source, mask_path, mask_fingerprint) of an image, or the reason it must be skipped."""
+    if ds.mask_strategy == "alpha":
+        return ("alpha", "", "")
+    if ds.mask_strategy != "folder":
+        return ("", "", "")
+    folder = Path(ds.mask_folder).expanduser()
+    stem = Path(rel).with_suffix("")
+    found = [folder / stem.with_suffix(ext) for ext in sorted(IMAGE_EXTENSIONS)
+             if (folder / stem.with_suffix(ext)).is_file()]
+    if not found:
+        return Skipped(str(path), f"no mask '{stem}.png' (or .jpg/.webp/.bmp) in the mask folder {folder}. Add "
+                       "one (white = train, black = ignore), or set missing_mask to 'skip'.", "missing_mask",
+                       ds.missing_mask == "error")
+    try:
+        data = found[0].read_bytes()
+        mask_size = probe_image(data)
+    except (OSError, ImageProblem) as e:
+        return Skipped(str(path), f"its mask {found[0]} cannot be used ({e}). Replace the mask.", "missing_mask",
+                       ds.missing_mask == "error")
+    if mask_size != size:
+        return Skipped(str(path), f"its mask {found[0]} is {mask_size[0]}x{mask_size[1]} px but the image is "
+                       f"{size[0]}x{size[1]}. Export the mask at the image's size.", "missing_mask",
+                       ds.missing_mask == "error")
+    return ("file", str(found[0]), bytes_fingerprint(data))
 
 
 def _unmatched_metadata(images: tuple[Path, ...], ctx: _Context) -> list[Skipped]:

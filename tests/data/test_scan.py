@@ -123,10 +123,10 @@ def test_image_fingerprint_is_sha256_of_bytes(good_folder, make_dataset):
     assert item.image_fingerprint == hashlib.sha256(Path(item.path).read_bytes()).hexdigest()[:16]
 
 
-def test_mask_strategy_not_silently_ignored(good_folder, make_dataset):
+def test_mask_strategies_are_recorded_per_item(good_folder, make_dataset):
     h = scan(make_dataset(good_folder, mask_strategy="alpha"))
-    with pytest.raises(DatasetError, match="mask_strategy: masked loss is not implemented yet"):
-        h.require_usable()
+    assert h.items and all(i.mask_source == "alpha" for i in h.items)
+    assert all(i.mask_source == "" for i in scan(make_dataset(good_folder)).items)
 
 
 def test_require_usable_lists_at_most_twenty(tmp_path, write_image, make_dataset):
