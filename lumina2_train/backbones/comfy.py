@@ -1,0 +1,150 @@
+"""The ComfyUI backbone: the NextDiT inside a ComfyUI MODEL, run by the library's one forward (nextdit.py).
+
+ComfyUI's NextDiT already uses the native names, so nothing is renamed or copied. The MODEL is cloned and
+loaded with ComfyUI's own model management (patches a user applied before training, e.g. a LoRA, are in the
+weights then); the shared nn.Module is only read: no parameter is written, no flag changed, no module or
+hook added. Weights go through comfy.ops' casting when a module needs it (fp8 or other manual-cast storage,
+weight_function lists). ComfyUI is imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..comfy_bridge import is_autograd_safe, training_mode
+from ..errors import ModelError
+from . import Backbone
+from .nextdit import ArchConfig, Linears, velocity
+
+LUMINA2_DIM = 2304
+EVICT_ALL = 1e20  # memory_required that makes ComfyUI unload every other model from the device
+_FIX = "Connect the MODEL of a Lumina-Image-2.0 checkpoint (Load Checkpoint, or Load Diffusion Model with " \
+       "lumina_2_model_bf16.safetensors)"
+
+
+def _needs_cast(module: nn.Module) -> bool:
+    return bool(getattr(module, "comfy_cast_weights", False) or getattr(module, "weight_function", None)
+                or getattr(module, "bias_function", None))
+
+
+def _usable(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A tensor autograd may save. ComfyUI loads weights under inference mode; autograd cannot save those (nor
+    ones moved to the GPU outside it), so while grad is on they are copied per use: a transient copy with
+    activation checkpointing, a second copy of the weights held for backward without it."""
+    if t is not None and torch.is_grad_enabled() and not is_autograd_safe(t):
+        return t.detach().clone()
+    return t
+
+
+def comfy_weight(module: nn.Module, dtype: torch.dtype, device: torch.device):
+    """(weight, bias) of a comfy.ops module in `dtype` on `device`, as ComfyUI's own forward would use them."""
+    if _needs_cast(module):
+        import comfy.ops
+
+        out = comfy.ops.cast_bias_weight(module, dtype=dtype, device=device, bias_dtype=dtype)
+        weight, bias = out[0], out[1]  # newer ComfyUI can return a third item (an offload stream)
+    else:
+        weight = module.weight.to(device=device, dtype=dtype)
+        bias = module.bias.to(device=device, dtype=dtype) if module.bias is not None else None
+    return _usable(weight), _usable(bias)
+
+
+class ComfyLinears(Linears):
+    """Linears whose norms also go through comfy.ops casting (fp8 norms, weight_function patches)."""
+
+    def norm(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if norm.weight is None:
+            return F.rms_norm(x, (x.shape[-1],), None, norm.eps)
+        w = comfy_weight(norm, x.dtype, x.device)[0] if _needs_cast(norm) else \
+            _usable(norm.weight.to(device=x.device, dtype=x.dtype))
+        return F.rms_norm(x, (x.shape[-1],), w.detach() if self.frozen else w, norm.eps)
+
+
+def check_lumina2(model) -> nn.Module:
+    """The NextDiT of ComfyUI MODEL `model`; ModelError when `model` is not a Lumina-Image-2.0 MODEL."""
+    import comfy.model_base
+
+    base = getattr(model, "model", None)
+    if base is None or not hasattr(model, "clone"):
+        raise ModelError(f"model: not a ComfyUI MODEL (got {type(model).__name__}). {_FIX}")
+    lumina2 = getattr(comfy.model_base, "Lumina2", None)
+    if lumina2 is None or not isinstance(base, lumina2):
+        raise ModelError(f"model: this MODEL is a {type(base).__name__}, not Lumina2. {_FIX}")
+    tree = getattr(base, "diffusion_model", None)
+    dim = getattr(tree, "dim", None)
+    if type(tree).__name__ != "NextDiT" or dim != LUMINA2_DIM:
+        what = "a Z-Image model" if dim == 3840 else f"a {type(tree).__name__} of width {dim}"
+        raise ModelError(f"model: this MODEL is {what}, not Lumina-Image-2.0 (NextDiT of width 2304). {_FIX}")
+    # [newer] ComfyUI's NextDiT also serves Z-Image: refuse its variants even at width 2304.
+    if float(getattr(tree, "time_scale", 1.0)) != 1.0 or getattr(tree, "pad_tokens_multiple", None) is not None \
+            or getattr(tree, "z_image_modulation", False):
+        raise ModelError(f"model: this NextDiT uses Z-Image options (time_scale, pad tokens or Z-Image "
+                         f"modulation), not Lumina-Image-2.0's. {_FIX}")
+    return tree
+
+
+def arch_from_nextdit(tree: nn.Module) -> ArchConfig:
+    """ArchConfig read from a ComfyUI NextDiT module (shapes and each norm's own eps)."""
+    blocks = list(tree.layers) + list(tree.noise_refiner)
+    if not blocks or len(tree.noise_refiner) != len(tree.context_refiner):
+        raise ModelError(f"model: unexpected NextDiT layout ({len(tree.layers)} layers, {len(tree.noise_refiner)} "
+                         f"noise / {len(tree.context_refiner)} context refiners). {_FIX}")
+    blk = blocks[0]
+    attn = blk.attention
+    if getattr(attn.q_norm, "weight", None) is None:
+        raise ModelError(f"model: this NextDiT has no qk-norm; Lumina-Image-2.0 has one. {_FIX}")
+    return ArchConfig(
+        dim=tree.dim, n_layers=len(tree.layers), n_refiner_layers=len(tree.noise_refiner),
+        n_heads=attn.n_local_heads, n_kv_heads=attn.n_local_kv_heads, ffn_hidden=blk.feed_forward.w1.weight.shape[0],
+        cap_feat_dim=tree.cap_embedder[1].weight.shape[1], patch_size=tree.patch_size, in_channels=tree.in_channels,
+        axes_dims=tuple(int(a) for a in tree.axes_dims), axes_lens=tuple(int(a) for a in tree.axes_lens),
+        norm_eps=blk.attention_norm1.eps, qk_norm_eps=attn.q_norm.eps, rope_theta=float(tree.rope_embedder.theta),
+    )
+
+
+class ComfyBackbone(Backbone):
+    """Backbone over a ComfyUI MODEL's NextDiT. Keep the object alive while training: it holds the loaded clone."""
+
+    patcher = None  # the ModelPatcher clone this backbone loaded
+
+    @classmethod
+    def from_model_patcher(cls, model, *, memory_required: float = EVICT_ALL) -> ComfyBackbone:
+        """Clone MODEL `model`, load the clone fully on ComfyUI's device and wrap its NextDiT.
+
+        Args:
+            model: a ComfyUI MODEL (ModelPatcher) holding a Lumina-Image-2.0 NextDiT.
+            memory_required: bytes ComfyUI keeps free on the device besides the weights, unloading other
+                models for it; the default unloads every other model (as ComfyUI's own trainer does), 0 keeps
+                what fits.
+        Raises:
+            ModelError: `model` is not Lumina-Image-2.0.
+        """
+        import comfy.model_management as mm
+
+        check_lumina2(model)
+        patcher = model.clone()
+        with training_mode():
+            mm.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
+        tree = patcher.model.diffusion_model
+        backbone = cls(tree, arch_from_nextdit(tree), weight_fn=comfy_weight, kind="comfy")
+        backbone.patcher = patcher
+        return backbone
+
+    def velocity(self, x_sigma: torch.Tensor, sigma: torch.Tensor, cap_feats: torch.Tensor,
+                 cap_mask: torch.Tensor | None, adapters: dict[str, nn.Module] | None = None,
+                 *, frozen: bool = True) -> torch.Tensor:
+        """ε − x (library convention) from ComfyUI's NextDiT weights; see Backbone.velocity."""
+        lin = ComfyLinears(adapters, self.weight_fn, frozen=frozen)
+        return velocity(self.tree, self.arch, x_sigma, sigma, cap_feats, cap_mask, lin, self.options)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype ComfyUI uses for this model (its manual-cast dtype when weights are stored in fp8)."""
+        base = self.patcher.model if self.patcher is not None else None
+        cast = getattr(base, "manual_cast_dtype", None)
+        return cast if cast is not None else self.tree.x_embedder.weight.dtype
+
+
+__all__ = ["LUMINA2_DIM", "ComfyBackbone", "arch_from_nextdit", "check_lumina2", "comfy_weight"]

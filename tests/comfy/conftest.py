@@ -1,0 +1,139 @@
+"""Fixtures that import a real ComfyUI in this process (CPU) and load the tiny ComfyUI-layout models.
+
+ComfyUI is found through COMFYUI_PATH, or because this pack sits in a ComfyUI `custom_nodes/` folder; without
+one, or when this Python cannot import it (run these tests with ComfyUI's own venv), every test here skips
+with the reason. Locally:
+    /work/shared/tools/comfyui_local.sh install-pack .       # our requirements into ComfyUI's venv
+    eval "$(/work/shared/tools/comfyui_local.sh env)"        # COMFYUI_PATH, COMFYUI_PYTHON
+    $COMFYUI_PYTHON -m pytest tests/comfy
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+FOLDERS = {"diffusion_models": "diffusion_models", "text_encoders": "text_encoders", "vae": "vae", "loras": "loras"}
+
+
+def comfy_root() -> tuple[Path | None, str]:
+    """(ComfyUI folder or None, why not)."""
+    env = os.environ.get("COMFYUI_PATH", "").strip()
+    if env:
+        root = Path(env).expanduser().resolve()
+        if (root / "comfy" / "model_management.py").is_file():
+            return root, ""
+        return None, f"COMFYUI_PATH={env} holds no ComfyUI (no comfy/model_management.py)"
+    if REPO.parent.name == "custom_nodes" and (REPO.parent.parent / "comfy").is_dir():
+        return REPO.parent.parent, ""
+    return None, "no ComfyUI: set COMFYUI_PATH (tools: comfyui_local.sh env) or put the pack in ComfyUI/custom_nodes"
+
+
+def _import_comfy(root: Path) -> SimpleNamespace:
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from comfy.cli_args import args  # parsed only if a main.py enabled parsing: defaults here
+
+    args.cpu = True
+    # as main.py does: ComfyUI's `utils` package first, before nodes.py puts comfy/ (with its utils.py) on sys.path
+    importlib.import_module("utils.extra_config")
+    import comfy.lora
+    import comfy.model_base
+    import comfy.model_management
+    import comfy.sd
+    import comfy.utils
+    import folder_paths
+    import server
+
+    import nodes
+
+    return SimpleNamespace(root=root, args=args, mm=comfy.model_management, sd=comfy.sd, lora=comfy.lora,
+                           utils=comfy.utils, model_base=comfy.model_base, folder_paths=folder_paths, nodes=nodes,
+                           server=server)
+
+
+@pytest.fixture(scope="session")
+def comfy() -> SimpleNamespace:
+    """ComfyUI's modules, imported in-process on CPU (skips all tests here when unavailable)."""
+    root, why = comfy_root()
+    if root is None:
+        pytest.skip(why)
+    try:
+        return _import_comfy(root)
+    except Exception as e:  # wrong Python (missing ComfyUI requirements) or a broken tree
+        if str(root) in sys.path:
+            sys.path.remove(str(root))
+        pytest.skip(f"ComfyUI at {root} does not import with {sys.executable} ({type(e).__name__}: {e}); "
+                    "run tests/comfy with ComfyUI's venv python")
+
+
+@pytest.fixture(scope="session")
+def comfy_models(comfy, tmp_path_factory) -> dict[str, Path]:
+    """The tiny ComfyUI-layout files, registered in folder_paths so the stock loader nodes list them."""
+    from lumina2_train.tiny.comfy_layout import write_comfy_tiny_models
+
+    root = tmp_path_factory.mktemp("comfy_models")
+    paths = write_comfy_tiny_models(root, seed=0)
+    for kind, sub in FOLDERS.items():
+        (root / sub).mkdir(exist_ok=True)
+        comfy.folder_paths.add_model_folder_path(kind, str(root / sub), is_default=True)
+    return {**paths, "root": root, "loras": root / "loras"}
+
+
+@pytest.fixture(scope="session")
+def comfy_model(comfy, comfy_models):
+    """MODEL from the stock UNETLoader node, loaded under inference mode as ComfyUI runs nodes."""
+    with torch.inference_mode():
+        (model,) = comfy.nodes.UNETLoader().load_unet(comfy_models["diffusion_model"].name, "default")
+    return model
+
+
+@pytest.fixture(scope="session")
+def comfy_clip(comfy, comfy_models):
+    """CLIP through CLIPLoader's code path (comfy.sd.load_clip, type lumina2) with the tiny Gemma2 config."""
+    from lumina2_train.tiny.comfy_layout import comfy_tiny_clip_options
+
+    with torch.inference_mode():
+        return comfy.sd.load_clip([str(comfy_models["text_encoder"])], clip_type=comfy.sd.CLIPType.LUMINA2,
+                                  model_options=comfy_tiny_clip_options())
+
+
+@pytest.fixture(scope="session")
+def comfy_vae(comfy, comfy_models):
+    """VAE from the stock VAELoader node."""
+    with torch.inference_mode():
+        (vae,) = comfy.nodes.VAELoader().load_vae(comfy_models["vae"].name)
+    return vae
+
+
+@pytest.fixture
+def comfy_inputs():
+    """comfy_inputs(b, L, seed) -> (latents (b,16,8,12), sigma (b,), feats (b,L,32)) at the tiny model's width."""
+    def make(b: int = 2, L: int = 7, seed: int = 0):
+        gen = torch.Generator().manual_seed(seed)
+        return (torch.randn(b, 16, 8, 12, generator=gen), torch.rand(b, generator=gen) * 0.9 + 0.05,
+                torch.randn(b, L, 32, generator=gen))
+    return make
+
+
+def _state_hash(module: torch.nn.Module) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def state_hash():
+    """state_hash(module) -> exact sha256 of every parameter and buffer (names, dtypes, bytes)."""
+    return _state_hash

@@ -1,0 +1,129 @@
+"""ComfyBackbone: the library's forward over ComfyUI's NextDiT equals ComfyUI's own forward, and diffusers'."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lumina2_train import keys
+from lumina2_train.backbones.comfy import ComfyBackbone
+from lumina2_train.backbones.diffusers import DiffusersBackbone
+from lumina2_train.errors import ModelError
+from lumina2_train.tiny.comfy_layout import COMFY_TINY_ARCH
+
+pytestmark = pytest.mark.comfy
+
+
+@pytest.fixture(scope="module")
+def backbone(comfy, comfy_model):
+    with torch.inference_mode():  # as inside a node
+        return ComfyBackbone.from_model_patcher(comfy_model)
+
+
+def _comfy_forward(model, x, sigma, feats, mask=None):
+    """ComfyUI's own NextDiT forward (σ in, ε − x out), as BaseModel._apply_model calls it."""
+    with torch.inference_mode():
+        return model.model.diffusion_model(x, sigma, context=feats, num_tokens=feats.shape[1],
+                                           attention_mask=mask, transformer_options={}).clone()
+
+
+def test_arch_is_read_from_the_module(backbone):
+    assert backbone.arch == COMFY_TINY_ARCH  # dim 2304, 1 layer, 2+2 refiners, FFN 9216, qk-norm eps None
+    assert backbone.arch.ffn_hidden == 9216 and backbone.arch.qk_norm_eps is None
+    assert backbone.kind == "comfy" and backbone.patcher is not None
+
+
+def test_velocity_equals_comfyui_forward(comfy, comfy_model, backbone, comfy_inputs):
+    x, sigma, feats = comfy_inputs(b=2, L=7)
+    ref = _comfy_forward(backbone.patcher, x, sigma, feats)
+    with torch.no_grad():
+        ours = backbone.velocity(x, sigma, feats, None)
+    assert ours.abs().mean() > 0.1  # a real signal, not zeros
+    assert (ours - ref).abs().max() <= 1e-5
+
+
+def test_padded_captions_equal_comfyui_on_the_unpadded_caption(backbone, comfy_inputs):
+    # ComfyUI's own mask path misplaces the mask when a caption is padded (0.3.64) and [newer] ignores it,
+    # so the reference is ComfyUI on the caption without padding.
+    x, sigma, feats = comfy_inputs(b=1, L=7, seed=1)
+    padded = torch.cat([feats[:, :4], torch.randn(1, 3, 32)], dim=1)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0, 0]])
+    ref = _comfy_forward(backbone.patcher, x, sigma, feats[:, :4])
+    with torch.no_grad():
+        ours = backbone.velocity(x, sigma, padded, mask)
+    assert (ours - ref).abs().max() <= 1e-5
+
+
+def test_diffusers_backbone_on_the_same_weights_agrees(backbone, comfy_inputs):
+    from diffusers import Lumina2Transformer2DModel
+    from diffusers.models.transformers.transformer_lumina2 import Lumina2RotaryPosEmbed
+
+    a = backbone.arch
+    cfg = dict(sample_size=16, patch_size=a.patch_size, in_channels=a.in_channels, hidden_size=a.dim,
+               num_layers=a.n_layers, num_refiner_layers=a.n_refiner_layers, num_attention_heads=a.n_heads,
+               num_kv_heads=a.n_kv_heads, multiple_of=256, ffn_dim_multiplier=None, norm_eps=a.norm_eps,
+               axes_dim_rope=a.axes_dims, axes_lens=a.axes_lens, cap_feat_dim=a.cap_feat_dim)
+    x, sigma, feats = comfy_inputs(b=2, L=7, seed=2)
+    with torch.inference_mode():  # ComfyUI's weights are inference tensors: share them without copies
+        with torch.device("meta"):
+            model = Lumina2Transformer2DModel(**cfg)
+        model.rope_embedder = Lumina2RotaryPosEmbed(10000, list(a.axes_dims), list(a.axes_lens), a.patch_size)
+        sd = keys.native_state_to_diffusers(backbone.tree.state_dict(), a.qkv_split)
+        missing, unexpected = model.load_state_dict(sd, strict=True, assign=True)
+        diffusers_bb = DiffusersBackbone.from_model(model.eval())
+        ref = backbone.velocity(x, sigma, feats, None)
+        ours = diffusers_bb.velocity(x, sigma, feats, None)
+        theirs = -model(x, 1 - sigma, feats, torch.ones(2, 7, dtype=torch.long), return_dict=False)[0]
+    assert not missing and not unexpected
+    # diffusers builds its qk RMSNorms with eps 1e-5, ComfyUI with torch's default (~1.2e-7): a ~1e-6 effect
+    assert (ours - ref).abs().max() <= 1e-5
+    assert (theirs - ref).abs().max() <= 1e-5
+
+
+def test_base_weights_get_no_gradient_and_flags_stay(backbone, comfy_inputs):
+    tree = backbone.tree
+    flags = {n: p.requires_grad for n, p in tree.named_parameters()}
+    x, sigma, feats = comfy_inputs(b=1, L=3, seed=3)
+    x.requires_grad_(True)
+    with torch.inference_mode():  # a node's context; training_mode() must make the backward possible
+        from lumina2_train.comfy_bridge import training_mode
+
+        with training_mode():
+            backbone.velocity(x, sigma, feats, None).square().mean().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in tree.parameters())
+    assert {n: p.requires_grad for n, p in tree.named_parameters()} == flags
+
+
+def test_not_a_lumina2_model_is_refused(comfy):
+    with pytest.raises(ModelError, match="not a ComfyUI MODEL"):
+        ComfyBackbone.from_model_patcher(object())
+    with pytest.raises(ModelError, match="not Lumina2"):
+        ComfyBackbone.from_model_patcher(SimpleNamespace(model=SimpleNamespace(), clone=None))
+
+    class NextDiT:  # what [newer] ComfyUI builds for Z-Image: the same class, 3840 wide
+        dim = 3840
+
+    base = object.__new__(comfy.model_base.Lumina2)
+    base.__dict__["diffusion_model"] = NextDiT()
+    with pytest.raises(ModelError, match="Z-Image"):
+        ComfyBackbone.from_model_patcher(SimpleNamespace(model=base, clone=None))
+
+
+def test_fp8_stored_model_goes_through_comfy_casting(comfy, comfy_models, comfy_inputs):
+    from lumina2_train.comfy_bridge import training_mode
+
+    with torch.inference_mode():
+        (fp8,) = comfy.nodes.UNETLoader().load_unet(comfy_models["diffusion_model"].name, "fp8_e4m3fn")
+        bb = ComfyBackbone.from_model_patcher(fp8)
+    tree = bb.tree
+    assert tree.x_embedder.weight.dtype == torch.float8_e4m3fn and tree.x_embedder.comfy_cast_weights
+    assert bb.dtype == fp8.model.manual_cast_dtype  # the compute dtype, not the storage dtype
+    x, sigma, feats = comfy_inputs(b=1, L=5, seed=4)
+    ref = _comfy_forward(bb.patcher, x, sigma, feats)
+    x.requires_grad_(True)
+    with torch.inference_mode(), training_mode():
+        ours = bb.velocity(x, sigma, feats, None)
+        ours.square().mean().backward()
+    assert (ours.detach() - ref).abs().max() <= 1e-5
+    assert x.grad is not None and all(p.grad is None for p in tree.parameters())

@@ -1,0 +1,83 @@
+"""The ComfyUI adapters without ComfyUI: import boundary, inference-mode helpers, the tiny ComfyUI-layout shapes."""
+
+import subprocess
+import sys
+from collections import namedtuple
+
+import torch
+
+from lumina2_train.comfy_bridge import clone_inference_tensors, training_mode
+
+
+def test_the_comfyui_adapters_import_no_comfyui_module():
+    code = (
+        "import sys, lumina2_train.comfy_bridge, lumina2_train.backbones.comfy, lumina2_train.encoders.comfy, "
+        "lumina2_train.tiny.comfy_layout\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'comfy_api', 'comfy_extras', "
+        "'folder_paths', 'server', 'nodes', 'execution')]\n"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_training_mode_leaves_inference_mode_and_enables_grad():
+    with torch.inference_mode():
+        with training_mode():
+            assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
+            t = torch.ones(2, requires_grad=True)
+            (t * 2).sum().backward()
+        assert torch.is_inference_mode_enabled()
+    assert torch.equal(t.grad, torch.full((2,), 2.0))
+
+
+def test_clone_inference_tensors_walks_containers():
+    Pair = namedtuple("Pair", "a b")
+    with torch.inference_mode():
+        inf = torch.arange(3.0)
+    normal = torch.zeros(2)
+    out = clone_inference_tensors({"x": [inf, (normal, Pair(inf, 5))], "s": "text"})
+    assert not out["x"][0].is_inference() and torch.equal(out["x"][0], inf)
+    assert out["x"][1][0] is normal  # normal tensors are not copied
+    assert isinstance(out["x"][1][1], Pair) and not out["x"][1][1].a.is_inference() and out["x"][1][1].b == 5
+    assert out["s"] == "text"
+    w = torch.ones(3, requires_grad=True)
+    (out["x"][0] * w).sum().backward()  # usable by autograd, unlike the inference tensor
+    assert torch.equal(w.grad, inf)
+
+
+def test_tiny_comfy_text_encoder_is_a_real_gemma2_layout():
+    from transformers import Gemma2Config, Gemma2Model
+
+    from lumina2_train.tiny.comfy_layout import COMFY_GEMMA2_HEAD_DIM, COMFY_TINY_GEMMA2, comfy_tiny_text_state_dict
+
+    sd = comfy_tiny_text_state_dict(seed=0)
+    assert sd["spiece_model"].dtype == torch.uint8 and sd["spiece_model"].numel() > 1000
+    model = Gemma2Model(Gemma2Config(**COMFY_TINY_GEMMA2, head_dim=COMFY_GEMMA2_HEAD_DIM))
+    weights = {k.removeprefix("model."): v for k, v in sd.items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(weights, strict=True)
+    assert not missing and not unexpected
+    assert "model.layers.0.post_feedforward_layernorm.weight" in sd  # ComfyUI's Gemma2-2B detection key
+
+
+def _inference_linear(moved: bool) -> torch.nn.Linear:
+    """A Linear made under inference mode (as ComfyUI loads models), optionally then converted outside it."""
+    with torch.inference_mode():
+        lin = torch.nn.Linear(4, 3)
+    return lin.to(torch.float64) if moved else lin  # Module.to outside inference mode: a half-inference tensor
+
+
+def test_half_converted_inference_weights_are_detected_and_copied():
+    from lumina2_train.backbones.comfy import comfy_weight
+    from lumina2_train.comfy_bridge import is_autograd_safe
+
+    for moved in (False, True):
+        lin = _inference_linear(moved)
+        assert not is_autograd_safe(lin.weight) and lin.weight.is_inference() != moved
+        assert is_autograd_safe(clone_inference_tensors(lin.weight))
+        x = torch.randn(2, 4, dtype=lin.weight.dtype, requires_grad=True)
+        weight, bias = comfy_weight(lin, x.dtype, x.device)  # no comfy.ops needed: nothing to cast
+        torch.nn.functional.linear(x, weight.detach(), bias.detach()).sum().backward()
+        assert torch.equal(weight, lin.weight) and x.grad is not None
+        with torch.no_grad():  # no copy when autograd will not save anything
+            assert comfy_weight(lin, x.dtype, x.device)[0] is lin.weight
