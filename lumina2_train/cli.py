@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("lumina2_train.commands.train", "train from a TOML/JSON run config against local weights"),
     "scan": ("lumina2_train.data.scan_command", "report what a dataset folder holds, without loading a model"),
     "make-tiny-models": ("lumina2_train.commands.tiny_models", "write tiny random Lumina2-shaped models"),
+    "convert": ("lumina2_train.commands.convert", "rewrite a LoRA file as comfyui, diffusers or kohya (safe readers)"),
+    "bench": ("lumina2_train.bench.command", "time our training step against the reference step (CUDA)"),
 }
 
 

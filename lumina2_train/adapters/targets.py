@@ -32,7 +32,7 @@ def group_of(name: str) -> str:
 
 def select_targets(arch: ArchConfig, cfg: AdapterConfig) -> list[str]:
     """Native names of the Linear layers to adapt, in the backbone's stable order."""
-    groups = set(cfg.targets)
+    groups = set(cfg.targets) or (set(TARGET_GROUPS) if cfg.kind == "full" else set())  # full: empty = all
     unknown = groups - set(TARGET_GROUPS)
     if unknown:
         raise KeyError(f"unknown target groups {sorted(unknown)}")

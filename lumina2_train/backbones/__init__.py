@@ -44,6 +44,13 @@ class Backbone:
         """The frozen base Linear with native name `name` (read it; never write it)."""
         return self.tree.get_submodule(name)
 
+    def base_weight(self, name: str) -> torch.Tensor:
+        """The frozen base weight of Linear `name` as a dense fp32 tensor (dequantised if stored in 8 bits)."""
+        module = self.linear(name)
+        if self.weight_fn is None:
+            return module.weight.detach().float()
+        return self.weight_fn(module, torch.float32, module.weight.device)[0].detach()
+
     def linear_names(self) -> list[str]:
         return linear_names(self.arch)
 

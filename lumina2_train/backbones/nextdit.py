@@ -13,7 +13,8 @@ shared ComfyUI model stays untouched while a LoRA trains on it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -135,11 +136,18 @@ def linear_names(arch: ArchConfig) -> list[str]:
 
 # ---------------------------------------------------------------- the forward
 
+# Local names of the adaptable Linears inside one block, in the order `Linears.block` returns their adapters.
+BLOCK_LINEARS = ("attention.qkv", "attention.out", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3",
+                 "adaLN_modulation.1")
+_QKV, _OUT, _W1, _W2, _W3, _ADALN = range(len(BLOCK_LINEARS))
+
+
 class Linears:
     """Applies the tree's Linear layers plus any adapter registered under the same native name.
 
     `weight_fn(module, dtype, device)` returns (weight, bias) ready for F.linear; ComfyUI's backbone passes
-    one that goes through comfy.ops' casting (fp8 storage, offloaded weights).
+    one that goes through comfy.ops' casting (fp8 storage, offloaded weights), backbones/quant.py one that
+    dequantises an fp8/int8 base.
     """
 
     def __init__(self, adapters: dict[str, nn.Module] | None = None, weight_fn=None, frozen: bool = True):
@@ -153,8 +161,14 @@ class Linears:
             w = (w.detach() if self.frozen else w).to(device=x.device, dtype=x.dtype)
         return F.rms_norm(x, (x.shape[-1],), w, norm.eps)
 
-    def __call__(self, name: str, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        adapter = self.adapters.get(name)
+    def block(self, prefix: str) -> tuple:
+        """The adapters (or None) of block `prefix`'s Linears, in BLOCK_LINEARS order.
+
+        The block function receives these instead of names, so one compiled block serves every layer.
+        """
+        return tuple(self.adapters.get(f"{prefix}.{n}") for n in BLOCK_LINEARS)
+
+    def apply(self, module: nn.Module, adapter: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
         if adapter is not None and getattr(adapter, "replaces_weight", False):
             weight, bias = adapter.weight_and_bias(module, x)  # full fine-tune / DoRA-style adapters
             return F.linear(x, weight, bias)
@@ -163,6 +177,9 @@ class Linears:
             weight, bias = weight.detach(), (bias.detach() if bias is not None else None)
         y = F.linear(x, weight, bias)
         return y if adapter is None else y + adapter(x)
+
+    def __call__(self, name: str, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return self.apply(module, self.adapters.get(name), x)
 
 
 def _plain_weight(module: nn.Module, dtype: torch.dtype, device: torch.device):
@@ -196,44 +213,70 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return out.flatten(-2).to(x.dtype)
 
 
-def _attention(blk, prefix: str, lin: Linears, x, key_mask, cos, sin, arch: ArchConfig):
+def _attention(blk, ad: tuple, lin: Linears, x, key_mask, cos, sin, arch: ArchConfig):
     b, n, _ = x.shape
-    q, k, v = lin(f"{prefix}.attention.qkv", blk.attention.qkv, x).split(arch.qkv_split, dim=-1)
+    q, k, v = lin.apply(blk.attention.qkv, ad[_QKV], x).split(arch.qkv_split, dim=-1)
     q = lin.norm(blk.attention.q_norm, q.view(b, n, arch.n_heads, arch.head_dim))
     k = lin.norm(blk.attention.k_norm, k.view(b, n, arch.n_kv_heads, arch.head_dim))
     v = v.view(b, n, arch.n_kv_heads, arch.head_dim)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    mask = None if key_mask is None else key_mask[:, None, None, :]
-    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
-                                       enable_gqa=arch.n_heads != arch.n_kv_heads)
-    return lin(f"{prefix}.attention.out", blk.attention.out, o.transpose(1, 2).reshape(b, n, -1))
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    gqa = arch.n_heads != arch.n_kv_heads
+    mask = None
+    if key_mask is not None:
+        mask = key_mask[:, None, None, :]
+        if gqa and x.is_cuda:  # masked SDPA with enable_gqa has no fused CUDA kernel: expand k/v instead
+            rep = arch.n_heads // arch.n_kv_heads
+            k, v, gqa = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1), False
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+    return lin.apply(blk.attention.out, ad[_OUT], o.transpose(1, 2).reshape(b, n, -1))
 
 
-def _ffn(blk, prefix: str, lin: Linears, x):
+def _ffn(blk, ad: tuple, lin: Linears, x):
     ff = blk.feed_forward
-    h = F.silu(lin(f"{prefix}.feed_forward.w1", ff.w1, x)) * lin(f"{prefix}.feed_forward.w3", ff.w3, x)
-    return lin(f"{prefix}.feed_forward.w2", ff.w2, h)
+    h = F.silu(lin.apply(ff.w1, ad[_W1], x)) * lin.apply(ff.w3, ad[_W3], x)
+    return lin.apply(ff.w2, ad[_W2], h)
 
 
-def block_forward(blk, prefix: str, lin: Linears, arch: ArchConfig, x, key_mask, cos, sin, temb):
-    """One JointTransformerBlock (sandwich norms; adaLN modulation when temb is given)."""
+def block_forward(blk, ad: tuple, lin: Linears, arch: ArchConfig, x, key_mask, cos, sin, temb):
+    """One JointTransformerBlock (sandwich norms; adaLN modulation when temb is given).
+
+    `ad` holds the block's adapters (Linears.block); nothing here depends on the block's name, so a compiled
+    version is traced once per block kind and shape and reused by every layer.
+    """
     if temb is None:
-        x = x + lin.norm(blk.attention_norm2, _attention(blk, prefix, lin, lin.norm(blk.attention_norm1, x),
-                                                     key_mask, cos, sin, arch))
-        return x + lin.norm(blk.ffn_norm2, _ffn(blk, prefix, lin, lin.norm(blk.ffn_norm1, x)))
-    mod = lin(f"{prefix}.adaLN_modulation.1", blk.adaLN_modulation[1], F.silu(temb))
+        x = x + lin.norm(blk.attention_norm2, _attention(blk, ad, lin, lin.norm(blk.attention_norm1, x),
+                                                         key_mask, cos, sin, arch))
+        return x + lin.norm(blk.ffn_norm2, _ffn(blk, ad, lin, lin.norm(blk.ffn_norm1, x)))
+    mod = lin.apply(blk.adaLN_modulation[1], ad[_ADALN], F.silu(temb))
     scale_msa, gate_msa, scale_mlp, gate_mlp = mod.unsqueeze(1).chunk(4, dim=-1)
-    a = _attention(blk, prefix, lin, lin.norm(blk.attention_norm1, x) * (1 + scale_msa), key_mask, cos, sin, arch)
+    a = _attention(blk, ad, lin, lin.norm(blk.attention_norm1, x) * (1 + scale_msa), key_mask, cos, sin, arch)
     x = x + gate_msa.tanh() * lin.norm(blk.attention_norm2, a)
-    f = _ffn(blk, prefix, lin, lin.norm(blk.ffn_norm1, x) * (1 + scale_mlp))
+    f = _ffn(blk, ad, lin, lin.norm(blk.ffn_norm1, x) * (1 + scale_mlp))
     return x + gate_mlp.tanh() * lin.norm(blk.ffn_norm2, f)
+
+
+def compile_block(backend: str = "inductor"):
+    """`block_forward` under torch.compile (regional compilation: one graph per block kind and bucket shape).
+
+    Static shapes (dynamic=False): each bucket gets its own specialised kernels; recompiles stay bounded by
+    (block kinds: context refiner, noise refiner, main) × (bucket shapes) × (grad mode).
+    """
+    return torch.compile(block_forward, backend=backend, dynamic=False)
 
 
 @dataclass
 class ForwardOptions:
-    checkpoint: bool = False  # activation checkpointing of every transformer block
-    checkpoint_every: int = 1  # with checkpoint: only every k-th main layer is recomputed
-    compiled_block: object | None = None  # a torch.compile'd block_forward, set by the trainer on CUDA
+    """How the forward runs (never what it computes)."""
+
+    checkpoint: bool = False  # activation checkpointing (recompute in backward) of the transformer blocks
+    # per (batch, joint tokens): how many blocks, counted from the last main layer backwards, keep their
+    # activations instead (chosen from a memory budget by train/memory.py); unknown shapes keep none
+    keep_activations: dict[tuple[int, int], int] = field(default_factory=dict)
+    compiled_block: Callable | None = None  # compile_block(), set by the trainer when train.compile is on
+
+    def kept(self, batch: int, tokens: int) -> int:
+        return self.keep_activations.get((batch, tokens), 0) if self.checkpoint else 0
 
 
 def _positions(cap_len: torch.Tensor, L: int, h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -283,17 +326,22 @@ def velocity(tree: nn.Module, arch: ArchConfig, x_sigma: torch.Tensor, sigma: to
     cos, sin = angles.cos(), angles.sin()
     cos_c, sin_c, cos_i, sin_i = cos[:, :L], sin[:, :L], cos[:, L:], sin[:, L:]
 
-    run = _runner(opts)
+    n_blocks = len(tree.context_refiner) + len(tree.noise_refiner) + len(tree.layers)
+    run = _runner(opts, lin, arch, n_blocks - opts.kept(b, L + h * w))
+    order = 0
     for i, blk in enumerate(tree.context_refiner):
-        cap = run(blk, f"context_refiner.{i}", lin, arch, cap, key_mask, cos_c, sin_c, None, i)
+        cap = run(blk, f"context_refiner.{i}", cap, key_mask, cos_c, sin_c, None, order)
+        order += 1
     for i, blk in enumerate(tree.noise_refiner):
-        img = run(blk, f"noise_refiner.{i}", lin, arch, img, None, cos_i, sin_i, temb, i)
+        img = run(blk, f"noise_refiner.{i}", img, None, cos_i, sin_i, temb, order)
+        order += 1
 
     hidden = torch.cat([cap, img], dim=1)
     joint_mask = None if key_mask is None else torch.cat(
         [key_mask, key_mask.new_ones(b, h * w)], dim=1)
     for i, blk in enumerate(tree.layers):
-        hidden = run(blk, f"layers.{i}", lin, arch, hidden, joint_mask, cos, sin, temb, i)
+        hidden = run(blk, f"layers.{i}", hidden, joint_mask, cos, sin, temb, order)
+        order += 1
 
     fl = tree.final_layer
     scale = lin("final_layer.adaLN_modulation.1", fl.adaLN_modulation[1], F.silu(temb))
@@ -303,13 +351,15 @@ def velocity(tree: nn.Module, arch: ArchConfig, x_sigma: torch.Tensor, sigma: to
     return -out  # the network predicts x − ε (official convention); the library's velocity is ε − x
 
 
-def _runner(opts: ForwardOptions):
-    fn = opts.compiled_block or block_forward
+def _runner(opts: ForwardOptions, lin: Linears, arch: ArchConfig, n_checkpointed: int):
+    """run(block, prefix, x, ...) for the block at position `order`; the first `n_checkpointed` recompute."""
+    grad = torch.is_grad_enabled()
+    fn = opts.compiled_block if (opts.compiled_block is not None and grad) else block_forward
 
-    def run(blk, prefix, lin, arch, x, mask, cos, sin, temb, index):
-        use_ckpt = opts.checkpoint and torch.is_grad_enabled() and index % max(opts.checkpoint_every, 1) == 0
-        if use_ckpt:
-            return _checkpoint(fn, blk, prefix, lin, arch, x, mask, cos, sin, temb, use_reentrant=False)
-        return fn(blk, prefix, lin, arch, x, mask, cos, sin, temb)
+    def run(blk, prefix, x, mask, cos, sin, temb, order):
+        ad = lin.block(prefix)
+        if opts.checkpoint and grad and order < n_checkpointed:
+            return _checkpoint(fn, blk, ad, lin, arch, x, mask, cos, sin, temb, use_reentrant=False)
+        return fn(blk, ad, lin, arch, x, mask, cos, sin, temb)
 
     return run

@@ -48,17 +48,19 @@ def _update_8bit(p, g, m_q, m_s, r_q, r_s, hp):
     lr, b1, b2, eps, wd, bc1, bc2 = hp.unbind()
     g = g.float().view(-1, BLOCK)
     ok = torch.isfinite(g).all()
-    m = b1 * (m_q.float() * m_s[:, None]) + (1 - b1) * g
-    r = (b2 * (r_q.float() * r_s[:, None]).square() + (1 - b2) * g * g).sqrt()
+    m_old, r_old = m_q.float() * m_s[:, None], r_q.float() * r_s[:, None]
+    m = b1 * m_old + (1 - b1) * g
+    r = (b2 * r_old.square() + (1 - b2) * g * g).sqrt()
     w = p.float().view(-1, BLOCK)
     w_new = w * (1 - lr * wd) - lr * (m / bc1) / (r / bc2.sqrt() + eps)
-    mq, ms = _quantize(m)
-    rq, rs = _quantize(r)
+    # select before quantising (re-quantising the old values gives them back exactly)
+    mq, ms = _quantize(torch.where(ok, m, m_old))
+    rq, rs = _quantize(torch.where(ok, r, r_old))
     p.copy_(torch.where(ok, _round_to(w_new, p.dtype).view(p.shape), p))
-    m_q.copy_(torch.where(ok, mq, m_q))
-    m_s.copy_(torch.where(ok, ms, m_s))
-    r_q.copy_(torch.where(ok, rq, r_q))
-    r_s.copy_(torch.where(ok, rs, r_s))
+    m_q.copy_(mq)
+    m_s.copy_(ms)
+    r_q.copy_(rq)
+    r_s.copy_(rs)
 
 
 def _update_fp32(p, g, m, v, hp):

@@ -1,0 +1,119 @@
+"""What a bench run measures: groups (one shape, one reference step) of variants of our step, and the
+targets of issue 5. Pure data and validation; nothing here touches a GPU. No ComfyUI imports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from ..config import TARGET_PRESETS
+
+TARGETS = {"attn": TARGET_PRESETS["attention"], "attn_ffn": TARGET_PRESETS["attention_ffn"],
+           "all": TARGET_PRESETS["all"]}
+# our target group -> the diffusers module names PEFT adapts for it (the reference step)
+PEFT_TARGETS = {"attention": ("to_q", "to_k", "to_v", "to_out.0"),
+                "ffn": ("linear_1", "linear_2", "linear_3"), "adaln": ("norm1.linear",)}
+FULL_TARGETS = ("attention", "ffn", "adaln", "final", "embedders")
+MODES = ("lora", "full")
+CKPT = ("auto", "on", "off")
+BASES = ("bf16", "fp8", "int8")
+BACKBONES = ("diffusers", "comfy")
+REF_BUDGET = -1.0  # memory budget "ref": the peak the reference step measured in the same run
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration of our step, timed against its group's reference."""
+
+    label: str = "ours"
+    compile: bool = True
+    ckpt: str = "auto"
+    memory_budget_gib: float = 0.0  # ckpt auto: 0 = 90 % of the card, REF_BUDGET = the reference's peak
+    base_precision: str = "bf16"
+    backbone: str = "diffusers"
+    target_ratio: float = 0.0  # the issue's target for this row (0 = none)
+    target_peak_gib: float = 0.0  # 0 = none, REF_BUDGET = the reference's peak
+
+
+@dataclass(frozen=True)
+class Group:
+    """One shape and mode: a reference step and the variants of ours measured against it."""
+
+    name: str
+    res: int = 1024
+    batch: int = 4
+    rank: int = 16
+    targets: str = "attn"
+    mode: str = "lora"
+    caption_tokens: int = 256
+    steps: int = 10
+    warmup: int = 3
+    reference: bool = True
+    variants: tuple[Variant, ...] = field(default_factory=lambda: (Variant(),))
+
+    def errors(self) -> list[str]:
+        out = []
+        if self.res < 256 or self.res % 16:
+            out.append(f"--res must be a multiple of 16 and at least 256 (got {self.res})")
+        for flag, value, lo in (("--batch", self.batch, 1), ("--rank", self.rank, 1), ("--steps", self.steps, 1),
+                                ("--warmup", self.warmup, 1), ("--caption-tokens", self.caption_tokens, 1)):
+            if value < lo:
+                out.append(f"{flag} must be >= {lo} (got {value})")
+        if self.targets not in TARGETS:
+            out.append(f"--targets '{self.targets}' is unknown; choose one of {', '.join(TARGETS)}")
+        if self.mode not in MODES:
+            out.append(f"--mode '{self.mode}' is unknown; choose one of {', '.join(MODES)}")
+        for v in self.variants:
+            out += _variant_errors(v)
+        return out
+
+
+def _variant_errors(v: Variant) -> list[str]:
+    out = []
+    if v.ckpt not in CKPT:
+        out.append(f"--ckpt '{v.ckpt}' is unknown; choose one of {', '.join(CKPT)}")
+    if v.base_precision not in BASES:
+        out.append(f"--base-precision '{v.base_precision}' is unknown; choose one of {', '.join(BASES)}")
+    if v.backbone not in BACKBONES:
+        out.append(f"--backbone '{v.backbone}' is unknown; choose one of {', '.join(BACKBONES)}")
+    if v.memory_budget_gib < 0 and v.memory_budget_gib != REF_BUDGET:
+        out.append(f"--memory-budget must be a number of GiB >= 0 or 'ref' (got {v.memory_budget_gib})")
+    return out
+
+
+def parse_budget(text: str) -> float:
+    """'ref' -> REF_BUDGET, else GiB as a float (ValueError names the value)."""
+    if text.strip().lower() == "ref":
+        return REF_BUDGET
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"--memory-budget '{text}' is not a number of GiB or 'ref'") from None
+
+
+def issue5_suite(steps: int = 10, warmup: int = 3) -> list[Group]:
+    """Every row issue 5 asks for, plus the ablations that show what each optimisation contributed."""
+    eager = Variant("eager, ckpt on", compile=False, ckpt="on")
+    comp_on = Variant("compiled, ckpt on", ckpt="on")
+    b4_target = Variant("compiled, ckpt auto ≤ ref peak", memory_budget_gib=REF_BUDGET, target_ratio=2.5,
+                        target_peak_gib=REF_BUDGET)
+    b4 = Group("1024² batch 4, LoRA r16 attention", batch=4, steps=steps, warmup=warmup, variants=(
+        eager, comp_on, b4_target,
+        replace(b4_target, label="compiled, ckpt auto ≤ ref peak, fp8 base", base_precision="fp8"),
+        replace(b4_target, label="ComfyUI NextDiT, compiled, ckpt auto ≤ ref peak", backbone="comfy",
+                target_ratio=0.0),
+        Variant("compiled, ckpt off", ckpt="off")))
+    b1 = Group("1024² batch 1, LoRA r16 attention", batch=1, steps=steps, warmup=warmup, variants=(
+        Variant("compiled, ckpt auto ≤ 6 GiB", memory_budget_gib=6.0, target_ratio=2.0, target_peak_gib=6.0),
+        Variant("compiled, ckpt auto ≤ 4 GiB, fp8 base", memory_budget_gib=4.0, base_precision="fp8",
+                target_ratio=2.0, target_peak_gib=4.0)))
+    s512 = Group("512² batch 4, LoRA r16 attention", res=512, batch=4, steps=steps, warmup=warmup, variants=(
+        Variant("compiled, ckpt auto (card)", target_ratio=2.5),))
+    full_v = Variant("full, compiled, ckpt auto ≤ 16 GiB, 8-bit AdamW in backward", memory_budget_gib=16.0,
+                     target_ratio=1.5, target_peak_gib=16.0)
+    full = Group("1024² batch 1, full fine-tune", batch=1, mode="full", steps=steps, warmup=warmup, variants=(
+        full_v, replace(full_v, label=full_v.label + ", fp8 frozen base", base_precision="fp8")))
+    return [b4, b1, s512, full]
+
+
+SUITES = {"issue5": issue5_suite}

@@ -1,0 +1,119 @@
+"""`python -m lumina2_train bench`: our training step against the reference step, same process, same card.
+
+One shape from the flags, or `--suite issue5` for every row of issue 5 and the ablations. Needs CUDA; the
+arguments are checked first, so a wrong flag fails the same way everywhere. No ComfyUI imports (the
+ComfyUI variant imports it from --comfyui inside models.comfy_backbone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+from ..errors import Lumina2TrainError
+from .cases import BACKBONES, BASES, CKPT, MODES, SUITES, TARGETS, Group, Variant, parse_budget
+
+log = logging.getLogger(__name__)
+
+
+class BenchError(Lumina2TrainError):
+    """The bench cannot run here, or its arguments are wrong."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--res", type=int, default=1024, help="square image side in pixels (multiple of 16)")
+    p.add_argument("--batch", type=int, default=4, help="samples per step")
+    p.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha = rank)")
+    p.add_argument("--targets", default="attn", choices=list(TARGETS), help="adapted Linears")
+    p.add_argument("--mode", default="lora", choices=MODES, help="LoRA or full fine-tune")
+    p.add_argument("--ckpt", default="auto", choices=CKPT, help="activation checkpointing of our step")
+    p.add_argument("--memory-budget", default="ref",
+                   help="GiB for --ckpt auto; 'ref' = the reference step's measured peak, 0 = 90 %% of the card")
+    p.add_argument("--base-precision", default="bf16", choices=BASES, help="storage of the frozen base")
+    p.add_argument("--backbone", default="diffusers", choices=BACKBONES,
+                   help="'comfy' runs our step on ComfyUI's NextDiT class (needs --comfyui)")
+    p.add_argument("--no-compile", action="store_true", help="eager instead of regional torch.compile")
+    p.add_argument("--no-reference", action="store_true", help="time our step only")
+    p.add_argument("--caption-tokens", type=int, default=256, help="caption length of every sample")
+    p.add_argument("--steps", type=int, default=10, help="timed steps (after warm-up)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, planning)")
+    p.add_argument("--suite", choices=sorted(SUITES), help="run a named set of groups instead of the flags")
+    p.add_argument("--groups", default="", help="with --suite: run only these groups (indices from 0, e.g. 0,2)")
+    p.add_argument("--no-attention", action="store_true", help="skip the attention-kernel comparison")
+    p.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH", ""),
+                   help="a ComfyUI folder for --backbone comfy and the suite's ComfyUI row (default $COMFYUI_PATH)")
+    p.add_argument("--json", type=Path, help="write the full report here")
+    p.add_argument("--markdown", type=Path, help="write the printed tables here too")
+
+
+def groups_from_args(args: argparse.Namespace) -> list[Group]:
+    """The groups to run; BenchError lists every wrong argument at once."""
+    if args.suite:
+        groups = _select(SUITES[args.suite](steps=args.steps, warmup=args.warmup), args.groups)
+    else:
+        try:
+            budget = parse_budget(args.memory_budget)
+        except ValueError as e:
+            raise BenchError(str(e)) from None
+        v = Variant(label=_label(args), compile=not args.no_compile, ckpt=args.ckpt, memory_budget_gib=budget,
+                    base_precision=args.base_precision, backbone=args.backbone)
+        groups = [Group(f"{args.res}² batch {args.batch}, {args.mode}", res=args.res, batch=args.batch,
+                        rank=args.rank, targets=args.targets, mode=args.mode, caption_tokens=args.caption_tokens,
+                        steps=args.steps, warmup=args.warmup, reference=not args.no_reference, variants=(v,))]
+    errors = [e for g in groups for e in g.errors()]
+    if any(v.backbone == "comfy" for g in groups for v in g.variants) and not args.suite and not args.comfyui:
+        errors.append("--backbone comfy needs a ComfyUI folder: pass --comfyui PATH or set COMFYUI_PATH")
+    if errors:
+        raise BenchError("bench: " + "; ".join(errors))
+    return groups
+
+
+def _select(groups: list[Group], spec: str) -> list[Group]:
+    if not spec.strip():
+        return groups
+    try:
+        picked = [int(i) for i in spec.split(",") if i.strip()]
+    except ValueError:
+        raise BenchError(f"bench: --groups '{spec}' is not a list of indices like 0,2") from None
+    bad = [i for i in picked if not 0 <= i < len(groups)]
+    if bad:
+        raise BenchError(f"bench: --groups {bad} is outside 0-{len(groups) - 1} (the suite has {len(groups)} groups)")
+    return [groups[i] for i in picked]
+
+
+def _label(args: argparse.Namespace) -> str:
+    parts = ["eager" if args.no_compile else "compiled", f"ckpt {args.ckpt}"]
+    if args.ckpt == "auto":
+        parts.append(f"≤ {args.memory_budget} GiB" if args.memory_budget != "ref" else "≤ ref peak")
+    if args.base_precision != "bf16":
+        parts.append(f"{args.base_precision} base")
+    if args.backbone == "comfy":
+        parts.insert(0, "ComfyUI NextDiT")
+    return ", ".join(parts)
+
+
+def require_cuda() -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BenchError(
+            f"bench: no CUDA GPU here (torch {torch.__version__}, torch.cuda.is_available() is False). Speed and "
+            "memory are measured on an NVIDIA GPU (H100/H200 for the published figures): run the bench there")
+
+
+def run(args: argparse.Namespace) -> int:
+    groups = groups_from_args(args)
+    require_cuda()
+    from .runner import run_bench
+
+    report, text = run_bench(groups, comfy_path=args.comfyui, attention=not args.no_attention)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+    if args.markdown:
+        args.markdown.write_text(text + "\n")
+    log.info("%s", text)
+    return 1 if any("error" in v for g in report["groups"] for v in g["variants"]) else 0

@@ -1,0 +1,225 @@
+"""Runs bench groups: per group the reference step, then each variant of ours through the library's own
+Trainer (the code the Train node runs), all on the same random weights and inputs. Only one model is
+resident while a step is measured. No ComfyUI imports here (models.comfy_backbone imports it).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import tempfile
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..adapters import build_adapters
+from ..config import AdapterConfig, ModelConfig, RunConfig, SaveConfig, TrainConfig
+from ..train import TensorCache, TensorSample
+from ..train.batches import DataPosition
+from ..train.loop import Trainer
+from ..train.step import Batch
+from . import measure, models
+from .cases import FULL_TARGETS, REF_BUDGET, TARGETS, Group, Variant
+from .report import environment, render
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Settings:
+    device: torch.device
+    config: dict
+    comfy_path: str = ""  # a ComfyUI folder; '' skips ComfyUI variants
+    matmul_tflops: float = 0.0
+
+
+def run_config(group: Group, v: Variant, budget_gib: float, out_dir: str) -> RunConfig:
+    """The RunConfig our step trains with for this variant (what a user would set to get it)."""
+    full = group.mode == "full"
+    adapter = AdapterConfig(kind="full" if full else "lora", rank=group.rank, alpha=float(group.rank),
+                            targets=FULL_TARGETS if full else TARGETS[group.targets])
+    train = TrainConfig(steps=1_000_000, batch_size=group.batch, lr=1e-5 if full else 1e-4, precision="bf16",
+                        checkpointing=v.ckpt, compile=v.compile, memory_budget_gib=budget_gib,
+                        max_grad_norm=0.0 if full else 1.0, optimizer_states="8bit" if full else "fp32",
+                        optimizer_in_backward=full, seed=0)
+    model = ModelConfig(base_precision="no_change" if v.base_precision == "bf16" else v.base_precision)
+    return RunConfig(model=model, adapter=adapter, train=train, save=SaveConfig(output_dir=out_dir)).validate(
+        need_data=False)
+
+
+def _free() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _parity_inputs(inputs: models.Inputs):
+    return models.noisy(inputs, torch.Generator().manual_seed(7))
+
+
+def run_reference(group: Group, weights: dict, inputs: models.Inputs, s: Settings) -> dict:
+    model = models.build_dit(s.config, s.device, state=weights)
+    x_sigma, sigma, target = _parity_inputs(inputs)
+    with torch.no_grad():
+        pred = models.reference_velocity(model, x_sigma, sigma, inputs.cap_feats)
+    parity = {"pred": pred.cpu(), "loss": float(F.mse_loss(pred, target))}
+    if group.mode == "full":
+        step = models.reference_full_step(model, inputs)
+    else:
+        step = models.reference_lora_step(model, group, inputs)
+    timing = measure.time_steps(step, s.device, min(group.warmup, 2), group.steps)
+    del model, step
+    _free()
+    return {"timing": timing, "parity": parity}
+
+
+def _backbone(v: Variant, native: dict, s: Settings):
+    if v.backbone == "comfy":
+        if not s.comfy_path:
+            raise RuntimeError("no ComfyUI tree (set --comfyui or COMFYUI_PATH)")
+        return models.comfy_backbone(s.config, native, s.device, s.comfy_path)
+    return models.diffusers_backbone(s.config, native, s.device)
+
+
+def _tensor_cache(inputs: models.Inputs) -> TensorCache:
+    lat, feats = inputs.latents.float().cpu(), inputs.cap_feats.float().cpu()
+    return TensorCache([TensorSample(latent=lat[i], cap_feats=feats[i]) for i in range(lat.shape[0])])
+
+
+def _flops_and_parity(group: Group, backbone, cfg: RunConfig, inputs: models.Inputs, ref: dict | None) -> dict:
+    """FLOPs per sample (batch 1, no recompute) and, against the reference, the loss on identical inputs."""
+    out: dict = {}
+    adapters = build_adapters(backbone, cfg.adapter, backbone.device, seed=0)
+    one = Batch(inputs.latents[:1].float().cpu(), inputs.cap_feats[:1].float().cpu(), None, torch.ones(1), None,
+                (group.res, group.res))
+    out["flops"] = measure.step_flops(backbone, adapters.as_dict(), one, dtype=torch.bfloat16)
+    backbone.tree.zero_grad(set_to_none=True)
+    if ref is not None:
+        x_sigma, sigma, target = _parity_inputs(inputs)
+        with torch.no_grad():
+            pred = backbone.velocity(x_sigma.to(torch.bfloat16), sigma, inputs.cap_feats.to(torch.bfloat16), None,
+                                     adapters.as_dict()).float()
+        ref_pred = ref["parity"]["pred"].to(pred.device)
+        loss = float(F.mse_loss(pred, target))
+        out["parity"] = {"reference_loss": ref["parity"]["loss"], "ours_loss": loss,
+                         "loss_rel_diff": abs(loss - ref["parity"]["loss"]) / max(abs(ref["parity"]["loss"]), 1e-12),
+                         "pred_rel_l2": float((pred - ref_pred).norm() / ref_pred.norm())}
+    del adapters
+    _free()
+    return out
+
+
+def run_variant(group: Group, v: Variant, native: dict, inputs: models.Inputs, s: Settings, ref: dict | None,
+                extra: dict) -> dict:
+    """Time one variant of ours; `extra` collects the group's FLOPs and parity on the first call."""
+    import torch._dynamo.utils as dyn
+
+    ref_peak = ref["timing"].peak_gib if ref else 0.0
+    budget = ref_peak if v.memory_budget_gib == REF_BUDGET else v.memory_budget_gib
+    backbone = _backbone(v, native, s)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = run_config(group, v, budget, tmp)
+        if "flops" not in extra:
+            extra.update(_flops_and_parity(group, backbone, cfg, inputs, ref))
+        trainer = Trainer(cfg, backbone, _tensor_cache(inputs), run_dir=tmp)
+        trainer._setup()  # the bench drives the trainer's own setup and optimizer step, minus saving
+        graphs = dyn.counters["stats"]["unique_graphs"]
+        timing = _time_trainer(trainer, group, s)
+        kept = dict(backbone.options.keep_activations)
+        if trainer.release is not None:
+            trainer.release.remove()
+        del trainer
+    del backbone
+    _free()
+    row = _row(v, timing, group, ref, extra, s)
+    row.update(budget_gib=budget, graphs=dyn.counters["stats"]["unique_graphs"] - graphs,
+               blocks_kept={f"{b}x{t}": k for (b, t), k in kept.items()})
+    return row
+
+
+def _time_trainer(trainer: Trainer, group: Group, s: Settings) -> measure.Timing:
+    batches = trainer.batches.iterate(DataPosition())
+    return measure.time_steps(lambda: trainer._optimizer_step(batches)[0], s.device, group.warmup, group.steps)
+
+
+def _row(v: Variant, t: measure.Timing, group: Group, ref: dict | None, extra: dict, s: Settings) -> dict:
+    sps = group.batch / t.step_s
+    flops = extra.get("flops", {}).get("total", 0)
+    row = {"variant": asdict(v), "label": v.label, "samples_per_s": sps, "step_s": t.step_s, "steps_s": t.steps_s,
+           "peak_gib": t.peak_gib, "warmup_peak_gib": t.warmup_peak_gib, "warmup_s": t.warmup_s,
+           "compile_warmup_s": t.compile_warmup_s, "loss": t.last_loss,
+           "mfu": flops * sps / (s.matmul_tflops * 1e12) if s.matmul_tflops and flops else 0.0}
+    if ref is not None:
+        row["ratio"] = sps / (group.batch / ref["timing"].step_s)
+        row["ref_peak_gib"] = ref["timing"].peak_gib
+    return row
+
+
+def run_group(group: Group, weights: dict, native: dict, s: Settings) -> dict:
+    """Reference, then every variant; a failing variant is recorded with its error and the run goes on."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    inputs = models.make_inputs(group, s.config, s.device)
+    out: dict = {"group": {k: v for k, v in asdict(group).items() if k != "variants"}, "variants": []}
+    ref = None
+    if group.reference:
+        ref = run_reference(group, weights, inputs, s)
+        t = ref["timing"]
+        out["reference"] = {"samples_per_s": group.batch / t.step_s, "step_s": t.step_s, "steps_s": t.steps_s,
+                            "peak_gib": t.peak_gib, "loss": t.last_loss}
+    extra: dict = {}
+    for v in group.variants:
+        log.info("bench: %s / %s", group.name, v.label)
+        try:
+            out["variants"].append(run_variant(group, v, native, inputs, s, ref, extra))
+        except Exception as e:  # one failing variant must not lose the others' figures
+            log.error("bench: %s / %s failed: %s", group.name, v.label, e)
+            out["variants"].append({"label": v.label, "variant": asdict(v), "error": f"{type(e).__name__}: {e}",
+                                    "traceback": traceback.format_exc()[-4000:]})
+            _free()
+        log.info("bench: %s", {k: out["variants"][-1].get(k) for k in ("samples_per_s", "peak_gib", "ratio")})
+    out.update(extra)
+    flops = extra.get("flops", {}).get("total", 0)
+    if ref is not None and flops and s.matmul_tflops:
+        out["reference"]["mfu"] = flops * out["reference"]["samples_per_s"] / (s.matmul_tflops * 1e12)
+    out["flops_per_sample"] = flops
+    return out
+
+
+def _comfy_root(path: str) -> tuple[str, str]:
+    """(ComfyUI folder or '', its version or '')."""
+    if not path:
+        return "", ""
+    root = Path(path).expanduser().resolve()
+    if not (root / "comfy" / "model_management.py").is_file():
+        log.warning("bench: %s holds no ComfyUI (no comfy/model_management.py); ComfyUI rows are skipped", root)
+        return "", ""
+    version_file = root / "comfyui_version.py"
+    text = version_file.read_text() if version_file.is_file() else ""
+    version = next((line.split("=")[1].strip().strip("\"'") for line in text.splitlines()
+                    if line.startswith("__version__")), "")
+    return str(root), version
+
+
+def run_bench(groups: list[Group], *, comfy_path: str = "", attention: bool = True,
+              device: torch.device | None = None, config: dict | None = None) -> tuple[dict, str]:
+    """Run every group on fresh random full-size weights (or `config`); returns (report, printed tables)."""
+    device = device or torch.device("cuda")
+    root, comfy_version = _comfy_root(comfy_path)
+    s = Settings(device, config or models.FULL_DIT, comfy_path=root)
+    s.matmul_tflops = measure.matmul_tflops(device) if device.type == "cuda" else 0.0
+    weights = models.random_weights(s.config, device)
+    native = models.native_state(weights)
+    report = {"environment": environment(device, comfy_version), "matmul_tflops": s.matmul_tflops, "groups": []}
+    for g in groups:
+        report["groups"].append(run_group(g, weights, native, s))
+    if attention and device.type == "cuda":
+        g = groups[0]
+        tokens = g.caption_tokens + (g.res // 16) ** 2
+        report["attention"] = measure.attention_kernels(device, g.batch, tokens)
+    return report, render(report)
