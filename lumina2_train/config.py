@@ -406,6 +406,50 @@ class SaveConfig:
         return out
 
 
+REPORT_TO = ("tensorboard", "wandb", "none")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Experiment trackers fed by train/trackers.py (hooks); none by default."""
+
+    report_to: tuple[str, ...] = ()  # tensorboard | wandb (offline without network); () or "none" = no tracker
+    project: str = "lumina2-train"
+    run_name: str = ""  # "" = the run folder's name
+    log_every_n_steps: int = 1
+    log_dir: str = ""  # tensorboard / wandb files; "" = <run folder>/logs
+
+    def errors(self, at: str = "tracking") -> list[str]:
+        out = [e for r in self.report_to for e in _choice(f"{at}.report_to", r, REPORT_TO)]
+        out += _range(f"{at}.log_every_n_steps", self.log_every_n_steps, 1)
+        if "none" in self.report_to and len(self.report_to) > 1:
+            out.append(f"{at}.report_to mixes 'none' with trackers (got {list(self.report_to)}); keep one")
+        return out
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    """Upload to the Hugging Face Hub after the run (hub.py); the local files are always written first."""
+
+    push: bool = False  # LoRA, model card (README.md), samples and config after training
+    push_checkpoints: bool = False  # also each intermediate checkpoint and LoRA as it is saved
+    model_id: str = ""  # "user/name", or "name" under your account
+    private: bool = False
+
+    def errors(self, at: str = "hub") -> list[str]:
+        import re
+
+        out = []
+        if (self.push or self.push_checkpoints) and not self.model_id:
+            out.append(f"{at}.model_id is empty but {at}.push is set; give the repository, like 'me/my-lora'")
+        if self.model_id and not re.fullmatch(r"[\w.-]{1,96}(/[\w.-]{1,96})?", self.model_id):
+            out.append(f"{at}.model_id '{self.model_id}' is not a Hub repository name; use 'user/name' with "
+                       "letters, digits, '-', '_' and '.'")
+        if self.push_checkpoints and not self.push:
+            out.append(f"{at}.push_checkpoints needs {at}.push; set both")
+        return out
+
+
 @dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
@@ -416,11 +460,14 @@ class RunConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     save: SaveConfig = field(default_factory=SaveConfig)
     resume_from: str = ""  # a checkpoint folder written by a previous run
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
 
     def errors(self) -> list[str]:
         return (self.data.errors("data") + self.model.errors("model") + self.cache.errors("cache")
                 + self.adapter.errors("adapter") + self.train.errors("train")
-                + self.validation.errors("validation") + self.save.errors("save"))
+                + self.validation.errors("validation") + self.save.errors("save")
+                + self.tracking.errors("tracking") + self.hub.errors("hub"))
 
     def validate(self, *, need_data: bool = True) -> RunConfig:
         errs = self.errors()

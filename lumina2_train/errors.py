@@ -49,3 +49,7 @@ class OptionalDependencyError(Lumina2TrainError):
             f"{feature} needs the Python package '{package}', which is not installed. "
             f"Install it into ComfyUI's Python with: pip install {pip_name or package}"
         )
+
+
+class HubError(Lumina2TrainError):
+    """An upload to the Hugging Face Hub failed; the local files are complete and named in the message."""

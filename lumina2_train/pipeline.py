@@ -72,15 +72,22 @@ def build_training_cache(cfg: RunConfig, encoders, cache_root: Path,
 def run_training(cfg: RunConfig, *, run_dir: Path | None = None, hooks: TrainHooks | None = None,
                  progress: Callable[[int, int], None] | None = None, device: torch.device | None = None,
                  lora_path: Path | None = None) -> TrainResult:
-    """Validate, cache (encoders load only on a miss, then are released), load the DiT and train."""
+    """Validate, cache (encoders load only on a miss, then are released), load the DiT and train.
+
+    The trackers of `cfg.tracking` and the checkpoint uploads of `cfg.hub` join `hooks`; with `hub.push` the run
+    folder (model card included) is uploaded at the end, and a failed upload raises HubError after every local
+    file is written.
+    """
     from .backbones.loading import load_backbone
     from .encoders.hf import HFEncoders
     from .train.optim import check_available
+    from .train.trackers import check_trackers
 
     cfg.validate()
     check_model_paths(cfg)
     device = device or pick_device()
     check_available(cfg.train, device.type)
+    check_trackers(cfg)
     run_dir = run_dir or default_run_dir(cfg)
     encoders = HFEncoders.from_paths(cfg.model.text_encoder, cfg.model.vae, cfg.model.tokenizer, device=device)
     cache_root = Path(cfg.cache.dir) if cfg.cache.dir else Path(cfg.save.output_dir) / "cache"
@@ -92,7 +99,28 @@ def run_training(cfg: RunConfig, *, run_dir: Path | None = None, hooks: TrainHoo
         return encoders.latent_encoder().decode(latents.to(device)).float().cpu()
 
     try:
-        return train_lora(cfg, backbone, cache, hooks, run_dir=run_dir, lora_path=lora_path,
-                          decode=decode if (cfg.validation.prompts or cfg.validation.prompt_library) else None)
+        result = _train_with_trackers(cfg, backbone, cache, hooks, run_dir=run_dir, lora_path=lora_path,
+                                      decode=decode if (cfg.validation.prompts or cfg.validation.prompt_library)
+                                      else None)
     finally:
         encoders.release()
+    if cfg.hub.push:
+        from .hub import push_run
+
+        push_run(cfg, result)
+    return result
+
+
+def _train_with_trackers(cfg: RunConfig, backbone, cache, hooks: TrainHooks | None, *, run_dir: Path,
+                         **kwargs) -> TrainResult:
+    """train_lora with the tracker and hub-checkpoint hooks of the config added to `hooks`."""
+    from .hub import hub_hooks
+    from .train import combine_hooks
+    from .train.trackers import tracker_hooks
+
+    tracking, close = tracker_hooks(cfg, run_dir)
+    try:
+        return train_lora(cfg, backbone, cache, combine_hooks(hooks, tracking, hub_hooks(cfg)), run_dir=run_dir,
+                          **kwargs)
+    finally:
+        close()

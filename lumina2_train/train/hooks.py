@@ -6,7 +6,7 @@ StepInfo.as_dict() is the payload of the `lumina2t.step` websocket event (web/js
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -56,3 +56,31 @@ class TrainHooks:
     on_status: Callable[[str, str], None] = _noop  # (status, detail): caching, compiling, training, ...
     check_interrupt: Callable[[], None] = _noop  # raises to stop the run (ComfyUI's interrupt, Ctrl-C)
     extra: dict = field(default_factory=dict)
+    on_lora_saved: Callable[[Path, int], None] = _noop  # (LoRA file written, step); the last one is the result
+
+
+def combine_hooks(*hooks: TrainHooks | None) -> TrainHooks:
+    """One TrainHooks calling each given one's callbacks in order (tqdm + trackers + ComfyUI, ...).
+
+    check_interrupt runs them all, so any of them can stop the run; `extra` dicts are merged, later wins.
+    """
+    given = [h for h in hooks if h is not None]
+
+    def fan_out(name: str) -> Callable:
+        funcs = [getattr(h, name) for h in given if getattr(h, name) is not _noop]
+        if not funcs:
+            return _noop
+        if len(funcs) == 1:
+            return funcs[0]
+
+        def call(*args) -> None:
+            for f in funcs:
+                f(*args)
+
+        return call
+
+    merged: dict = {}
+    for h in given:
+        merged.update(h.extra)
+    callbacks = [f.name for f in fields(TrainHooks) if f.name != "extra"]  # every callback, new ones included
+    return TrainHooks(**{name: fan_out(name) for name in callbacks}, extra=merged)

@@ -220,7 +220,9 @@ class Trainer:
 
     def save_lora(self, path: Path) -> Path:
         with self._evaluation_weights(self.cfg.save.save_ema):
-            return self._save_lora(path)
+            saved = self._save_lora(path)
+        self.hooks.on_lora_saved(saved, self.state.step)
+        return saved
 
     def _save_lora(self, path: Path) -> Path:
         a = self.cfg.adapter
