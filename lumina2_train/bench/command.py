@@ -109,10 +109,13 @@ def run(args: argparse.Namespace) -> int:
     require_cuda()
     from .runner import run_bench
 
-    report, text = run_bench(groups, comfy_path=args.comfyui, attention=not args.no_attention)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, default=str))
+    def save(report: dict) -> None:
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2, default=str))
+
+    report, text = run_bench(groups, comfy_path=args.comfyui, attention=not args.no_attention, on_group=save)
+    save(report)
     if args.markdown:
         args.markdown.write_text(text + "\n")
     log.info("%s", text)

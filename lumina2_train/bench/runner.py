@@ -8,7 +8,9 @@ from __future__ import annotations
 import gc
 import logging
 import tempfile
+import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -173,8 +175,9 @@ def run_group(group: Group, weights: dict, native: dict, s: Settings) -> dict:
         out["reference"] = {"samples_per_s": group.batch / t.step_s, "step_s": t.step_s, "steps_s": t.steps_s,
                             "peak_gib": t.peak_gib, "loss": t.last_loss}
     extra: dict = {}
+    t0 = time.perf_counter()
     for v in group.variants:
-        log.info("bench: %s / %s", group.name, v.label)
+        log.info("bench: %s / %s (at %.0f s)", group.name, v.label, time.perf_counter() - t0)
         try:
             out["variants"].append(run_variant(group, v, native, inputs, s, ref, extra))
         except Exception as e:  # one failing variant must not lose the others' figures
@@ -207,8 +210,12 @@ def _comfy_root(path: str) -> tuple[str, str]:
 
 
 def run_bench(groups: list[Group], *, comfy_path: str = "", attention: bool = True,
-              device: torch.device | None = None, config: dict | None = None) -> tuple[dict, str]:
-    """Run every group on fresh random full-size weights (or `config`); returns (report, printed tables)."""
+              device: torch.device | None = None, config: dict | None = None,
+              on_group: Callable[[dict], None] | None = None) -> tuple[dict, str]:
+    """Run every group on fresh random full-size weights (or `config`); returns (report, printed tables).
+
+    `on_group(report)` is called after each group (the CLI writes the JSON then, so a cut-off run keeps
+    what it measured)."""
     device = device or torch.device("cuda")
     root, comfy_version = _comfy_root(comfy_path)
     s = Settings(device, config or models.FULL_DIT, comfy_path=root)
@@ -218,6 +225,8 @@ def run_bench(groups: list[Group], *, comfy_path: str = "", attention: bool = Tr
     report = {"environment": environment(device, comfy_version), "matmul_tflops": s.matmul_tflops, "groups": []}
     for g in groups:
         report["groups"].append(run_group(g, weights, native, s))
+        if on_group is not None:
+            on_group(report)
     if attention and device.type == "cuda":
         g = groups[0]
         tokens = g.caption_tokens + (g.res // 16) ** 2

@@ -3,7 +3,8 @@
 The first micro-step of each (batch, tokens) shape runs fully checkpointed and its peak is measured; two
 forward passes then measure what one block's kept activations cost at that shape. The last k blocks keep
 their activations (no recompute), with k the largest that keeps peak + k · block under the budget. Their
-backward runs first, so their memory is gone before any recomputation starts. CUDA only: elsewhere 'auto'
+backward runs first, so their memory is gone before any recomputation starts, which makes that estimate
+cautious: the next micro-step's measured peak corrects k once. CUDA only: elsewhere 'auto'
 checkpoints every block. No ComfyUI imports.
 """
 
@@ -77,12 +78,18 @@ def block_bytes(backbone, adapters, shape: tuple[int, int, int, int], dtype: tor
     return max(0, (more - base) // _PROBE_BLOCKS)
 
 
+def shape_key(backbone, shape: tuple[int, int, int, int]) -> tuple[int, int]:
+    """(batch, joint tokens) of latent shape (B, h, w, L): the key of ForwardOptions.keep_activations."""
+    p = backbone.arch.patch_size
+    return shape[0], shape[3] + (shape[1] // p) * (shape[2] // p)
+
+
 def plan_checkpointing(backbone, adapters, shape: tuple[int, int, int, int], peak: int, cfg: TrainConfig,
                        dtype: torch.dtype) -> int:
     """Set how many blocks keep activations at `shape` (B, h, w, L) after a fully checkpointed micro-step
-    that peaked at `peak` bytes; returns that number."""
+    that peaked at `peak` bytes; returns the bytes one kept block costs (for `refine_plan`)."""
     arch = backbone.arch
-    key = (shape[0], shape[3] + (shape[1] // arch.patch_size) * (shape[2] // arch.patch_size))
+    key = shape_key(backbone, shape)
     per_block = block_bytes(backbone, adapters, shape, dtype)
     n_blocks = arch.n_layers + 2 * arch.n_refiner_layers
     budget = budget_bytes(cfg, backbone.device)
@@ -91,4 +98,20 @@ def plan_checkpointing(backbone, adapters, shape: tuple[int, int, int, int], pea
     log.info("checkpointing auto at batch %d, %d tokens: %d of %d blocks keep activations (step peak %.2f GiB, "
              "%.2f GiB per block, budget %.2f GiB)", key[0], key[1], keep, n_blocks, peak / 2**30,
              per_block / 2**30, budget / 2**30)
-    return keep
+    return per_block
+
+
+def refine_plan(backbone, shape: tuple[int, int, int, int], peak: int, per_block: int, cfg: TrainConfig) -> int:
+    """Correct the plan once from the peak a micro-step with it measured (kept blocks free their memory
+    before any recomputation starts, so the first estimate is cautious); returns the new count."""
+    key = shape_key(backbone, shape)
+    n_blocks = backbone.arch.n_layers + 2 * backbone.arch.n_refiner_layers
+    room = budget_bytes(cfg, backbone.device) * (1 - MARGIN) - peak
+    keep = backbone.options.keep_activations.get(key, 0)
+    step = math.floor(room / per_block) if per_block > 0 else 0
+    new = max(0, min(n_blocks, keep + step))
+    if new != keep:
+        backbone.options.keep_activations[key] = new
+        log.info("checkpointing auto at batch %d, %d tokens: %d blocks keep activations (measured peak %.2f GiB "
+                 "with %d)", key[0], key[1], new, peak / 2**30, keep)
+    return new

@@ -14,7 +14,7 @@ from ..backbones.nextdit import compile_block
 from ..backbones.quant import quantize_base
 from ..config import RunConfig
 from ..errors import ConfigError
-from .memory import plan_checkpointing
+from .memory import plan_checkpointing, refine_plan, shape_key
 
 log = logging.getLogger(__name__)
 
@@ -47,26 +47,35 @@ def prepare_forward(backbone, cfg: RunConfig, n_buckets: int) -> None:
 
 
 class CheckpointPlanner:
-    """For checkpointing 'auto': measures the first micro-step of each new batch shape and plans from it."""
+    """For checkpointing 'auto': per new batch shape, plans from a fully checkpointed micro-step, then
+    corrects the plan once from the next micro-step's measured peak."""
 
     def __init__(self, backbone, cfg: RunConfig, dtype: torch.dtype):
         self.backbone, self.cfg, self.dtype = backbone, cfg, dtype
         self.active = cfg.train.checkpointing == "auto" and backbone.device.type == "cuda"
+        self._per_block: dict[tuple[int, int], int] = {}  # shapes planned, awaiting their correction
+        self._done: set[tuple[int, int]] = set()
 
     def begin(self, batch) -> tuple[int, int, int, int] | None:
-        """Call before a micro-step; returns the shape to plan for after it, or None."""
+        """Call before a micro-step; returns the shape to measure it for, or None."""
         if not self.active:
             return None
         b, _, h, w = batch.latents.shape
-        cap_len = batch.cap_feats.shape[1]
-        p = self.backbone.arch.patch_size
-        if (b, cap_len + (h // p) * (w // p)) in self.backbone.options.keep_activations:
+        shape = (b, h, w, batch.cap_feats.shape[1])
+        if shape_key(self.backbone, shape) in self._done:
             return None
         torch.cuda.reset_peak_memory_stats(self.backbone.device)
-        return b, h, w, cap_len
+        return shape
 
     def end(self, shape: tuple[int, int, int, int] | None, adapters: dict) -> None:
         """Call after the micro-step's backward."""
-        if shape is not None:
-            peak = torch.cuda.max_memory_allocated(self.backbone.device)
-            plan_checkpointing(self.backbone, adapters, shape, peak, self.cfg.train, self.dtype)
+        if shape is None:
+            return
+        key = shape_key(self.backbone, shape)
+        peak = torch.cuda.max_memory_allocated(self.backbone.device)
+        if key not in self._per_block:
+            self._per_block[key] = plan_checkpointing(self.backbone, adapters, shape, peak, self.cfg.train,
+                                                      self.dtype)
+        else:
+            refine_plan(self.backbone, shape, peak, self._per_block.pop(key), self.cfg.train)
+            self._done.add(key)
