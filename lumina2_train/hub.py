@@ -20,6 +20,7 @@ from .train.hooks import TrainHooks
 log = logging.getLogger(__name__)
 
 BASE_MODEL = "Alpha-VLLM/Lumina-Image-2.0"
+KIND_NAMES = {"full": "A full fine-tune", "lora": "A LoRA", "lokr": "A LoKr", "loha": "A LoHa"}
 UPLOADED = ["README.md", "*.safetensors", "loras/*.safetensors", "samples/*.png", "config.json", "losses.json"]
 
 
@@ -83,7 +84,7 @@ def model_card(cfg: RunConfig, *, lora_file: str, step: int, samples: list[tuple
 
     title = cfg.hub.model_id.split("/")[-1] if cfg.hub.model_id else Path(cfg.save.name).name
     prompts = [p for _, p in named_prompts(cfg.validation)]
-    what = "A full fine-tune" if cfg.adapter.kind == "full" else f"A {cfg.adapter.kind.upper()}"
+    what = KIND_NAMES.get(cfg.adapter.kind, f"A {cfg.adapter.kind}")
     body = ["", f"# {title}", "", f"{what} of [{BASE_MODEL}](https://huggingface.co/{BASE_MODEL}), "
             f"trained with comfyui-lumina2-train. Weights: `{lora_file}` (format: {cfg.save.format}; ComfyUI's "
             "LoraLoader reads the default format).", ""]

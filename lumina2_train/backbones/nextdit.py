@@ -214,7 +214,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return out.flatten(-2).to(x.dtype)
 
 
-def _attention(blk, ad: tuple, lin: Linears, x, key_mask, cos, sin, arch: ArchConfig):
+def _attention(blk, ad: tuple, lin: Linears, x, key_mask, cos, sin, arch: ArchConfig, cudnn: bool):
     b, n, _ = x.shape
     q, k, v = lin.apply(blk.attention.qkv, ad[_QKV], x).split(arch.qkv_split, dim=-1)
     q = lin.norm(blk.attention.q_norm, q.view(b, n, arch.n_heads, arch.head_dim))
@@ -230,7 +230,7 @@ def _attention(blk, ad: tuple, lin: Linears, x, key_mask, cos, sin, arch: ArchCo
         if gqa:  # the fused kernels below take equal head counts (and masked GQA has none): expand k/v
             rep = arch.n_heads // arch.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        o = _cuda_attention(q, k, v, key_mask)
+        o = _cuda_attention(q, k, v, key_mask, cudnn)
     return lin.apply(blk.attention.out, ad[_OUT], o.transpose(1, 2).reshape(b, n, -1))
 
 
@@ -240,9 +240,13 @@ _CUDA_SDPA = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend
               SDPBackend.MATH]
 
 
-def _cuda_attention(q, k, v, key_mask):
+def _cuda_attention(q, k, v, key_mask, cudnn: bool):
     if key_mask is not None:  # padding mask: only the memory-efficient kernel fuses it
         return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
+    if not cudnn:
+        return F.scaled_dot_product_attention(q, k, v)
+    # (B, H, N, d) contiguous, the layout cuDNN's kernel takes; it declined the transposed views
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     with sdpa_kernel(_CUDA_SDPA, set_priority=True):
         return F.scaled_dot_product_attention(q, k, v)
 
@@ -253,19 +257,22 @@ def _ffn(blk, ad: tuple, lin: Linears, x):
     return lin.apply(ff.w2, ad[_W2], h)
 
 
-def block_forward(blk, ad: tuple, lin: Linears, arch: ArchConfig, x, key_mask, cos, sin, temb):
+def block_forward(blk, ad: tuple, lin: Linears, arch: ArchConfig, x, key_mask, cos, sin, temb,
+                  cudnn: bool = False):
     """One JointTransformerBlock (sandwich norms; adaLN modulation when temb is given).
 
     `ad` holds the block's adapters (Linears.block); nothing here depends on the block's name, so a compiled
-    version is traced once per block kind and shape and reused by every layer.
+    version is traced once per block kind and shape and reused by every layer. `cudnn`: prefer cuDNN's
+    attention kernel (CUDA inputs without a padding mask).
     """
     if temb is None:
         x = x + lin.norm(blk.attention_norm2, _attention(blk, ad, lin, lin.norm(blk.attention_norm1, x),
-                                                         key_mask, cos, sin, arch))
+                                                         key_mask, cos, sin, arch, cudnn))
         return x + lin.norm(blk.ffn_norm2, _ffn(blk, ad, lin, lin.norm(blk.ffn_norm1, x)))
     mod = lin.apply(blk.adaLN_modulation[1], ad[_ADALN], F.silu(temb))
     scale_msa, gate_msa, scale_mlp, gate_mlp = mod.unsqueeze(1).chunk(4, dim=-1)
-    a = _attention(blk, ad, lin, lin.norm(blk.attention_norm1, x) * (1 + scale_msa), key_mask, cos, sin, arch)
+    a = _attention(blk, ad, lin, lin.norm(blk.attention_norm1, x) * (1 + scale_msa), key_mask, cos, sin, arch,
+                   cudnn)
     x = x + gate_msa.tanh() * lin.norm(blk.attention_norm2, a)
     f = _ffn(blk, ad, lin, lin.norm(blk.ffn_norm1, x) * (1 + scale_mlp))
     return x + gate_mlp.tanh() * lin.norm(blk.ffn_norm2, f)
@@ -289,6 +296,7 @@ class ForwardOptions:
     # activations instead (chosen from a memory budget by train/memory.py); unknown shapes keep none
     keep_activations: dict[tuple[int, int], int] = field(default_factory=dict)
     compiled_block: Callable | None = None  # compile_block(), set by the trainer when train.compile is on
+    cudnn_attention: bool = True  # on CUDA, prefer cuDNN's attention kernel (PyTorch's order otherwise)
 
     def kept(self, batch: int, tokens: int) -> int:
         return self.keep_activations.get((batch, tokens), 0) if self.checkpoint else 0
@@ -373,8 +381,9 @@ def _runner(opts: ForwardOptions, lin: Linears, arch: ArchConfig, n_checkpointed
 
     def run(blk, prefix, x, mask, cos, sin, temb, order):
         ad = lin.block(prefix)
+        cudnn = opts.cudnn_attention and x.is_cuda
         if opts.checkpoint and grad and order < n_checkpointed:
-            return _checkpoint(fn, blk, ad, lin, arch, x, mask, cos, sin, temb, use_reentrant=False)
-        return fn(blk, ad, lin, arch, x, mask, cos, sin, temb)
+            return _checkpoint(fn, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn, use_reentrant=False)
+        return fn(blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn)
 
     return run

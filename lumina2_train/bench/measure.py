@@ -83,7 +83,7 @@ def step_flops(backbone, adapters: dict, batch: Batch, *, dtype: torch.dtype) ->
     every device (fused kernels are not registered everywhere). Returns {'total', 'forward'}.
     """
     saved = backbone.options
-    backbone.options = ForwardOptions()
+    backbone.options = ForwardOptions(cudnn_attention=False)
     gen = torch.Generator().manual_seed(0)
     try:
         with sdpa_kernel([SDPBackend.MATH]):
@@ -96,6 +96,19 @@ def step_flops(backbone, adapters: dict, batch: Batch, *, dtype: torch.dtype) ->
         backbone.options = saved
     f, b = fwd.get_total_flops(), bwd.get_total_flops()
     return {"total": f + b, "forward": f}
+
+
+def attention_ops(backbone, adapters: dict, batch: Batch, *, dtype: torch.dtype) -> list[str]:
+    """The attention operators one eager forward of our step runs with the run's own options (which kernel)."""
+    saved = backbone.options
+    backbone.options = ForwardOptions(cudnn_attention=saved.cudnn_attention)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            backbone.velocity(batch.latents.to(backbone.device, dtype), torch.full((batch.latents.shape[0],), 0.5,
+                              device=backbone.device), batch.cap_feats.to(backbone.device, dtype), None, adapters)
+    finally:
+        backbone.options = saved
+    return sorted({str(op) for op in fc.get_flop_counts().get("Global", {}) if "attention" in str(op)})
 
 
 def attention_kernels(device: torch.device, batch: int, tokens: int, heads: int = 24, kv_heads: int = 8,
@@ -111,16 +124,18 @@ def attention_kernels(device: torch.device, batch: int, tokens: int, heads: int 
     ke, ve = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
     mask = torch.ones(batch, 1, 1, tokens, dtype=torch.bool, device=device)
     mask[0, ..., -16:] = False
+    qt = q.transpose(1, 2).contiguous().transpose(1, 2)  # (B, H, N, d) views of (B, N, H, d) memory
     cases = {
-        "flash, native GQA, no mask (ours)": ([SDPBackend.FLASH_ATTENTION], (k, v), None, True),
-        "cuDNN, expanded k/v, no mask": ([SDPBackend.CUDNN_ATTENTION], (ke, ve), None, False),
+        "flash, native GQA, no mask": ([SDPBackend.FLASH_ATTENTION], (k, v), None, True),
+        "cuDNN, expanded k/v, q a transposed view": ([SDPBackend.CUDNN_ATTENTION], (ke, ve), None, False, qt),
+        "cuDNN, expanded k/v, no mask (ours)": ([SDPBackend.CUDNN_ATTENTION], (ke, ve), None, False),
         "flash, expanded k/v, no mask (diffusers)": ([SDPBackend.FLASH_ATTENTION], (ke, ve), None, False),
         "efficient, expanded k/v, padding mask": ([SDPBackend.EFFICIENT_ATTENTION], (ke, ve), mask, False),
     }
     out = {}
-    for name, (backends, (kk, vv), m, gqa) in cases.items():
+    for name, (backends, (kk, vv), m, gqa, *qq) in cases.items():
         try:
-            out[name] = _time_attention(backends, q, kk, vv, m, gqa, reps, device)
+            out[name] = _time_attention(backends, qq[0] if qq else q, kk, vv, m, gqa, reps, device)
         except RuntimeError as e:  # a kernel this build or card does not offer
             out[name] = float("nan")
             out[name + " error"] = str(e).splitlines()[0][:120]

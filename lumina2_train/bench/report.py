@@ -55,6 +55,8 @@ def group_table(g: dict) -> list[str]:
         kept = ", ".join(f"{k}: {n}" for k, n in v.get("blocks_kept", {}).items()) or "-"
         lines.append(f"| {v['label']} | {_f(v['samples_per_s'])} | {_f(v.get('ratio'))} | {_f(v['peak_gib'], 1)} | "
                      f"{_f(100 * v['mfu'], 0)} % | {_f(v['compile_warmup_s'], 0)} | {v.get('graphs', '-')} | {kept} |")
+    if g.get("attention_ops"):
+        lines += ["", f"Attention operator in our step (eager forward): {', '.join(g['attention_ops'])}."]
     parity = g.get("parity")
     if parity:
         lines += ["", f"Loss on identical inputs: reference {parity['reference_loss']:.5f}, ours "

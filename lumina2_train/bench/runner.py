@@ -98,6 +98,7 @@ def _flops_and_parity(group: Group, backbone, cfg: RunConfig, inputs: models.Inp
     one = Batch(inputs.latents[:1].float().cpu(), inputs.cap_feats[:1].float().cpu(), None, torch.ones(1), None,
                 (group.res, group.res))
     out["flops"] = measure.step_flops(backbone, adapters.as_dict(), one, dtype=torch.bfloat16)
+    out["attention_ops"] = measure.attention_ops(backbone, adapters.as_dict(), one, dtype=torch.bfloat16)
     backbone.tree.zero_grad(set_to_none=True)
     if ref is not None:
         x_sigma, sigma, target = _parity_inputs(inputs)

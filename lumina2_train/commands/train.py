@@ -1,4 +1,5 @@
-"""`train CONFIG`: run a TOML/JSON run config against local weights (diffusers folder or ComfyUI files)."""
+"""`train CONFIG` / `train --simpletuner config.json`: run a TOML/JSON run config, or a SimpleTuner config.json
+with its multidatabackend.json, against local weights (diffusers folder or ComfyUI files)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ log = logging.getLogger("lumina2_train")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="a .toml or .json run config (see docs/cli.md)")
+    p.add_argument("config", nargs="?", help="a .toml or .json run config (see docs/cli.md)")
+    p.add_argument("--simpletuner", metavar="CONFIG_JSON", help="import a SimpleTuner config.json and its "
+                   "data_backend_config instead, reporting every key (docs/simpletuner.md)")
     p.add_argument("--resume", metavar="PATH", help="continue from a run folder or checkpoint folder")
     p.add_argument("--steps", type=int, help="override train.steps")
     p.add_argument("--check", action="store_true", help="validate the config and the dataset, then stop")
@@ -19,11 +22,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from ..config import load_run_config
     from ..pipeline import check_model_paths, run_training
     from .progress import tqdm_hooks, tqdm_progress
 
-    cfg = load_run_config(args.config)
+    cfg = _load(args)
     if args.steps:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=args.steps))
     if args.resume:
@@ -45,3 +47,20 @@ def run(args: argparse.Namespace) -> int:
         close_bar()
     log.info("LoRA: %s (step %d); run folder: %s", result.lora_path, result.step, result.run_dir)
     return 0
+
+
+def _load(args: argparse.Namespace):
+    """The RunConfig from CONFIG, or imported from --simpletuner (the key report is logged)."""
+    from ..config import load_run_config
+    from ..errors import ConfigError
+
+    if bool(args.config) == bool(args.simpletuner):
+        raise ConfigError("train: give either a run config or --simpletuner config.json (got "
+                          f"{'both' if args.config else 'neither'}). See docs/cli.md")
+    if args.config:
+        return load_run_config(args.config)
+    from ..simpletuner import import_simpletuner
+
+    cfg, report = import_simpletuner(args.simpletuner)
+    log.info("%s", report.as_text())
+    return cfg
