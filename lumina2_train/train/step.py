@@ -52,19 +52,40 @@ def collate(cache, indices: list[int], bucket, gen: torch.Generator, caption_dro
 
 
 def micro_step_loss(backbone, adapters, batch: Batch, timesteps: recipe.TimestepSampling, *, weighting: str,
-                    gamma: float, gen: torch.Generator, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scalar loss, σ per sample) for one batch; noise and σ are drawn from `gen` on the CPU."""
+                    gamma: float, gen: torch.Generator, device, dtype,
+                    rollout: tuple[float, float, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scalar loss, σ per sample) for one batch; noise and σ are drawn from `gen` on the CPU.
+
+    `rollout` = (probability, max_offset, steps) turns on scheduled sampling (train/rollout.py).
+    """
     x = batch.latents.float()
     b = x.shape[0]
     w_px, h_px = batch.bucket
     sigma = recipe.sample_sigmas(b, timesteps, h_px, w_px, generator=gen)
     noise = torch.randn(x.shape, generator=gen)  # drawn on the CPU: the same numbers on every device
-    x, noise, sigma_d = x.to(device), noise.to(device), sigma.to(device)
-    x_sigma = recipe.add_noise(x, noise, sigma_d)
-    target = recipe.velocity_target(x, noise)
     cap_mask = batch.cap_mask.to(device) if batch.cap_mask is not None else None
+    if rollout and rollout[0] > 0:  # scheduled sampling (experimental): inputs from the model's own rollout
+        x_sigma, target = _rollout(backbone, adapters, batch, x, noise, sigma, rollout, gen, device, dtype)
+        x_sigma, target, sigma_d = x_sigma.to(device), target.to(device), sigma.to(device)
+    else:
+        x, noise, sigma_d = x.to(device), noise.to(device), sigma.to(device)
+        x_sigma = recipe.add_noise(x, noise, sigma_d)
+        target = recipe.velocity_target(x, noise)
     pred = backbone.velocity(x_sigma.to(dtype), sigma_d, batch.cap_feats.to(device, dtype), cap_mask, adapters)
     weights = recipe.loss_weights(sigma, weighting, gamma) * batch.loss_weights
     mask = batch.masks.to(device) if batch.masks is not None else None
     loss = recipe.flow_loss(pred, target, weights.to(device), mask)
     return loss, sigma
+
+
+def _rollout(backbone, adapters, batch: Batch, x, noise, sigma, rollout, gen, device, dtype):
+    from .rollout import rollout_inputs
+
+    def run(z, s, idx):
+        m = batch.cap_mask[idx].to(device) if batch.cap_mask is not None else None
+        return backbone.velocity(z.to(device, dtype), s.to(device), batch.cap_feats[idx].to(device, dtype), m,
+                                 adapters)
+
+    probability, max_offset, steps = rollout
+    return rollout_inputs(run, x, noise, sigma, probability=probability, max_offset=max_offset, steps=steps,
+                          gen=gen)
