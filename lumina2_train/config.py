@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .paths import name_problem
 
 try:  # Python 3.11+
     import tomllib
@@ -400,9 +401,9 @@ class SaveConfig:
         out += _choice(f"{at}.dtype", self.dtype, SAVE_DTYPES)
         out += _range(f"{at}.every_n_steps", self.every_n_steps, 0)
         out += _range(f"{at}.keep_last", self.keep_last, 1)
-        if not self.name or any(c in self.name for c in "\\:*?\"<>|") or ".." in self.name.split("/"):
-            out.append(f"{at}.name '{self.name}' is not a usable file name; use letters, digits, '-', '_' "
-                       "and '/' for a subfolder")
+        problem = name_problem(self.name, f"{at}.name")  # absolute, '..', reserved, invisible characters, ...
+        if problem or "\\" in self.name:
+            out.append(problem or f"{at}.name '{self.name}' holds '\\'; use '/' between subfolders")
         return out
 
 

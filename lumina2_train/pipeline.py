@@ -24,13 +24,14 @@ def pick_device() -> torch.device:
 
 
 def unique_run_dir(output_dir: str | Path, name: str) -> Path:
-    """output_dir/name, or name_2, name_3, ... if taken: two runs never write into one folder."""
-    base = Path(output_dir) / Path(name).name
-    candidate, n = base, 1
-    while candidate.exists():
-        n += 1
-        candidate = base.with_name(f"{base.name}_{n}")
-    return candidate
+    """Create output_dir/name, or name_2, name_3, ... if taken: two runs never write into one folder.
+
+    Raises:
+        PathError: `name` is not a safe name (absolute, '..', reserved, ...; see paths.py).
+    """
+    from .paths import new_run_folder, relative_parts
+
+    return new_run_folder(output_dir, relative_parts(name, "save.name")[-1])
 
 
 def default_run_dir(cfg: RunConfig) -> Path:

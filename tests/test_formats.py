@@ -101,10 +101,54 @@ def test_truncated_safetensors_and_unsafe_pickle_are_refused(tmp_path):
         formats.load_state_dict(bad)
 
 
-def test_lora_for_another_model_is_rejected(tiny_backbone):
-    mods = {"layers.0.attention.qkv": formats.LoraModule(torch.zeros(4, 2304), torch.zeros(3840, 4))}
-    with pytest.raises(FormatError, match="does not fit"):
+@pytest.mark.parametrize("name, mods, expected", [
+    ("shape", {"layers.0.attention.qkv": (2304, 3840)}, r"'layers.0.attention.qkv' is 3840x2304, the model's is 192x96"),
+    ("keys", {"layers.7.attention.qkv": (96, 192)}, r"'layers.7.attention.qkv' is not a module of this model"),
+])
+def test_lora_for_another_model_is_rejected(tiny_backbone, name, mods, expected):
+    mods = {k: formats.LoraModule(torch.zeros(4, i), torch.zeros(o, 4)) for k, (i, o) in mods.items()}
+    with pytest.raises(FormatError, match=f"does not fit.*{expected}.*trained for another model"):
         formats.check_fits(mods, tiny_backbone)
+
+
+def _header(obj) -> bytes:
+    import json
+    import struct
+
+    text = json.dumps(obj).encode()
+    return struct.pack("<Q", len(text)) + text
+
+
+@pytest.mark.parametrize("content", [
+    b"",  # empty file
+    b"\xff" * 8 + b"{}",  # header length far beyond the file
+    _header({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}),  # data missing
+    _header({"a": {"dtype": "F32", "shape": [1000000000000], "data_offsets": [0, 4]}}) + b"\0" * 4,  # shape lies
+    b"\x08\0\0\0\0\0\0\0not json",
+    b"\x80\x04\x95",  # a pickle renamed to .safetensors
+], ids=["empty", "huge-header", "truncated-data", "inconsistent-shape", "bad-json", "pickle"])
+def test_malformed_safetensors_is_a_clear_error(tmp_path, content):
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(FormatError, match=r"x.safetensors: not a readable safetensors file .*download or export"):
+        formats.load_state_dict(path)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".ckpt", ".bin", ".pth"])
+def test_pickles_load_plain_tensors_only_and_never_run_code(tmp_path, suffix):
+    good = {"diffusion_model.x_embedder.lora_A.weight": torch.ones(4, 64)}
+    torch.save({"state_dict": good}, tmp_path / f"good{suffix}")
+    assert torch.equal(formats.load_state_dict(tmp_path / f"good{suffix}")[0][next(iter(good))], torch.ones(4, 64))
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"x": Evil()}, tmp_path / f"evil{suffix}")
+    with pytest.raises(FormatError, match="refused to load.*could be unsafe"):
+        formats.load_state_dict(tmp_path / f"evil{suffix}")
+    assert not marker.exists()
 
 
 @pytest.mark.slow

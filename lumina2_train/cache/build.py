@@ -18,7 +18,7 @@ from ..errors import CacheError, ConfigError
 from ..fingerprint import json_fingerprint
 from ..recipe import DROPPED_PROMPT, LATENT_CHANNELS, format_prompt, system_prompt_text
 from .handle import CacheHandle
-from .store import LATENTS, TEXTS, entry_path, has_entry, latent_key, text_key, write_entry
+from .store import LATENTS, TEXTS, entry_path, has_entry, latent_key, text_key, tidy, write_entry
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
@@ -71,6 +71,7 @@ def build_cache(dataset: DatasetHandle, encoders: EncoderProvider, cfg: CacheCon
         raise ConfigError(errors)
     dataset.require_usable()
     root = Path(root).expanduser().absolute()
+    tidy(root)  # temporary files of killed runs; never a complete entry
     system = system_prompt_text(cfg.system_prompt, cfg.custom_system_prompt)
     keys = tuple((latent_key(i, False, encoders.vae_identity),
                   latent_key(i, True, encoders.vae_identity) if i.flip else "") for i in dataset.items)

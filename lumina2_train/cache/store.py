@@ -6,16 +6,17 @@ entry is simply never addressed; its metadata repeats the key, so a renamed or c
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
-import uuid
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from ..atomic import DiskFullError, atomic_write, error_errno, remove_stale_temps
 from ..data import DataItem
 from ..errors import CacheError
 
@@ -60,19 +61,25 @@ def write_entry(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str
     Raises:
         CacheError: the folder is not writable or the disk is full (the message says which folder).
     """
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: _compact(v) for k, v in tensors.items()}, str(tmp), metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise CacheError(f"{path.parent}: cannot write a cache entry ({e.strerror or e}). Free disk space, or "
-                         "set cache.dir to a writable folder.") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        atomic_write(path, lambda tmp: save_file({k: _compact(v) for k, v in tensors.items()}, str(tmp), metadata))
+    except DiskFullError as e:
+        reason = os.strerror(error_errno(e.__cause__) or errno.ENOSPC)
+        raise CacheError(f"{path.parent}: no space left for a cache entry ({reason}). The entries written so far "
+                         "are complete and kept. Free disk space and run the caching step again (it encodes only "
+                         "what is missing), or set cache.dir to a folder on a larger drive.") from None
+    except (OSError, SafetensorError) as e:
+        raise CacheError(f"{path.parent}: cannot write a cache entry ({getattr(e, 'strerror', None) or e}). Make "
+                         "the folder writable, or set cache.dir to a writable folder.") from None
+
+
+def tidy(root: Path) -> None:
+    """Delete temporary entry files that killed runs left under `root` (those of live processes stay)."""
+    for kind in (LATENTS, TEXTS):
+        folder = root / kind
+        if folder.is_dir():
+            for sub in folder.iterdir():
+                remove_stale_temps(sub)
 
 
 def has_entry(path: Path, key: str) -> bool:

@@ -7,6 +7,8 @@ modifies a user file. `DatasetHandle.require_usable()` is the strict check.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import random
@@ -17,7 +19,6 @@ from pathlib import Path
 
 from ..config import DataConfig, DatasetConfig, to_dict
 from ..errors import ConfigError
-from ..fingerprint import json_fingerprint
 from .buckets import plan_crop
 from .captions import CaptionSource, shuffle_tags
 from .files import IMAGE_EXTENSIONS, is_image_name, list_images
@@ -26,6 +27,7 @@ from .images import ImageProblem, bytes_fingerprint, probe_image
 from .report import DatasetReport, ScanReport, Skipped, bucket_name
 
 log = logging.getLogger(__name__)
+CHUNK_FILES = 1024  # files checked per batch of thread-pool work
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ def scan_dataset(cfg: DataConfig) -> DatasetHandle:
         items += found
         reports.append(report)
         _log_report(report)
-    fingerprint = json_fingerprint({"items": [dataclasses.asdict(i) for i in items], "config": to_dict(cfg)})
+    fingerprint = _fingerprint(items, cfg)
     return DatasetHandle(tuple(items), ScanReport(tuple(reports)), fingerprint, cfg)
 
 
@@ -80,8 +82,10 @@ def _scan_one(ds: DatasetConfig, index: int, seed: int) -> tuple[list[DataItem],
         return [], DatasetReport(str(root), len(listing.images), (), listing.skipped, {}, tuple(problems),
                                  listing.ignored)
     ctx = _Context(ds, index, seed, root, captions, _duplicates(listing.images, captions, ds))
+    results: list[DataItem | Skipped] = []
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        results = list(pool.map(lambda p: _check_file(p, ctx), listing.images))
+        for start in range(0, len(listing.images), CHUNK_FILES):  # bounded: not one future per file at once
+            results += pool.map(lambda p: _check_file(p, ctx), listing.images[start:start + CHUNK_FILES])
     items = [r for r in results if isinstance(r, DataItem)]
     skipped = list(listing.skipped) + [r for r in results if isinstance(r, Skipped)]
     skipped += captions.skipped + _unmatched_metadata(listing.images, ctx)
@@ -90,6 +94,20 @@ def _scan_one(ds: DatasetConfig, index: int, seed: int) -> tuple[list[DataItem],
     found = len(listing.images) + sum(1 for s in listing.skipped if is_image_name(Path(s.path)))
     return items, DatasetReport(str(root), found, tuple(i.path for i in items), tuple(skipped),
                                 dict(buckets), tuple(problems), listing.ignored)
+
+
+def _fingerprint(items: list[DataItem], cfg: DataConfig) -> str:
+    """json_fingerprint({"items": [asdict(i) ...], "config": ...}), streamed item by item (same digest, without
+    holding the whole JSON text of a 100,000-image dataset in memory)."""
+    h = hashlib.sha256(b'{"config": ' + _dumps(to_dict(cfg)).encode() + b', "items": [')
+    for n, item in enumerate(items):
+        h.update((", " if n else "").encode() + _dumps(dataclasses.asdict(item)).encode())
+    h.update(b"]}")
+    return h.hexdigest()[:16]
+
+
+def _dumps(obj) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
 
 
 def _duplicates(images: tuple[Path, ...], captions: CaptionSource, ds: DatasetConfig) -> dict[Path, str]:

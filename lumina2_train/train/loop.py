@@ -24,7 +24,15 @@ from ..config import RunConfig
 from ..errors import TrainingError
 from ..formats import check_fits, lora_metadata, read_adapter_tensors, read_lora, save_adapters
 from .batches import BucketBatches, DataPosition
-from .checkpoint import CheckpointState, capture_rng, check_compatible, load_checkpoint, restore_rng, save_checkpoint
+from .checkpoint import (
+    CheckpointState,
+    capture_rng,
+    check_compatible,
+    guard_run_folder,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 from .ema import EMA
 from .evaluation import ClipScorer, heldout_loss, holdout_indices
 from .hooks import StepInfo, TrainHooks, ValidationImages
@@ -151,7 +159,10 @@ class Trainer:
     def _optimizer_step(self, batch_iter) -> tuple[float, float, str, float]:
         cfg, st = self.cfg.train, self.state
         total_loss, sigmas, bucket = 0.0, [], (0, 0)
+        position = st.position  # committed with the step below: a failed step is redone on resume
         for micro in range(cfg.grad_accum):
+            if micro:
+                self.hooks.check_interrupt()  # cancel within one step, even with long accumulation
             position, bucket, indices = next(batch_iter)
             gen = step_generator(cfg.seed, st.step, micro)
             torch.manual_seed(gen.initial_seed())  # adapter dropout draws from the global RNG
@@ -164,7 +175,6 @@ class Trainer:
             self.planner.end(probe, self.adapters.as_dict())
             total_loss += float(loss.detach()) / cfg.grad_accum
             sigmas += sigma.tolist()
-            st.position = position
         params = [p for p in self.adapters.parameters() if p.grad is not None]
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
@@ -176,6 +186,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         st.step += 1
+        st.position = position
         if self.ema is not None:
             self.ema.update(st.step)
         st.losses.append(total_loss)
@@ -259,7 +270,13 @@ class Trainer:
 
     # ------------------------------------------------------------ the loop
     def run(self) -> TrainResult:
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        """Train; the run folder (and the LoRA file, when elsewhere) are locked against other runs meanwhile.
+
+        Raises:
+            BusyError: another live run writes to the same run folder or LoRA file.
+        """
+        with guard_run_folder(self.run_dir, self.lora_path), \
+                torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             self._setup()
             try:
                 self._loop()

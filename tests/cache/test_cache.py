@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
 
 import pytest
@@ -235,3 +236,28 @@ def test_keys_cover_what_changes_the_entry(photo_data):
     assert latent_key(item, True, "vae") != base and latent_key(item, False, "vae2") != base
     assert latent_key(dataclasses.replace(item, caption="other", repeats=9), False, "vae") == base
     assert text_key("p", "t", 256) not in (text_key("p ", "t", 256), text_key("p", "t2", 256), text_key("p", "t", 128))
+
+
+def test_leftovers_of_a_killed_run_are_removed_and_partial_entries_never_trusted(photo_data, encoders, new_encoders,
+                                                                                 tmp_path):
+    import subprocess
+    import sys
+
+    from lumina2_train.locks import owner_token
+
+    dataset = scan_dataset(photo_data)
+    cache = build_cache(dataset, encoders, CFG, root=tmp_path / "c")
+    path = entry_path(cache.root, LATENTS, cache.latent_keys[0][0])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = path.with_name(f".{path.name}.l2t-{dead}_1-abcd1234.tmp")  # a killed writer's temporary file
+    live = path.with_name(f".{path.name}.l2t-{owner_token(os.getppid())}-abcd1234.tmp")  # a live writer's
+    foreign = [path.with_name("notes.tmp"), path.with_name(".x.l2t-notapid.tmp"), path.with_name("keep.safetensors")]
+    for p in (stale, live, *foreign):
+        p.write_bytes(b"half")
+    path.write_bytes(path.read_bytes()[:-7])  # a truncated entry under its final name (written by hand)
+    again = new_encoders()
+    build_cache(dataset, again, CFG, root=tmp_path / "c")
+    assert not stale.exists() and live.exists() and all(p.read_bytes() == b"half" for p in foreign)
+    assert again.images == 1  # the truncated entry was not trusted: encoded again
+    assert read_entry(path, cache.latent_keys[0][0])[0]["latent"].shape[0] == 16
