@@ -284,6 +284,11 @@ class TrainConfig:
     ema_every_n_steps: int = 1
     ema_on_cpu: bool = False
     on_nonfinite: str = "stop"
+    # Scheduled sampling (EXPERIMENTAL): with this probability a sample's x_σ comes from the model's own
+    # Euler rollout from a higher noise level instead of the exact interpolation (train/rollout.py).
+    rollout_probability: float = 0.0
+    rollout_max_offset: float = 0.2  # the rollout starts at σ + U(0, offset)·(1 − σ)
+    rollout_steps: int = 2
     compile: bool = False  # regional torch.compile of the transformer blocks (CUDA)
     # checkpointing 'auto': GiB the run may use on the GPU (0 = 90 % of the card); blocks keep their
     # activations (no recompute) while the measured step still fits (train/memory.py)
@@ -317,6 +322,9 @@ class TrainConfig:
         out += _range(f"{at}.ema_every_n_steps", self.ema_every_n_steps, 1)
         out += _range(f"{at}.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
         out += _range(f"{at}.num_cycles", self.num_cycles, 1)
+        out += _range(f"{at}.rollout_probability", self.rollout_probability, 0.0, 1.0)
+        out += _range(f"{at}.rollout_max_offset", self.rollout_max_offset, 0.0, 1.0)
+        out += _range(f"{at}.rollout_steps", self.rollout_steps, 1, 50)
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             out.append(f"{at}.betas must be two numbers in [0, 1) (got {list(self.betas)})")
         return out + self._memory_errors(at)

@@ -170,7 +170,9 @@ class Trainer:
             probe = self.planner.begin(batch)
             loss, sigma = micro_step_loss(self.backbone, self.adapters.as_dict(), batch, self.timesteps,
                                           weighting=cfg.loss_weighting, gamma=cfg.min_snr_gamma, gen=gen,
-                                          device=self.device, dtype=self.dtype)
+                                          device=self.device, dtype=self.dtype,
+                                          rollout=(cfg.rollout_probability, cfg.rollout_max_offset,
+                                                   cfg.rollout_steps))
             (loss / cfg.grad_accum).backward()
             self.planner.end(probe, self.adapters.as_dict())
             total_loss += float(loss.detach()) / cfg.grad_accum
