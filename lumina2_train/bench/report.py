@@ -40,13 +40,17 @@ def _f(x, digits: int = 2) -> str:
 def group_table(g: dict) -> list[str]:
     """One markdown table: the reference and each variant of ours."""
     head = g["group"]
-    lines = [f"### {head['name']}: {head['res']}² batch {head['batch']}, {head['mode']}, targets {head['targets']}, "
-             f"captions {head['caption_tokens']} tokens, {g.get('flops_per_sample', 0) / 1e12:.1f} TFLOP/sample",
+    full = head["mode"] == "full"
+    what = "full fine-tune of every Linear" if full else f"LoRA r{head['rank']} on {head['targets']}"
+    lines = [f"### {head['name']}: {head['res']}² batch {head['batch']}, {what}, captions {head['caption_tokens']} "
+             f"tokens, {g.get('flops_per_sample', 0) / 1e12:.1f} TFLOP/sample",
              "", "| step | samples/s | × ref | peak GiB | MFU | compile warm-up s | graphs | blocks kept |",
              "|---|---|---|---|---|---|---|---|"]
     ref = g.get("reference")
     if ref:
-        lines.append(f"| reference (diffusers + PEFT, eager, ckpt) | {_f(ref['samples_per_s'])} | 1.00 | "
+        name = "reference (diffusers, bf16 AdamW on every weight, eager, ckpt)" if full else \
+            "reference (diffusers + PEFT, eager, ckpt)"
+        lines.append(f"| {name} | {_f(ref['samples_per_s'])} | 1.00 | "
                      f"{_f(ref['peak_gib'], 1)} | {_f(100 * ref.get('mfu', 0), 0)} % | - | - | - |")
     for v in g["variants"]:
         if "error" in v:
