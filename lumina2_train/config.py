@@ -89,6 +89,13 @@ class ModelConfig:
     base_precision: str = "no_change"  # storage of the frozen base: fp8 | int8 (backbones/quant.py), *-torchao
     quantize_via: str = "accelerator"  # cpu | accelerator
 
+    @property
+    def storage_format(self) -> str:
+        """8-bit storage of the frozen base ('fp8', 'int8') or 'no_change'. SimpleTuner's names
+        'int8-torchao' / 'fp8-torchao' select the same per-row storage (backbones/quant.py; torchao is not
+        needed)."""
+        return {"int8-torchao": "int8", "fp8-torchao": "fp8"}.get(self.base_precision, self.base_precision)
+
     def errors(self, at: str = "model") -> list[str]:
         out = _choice(f"{at}.dtype", self.dtype, PRECISIONS)
         out += _choice(f"{at}.base_precision", self.base_precision, BASE_PRECISIONS)
@@ -295,6 +302,11 @@ class TrainConfig:
     memory_budget_gib: float = 0.0
     optimizer_states: str = "fp32"  # adamw moments: fp32 | 8bit (fp8 with block scales, train/lowmem.py)
     optimizer_in_backward: bool = False  # update each weight as its gradient completes (no gradient buffer)
+    # Within a bucket, batch samples of equal caption length first (attention needs no padding mask); only
+    # the leftovers mix lengths. Changes the batch order, not what a batch computes.
+    group_by_caption_length: bool = True
+    # lr × f(batch_size × grad_accum × processes): none | linear | sqrt (train/distributed.py; logged)
+    scale_lr: str = "none"
 
     @property
     def effective_batch_size(self) -> int:
@@ -313,6 +325,7 @@ class TrainConfig:
         out += _choice(f"{at}.shift_mode", self.shift_mode, SHIFT_MODES)
         out += _choice(f"{at}.loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
         out += _choice(f"{at}.on_nonfinite", self.on_nonfinite, NONFINITE_POLICIES)
+        out += _choice(f"{at}.scale_lr", self.scale_lr, ("none", "linear", "sqrt"))
         out += _range(f"{at}.warmup_steps", self.warmup_steps, 0)
         out += _range(f"{at}.max_grad_norm", self.max_grad_norm, 0.0)
         out += _range(f"{at}.caption_dropout", self.caption_dropout, 0.0, 1.0)

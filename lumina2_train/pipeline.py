@@ -56,6 +56,21 @@ def check_model_paths(cfg: RunConfig) -> None:
         raise ConfigError(problems)
 
 
+def load_base(cfg: RunConfig, device: torch.device):
+    """The DiT on `device`. With an 8-bit base and quantize_via 'cpu' it is stored in 8 bits before it moves,
+    so the device never holds the full-precision weights (a full fine-tune then copies the rounded base)."""
+    from .backbones.loading import load_backbone
+    from .backbones.quant import quantize_base
+
+    fmt = cfg.model.storage_format
+    if fmt == "no_change" or cfg.model.quantize_via != "cpu" or device.type == "cpu":
+        return load_backbone(cfg.model.transformer, cfg.model.dtype, device)
+    backbone = load_backbone(cfg.model.transformer, cfg.model.dtype, "cpu")
+    quantize_base(backbone, fmt)
+    backbone.tree.to(device)
+    return backbone
+
+
 def build_training_cache(cfg: RunConfig, encoders, cache_root: Path,
                          progress: Callable[[int, int], None] | None = None):
     """Scan the datasets (strict policy check) and build or reuse the fingerprinted cache."""
@@ -79,7 +94,6 @@ def run_training(cfg: RunConfig, *, run_dir: Path | None = None, hooks: TrainHoo
     folder (model card included) is uploaded at the end, and a failed upload raises HubError after every local
     file is written.
     """
-    from .backbones.loading import load_backbone
     from .encoders.hf import HFEncoders
     from .train.optim import check_available
     from .train.trackers import check_trackers
@@ -94,7 +108,7 @@ def run_training(cfg: RunConfig, *, run_dir: Path | None = None, hooks: TrainHoo
     cache_root = Path(cfg.cache.dir) if cfg.cache.dir else Path(cfg.save.output_dir) / "cache"
     cache = build_training_cache(cfg, encoders, cache_root, progress)
     encoders.release()
-    backbone = load_backbone(cfg.model.transformer, cfg.model.dtype, device)
+    backbone = load_base(cfg, device)
 
     def decode(latents: torch.Tensor) -> torch.Tensor:
         return encoders.latent_encoder().decode(latents.to(device)).float().cpu()

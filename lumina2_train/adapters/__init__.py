@@ -75,7 +75,7 @@ class AdapterSet(nn.Module):
         """{native name + '.weight': W + ΔW} (fp32) for every adapted Linear; the base is not touched."""
         out = {}
         for name, mod in self.items():
-            base = backbone.linear(name).weight.detach().float()
+            base = backbone.base_weight(name)  # dense fp32, dequantised when stored in 8 bits
             if hasattr(mod, "adapted_weight"):  # DoRA rescales the merged weight
                 out[f"{name}.weight"] = mod.adapted_weight(base).detach()
             else:
@@ -98,8 +98,12 @@ def build_adapters(backbone, cfg: AdapterConfig, device: torch.device | str | No
             base = backbone.linear(name).weight
             out_f, in_f = base.shape
             mods[name] = factory(in_f, out_f, cfg, device)
-            if hasattr(mods[name], "init_from_base"):  # DoRA's magnitude starts at the base norm
-                mods[name].init_from_base(base.detach().to(device or base.device))
+            if hasattr(mods[name], "init_from_base"):  # DoRA's magnitude, a full fine-tune's copy
+                dense = backbone.base_weight(name).to(device or base.device)  # fp32, dequantised if 8-bit
+                if isinstance(mods[name], FullWeight):  # the trainable copy keeps the base's float dtype
+                    floats = (torch.float32, torch.bfloat16, torch.float16)
+                    dense = dense.to(base.dtype if base.dtype in floats else torch.bfloat16)
+                mods[name].init_from_base(dense)
     finally:
         if seed is not None:
             torch.random.set_rng_state(gen_state)

@@ -78,6 +78,7 @@ class DoRA(LoRA):
     """
 
     replaces_weight = True
+    needs_base_weight = True  # nextdit.Linears hands adapted_weight() the dense (dequantised) base weight
 
     def __init__(self, in_features: int, out_features: int, rank: int, alpha: float, **kw):
         super().__init__(in_features, out_features, rank, alpha, **kw)
@@ -91,13 +92,8 @@ class DoRA(LoRA):
         merged = weight + (self.up.to(weight.dtype) @ self.down.to(weight.dtype)) * self.scale
         return merged * (self.magnitude.to(weight.dtype) / _column_norm(merged).detach())
 
-    def weight_and_bias(self, module: nn.Module, x: torch.Tensor):
-        weight = module.weight.detach().to(x.device, x.dtype)
-        bias = module.bias.detach().to(x.device, x.dtype) if module.bias is not None else None
-        return self.adapted_weight(weight), bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # only used through weight_and_bias
-        raise RuntimeError("DoRA replaces its Linear's weight; call weight_and_bias()")
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # only used through adapted_weight
+        raise RuntimeError("DoRA replaces its Linear's weight; nextdit.Linears calls adapted_weight()")
 
     def file_tensors(self) -> dict[str, torch.Tensor]:
         t = super().file_tensors()

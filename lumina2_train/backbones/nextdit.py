@@ -171,13 +171,20 @@ class Linears:
 
     def apply(self, module: nn.Module, adapter: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
         if adapter is not None and getattr(adapter, "replaces_weight", False):
-            weight, bias = adapter.weight_and_bias(module, x)  # full fine-tune / DoRA-style adapters
+            if getattr(adapter, "needs_base_weight", False):  # DoRA: rescales the (dequantised) base weight
+                weight, bias = self._base(module, x)
+                return F.linear(x, adapter.adapted_weight(weight), bias)
+            weight, bias = adapter.weight_and_bias(module, x)  # full fine-tune: its own copy of the weight
             return F.linear(x, weight, bias)
+        weight, bias = self._base(module, x)
+        y = F.linear(x, weight, bias)
+        return y if adapter is None else y + adapter(x)
+
+    def _base(self, module: nn.Module, x: torch.Tensor):
         weight, bias = self.weight_fn(module, x.dtype, x.device)
         if self.frozen:
             weight, bias = weight.detach(), (bias.detach() if bias is not None else None)
-        y = F.linear(x, weight, bias)
-        return y if adapter is None else y + adapter(x)
+        return weight, bias
 
     def __call__(self, name: str, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return self.apply(module, self.adapters.get(name), x)

@@ -28,10 +28,12 @@ def prepare_forward(backbone, cfg: RunConfig, n_buckets: int) -> None:
     opts = backbone.options
     opts.checkpoint = t.checkpointing != "off"
     opts.keep_activations.clear()
-    if cfg.model.base_precision in ("fp8", "int8"):
-        saved = quantize_base(backbone, cfg.model.base_precision)
-        log.info("frozen base stored in %s (%.2f GiB saved)", cfg.model.base_precision, saved / 2**30)
-    elif cfg.model.base_precision != "no_change":
+    fmt = cfg.model.storage_format
+    if fmt in ("fp8", "int8"):
+        saved = quantize_base(backbone, fmt)
+        if saved:
+            log.info("frozen base stored in %s (%.2f GiB saved)", fmt, saved / 2**30)
+    elif fmt != "no_change":
         raise ConfigError(f"model.base_precision '{cfg.model.base_precision}' is not available in this version; "
                           "choose 'fp8' or 'int8' (stored by the library, no extra package)")
     opts.compiled_block = None

@@ -93,3 +93,16 @@ def test_each_kind_trains_and_continues_from_its_file(tiny_backbone, tensor_cach
     name = res.adapters.names[0]
     for p, q in zip(res.adapters[name].parameters(), res2.adapters[name].parameters()):
         torch.testing.assert_close(p, q, atol=2e-2, rtol=2e-2)  # the file is bf16
+
+
+def test_dora_on_an_8bit_base_uses_the_dequantised_weight(tiny_backbone):
+    from lumina2_train.backbones.quant import quantize_base
+
+    quantize_base(tiny_backbone, "int8")
+    x, s, f = _batch()
+    base = tiny_backbone.velocity(x, s, f, None)
+    adapters = build_adapters(tiny_backbone, KINDS["dora"])
+    torch.testing.assert_close(tiny_backbone.velocity(x, s, f, None, adapters.as_dict()), base, atol=1e-5, rtol=1e-5)
+    name = "layers.0.attention.qkv"
+    torch.testing.assert_close(adapters[name].magnitude, tiny_backbone.base_weight(name).norm(dim=0, keepdim=True),
+                               atol=1e-5, rtol=1e-5)

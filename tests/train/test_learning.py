@@ -1,10 +1,11 @@
 """The honest proof that objective, sign and sampler agree: a LoRA learns one latent, and sampling with it
 from fixed noise lands measurably closer to that latent."""
 
+import pytest
 import torch
 
 from lumina2_train import recipe
-from lumina2_train.config import TARGET_PRESETS, AdapterConfig, RunConfig, SaveConfig, TrainConfig
+from lumina2_train.config import TARGET_PRESETS, AdapterConfig, ModelConfig, RunConfig, SaveConfig, TrainConfig
 from lumina2_train.train import TensorCache, TensorSample, train_lora
 
 
@@ -25,20 +26,31 @@ def _sample(backbone, adapters, feats):
                          settings)
 
 
-def test_lora_learns_a_latent_and_the_sampler_moves_toward_it(tiny_backbone, tmp_path):
+@pytest.mark.parametrize("base", ["no_change", "int8-torchao", "fp8-torchao"])
+def test_lora_learns_a_latent_and_the_sampler_moves_toward_it(tiny_backbone, tmp_path, base):
+    """Also with the frozen base stored in 8 bits (SimpleTuner's base_model_precision names)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 16, 4, 4, generator=gen) * 0.8
     feats = torch.randn(1, 6, 32, generator=gen)
     cache = TensorCache([TensorSample(x[0], feats[0], "a red cube")])
-    cfg = RunConfig(adapter=AdapterConfig(rank=16, alpha=16.0, targets=TARGET_PRESETS["all"] + ("final",)),
+    cfg = RunConfig(model=ModelConfig(base_precision=base), adapter=AdapterConfig(rank=16, alpha=16.0, targets=TARGET_PRESETS["all"] + ("final",)),
                     train=TrainConfig(steps=400, lr=3e-3, precision="fp32", checkpointing="off", seed=1,
                                       max_grad_norm=0.0, timestep_sampling="uniform", shift_mode="none"),
                     save=SaveConfig(output_dir=str(tmp_path)))
+    if base != "no_change":  # store the base first, so "before" and "after" use the same frozen weights
+        from lumina2_train.backbones.quant import quantize_base
+
+        quantize_base(tiny_backbone, cfg.model.storage_format)
     before_loss = _eval_loss(tiny_backbone, None, x, feats)
     before_mse = (_sample(tiny_backbone, None, feats) - x).square().mean().item()
     result = train_lora(cfg, tiny_backbone, cache, run_dir=tmp_path / "run")
+    stored = tiny_backbone.linear("layers.0.feed_forward.w1").weight
+    assert stored.element_size() == (4 if base == "no_change" else 1)  # the option really stored 8 bits
     adapters = result.adapters.as_dict()
     after_loss = _eval_loss(tiny_backbone, adapters, x, feats)
     after_mse = (_sample(tiny_backbone, adapters, feats) - x).square().mean().item()
-    assert after_loss < 0.5 * before_loss, (before_loss, after_loss)
-    assert after_mse < 0.5 * before_mse, (before_mse, after_mse)
+    # bf16 base: the issue's bar (at least halve). An 8-bit base keeps rounding noise the LoRA cannot remove
+    # (fp8 e4m3 ≈ 8 % per weight row here), so for it "still learns" is a 40 % cut.
+    factor = 0.5 if base == "no_change" else 0.6
+    assert after_loss < factor * before_loss, (before_loss, after_loss)
+    assert after_mse < factor * before_mse, (before_mse, after_mse)
