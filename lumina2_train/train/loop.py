@@ -243,8 +243,20 @@ class Trainer:
                            base_hash=self.base_hash, title=Path(self.cfg.save.name).name, workflow=self.workflow,
                            extra={"lumina2t.system_prompt": getattr(self.cache, "system_prompt", ""),
                                   **_network_metadata(a)})
+        if a.kind == "full":  # the whole fine-tuned DiT, a file ComfyUI's UNETLoader opens
+            from ..fullmodel import save_diffusion_model
+
+            md["modelspec.architecture"] = "lumina-2"
+            return save_diffusion_model(self.adapters, self.backbone, path, dtype=self.cfg.save.dtype, metadata=md)
         return save_adapters(self.adapters, path, fmt=self.cfg.save.format, dtype=self.cfg.save.dtype,
                              arch=self.backbone.arch, metadata=md)
+
+    def save_diffusers(self, folder: Path) -> Path:
+        """A full fine-tune as a diffusers transformer folder (the EMA weights when save.save_ema)."""
+        from ..fullmodel import save_diffusers_transformer
+
+        with self._evaluation_weights(self.cfg.save.save_ema):
+            return save_diffusers_transformer(self.adapters, self.backbone, folder, dtype=self.cfg.save.dtype)
 
     def _validate(self) -> None:
         v = self.cfg.validation
@@ -323,6 +335,8 @@ class Trainer:
         hooks.on_status("saving", str(self.lora_path))
         self.last_checkpoint = self._checkpoint()
         self.save_lora(self.lora_path)
+        if cfg.adapter.kind == "full":
+            self.save_diffusers(self.run_dir / "transformer")
         atomic_write_text(self.run_dir / "losses.json", _json({"loss": st.losses, "sigma": st.sigmas,
                                                               "eval": st.evals}))
         self._validate()
