@@ -5,7 +5,7 @@ empty). The forward uses the copy through the `replaces_weight` hook of nextdit.
 never written, which keeps a shared ComfyUI MODEL intact. Copies take the base's dtype (bf16 for a bf16
 model); pair them with `train.optimizer_states = '8bit'` and `train.optimizer_in_backward` (train/lowmem.py),
 whose update rounds stochastically into bf16 and frees each gradient as soon as it is applied. Biases and
-norm weights stay frozen. Saving a full fine-tune (a diffusion-model file) is not written yet.
+norm weights stay frozen. fullmodel.py writes the result (UNETLoader file, diffusers folder, .diff patches).
 No ComfyUI imports.
 """
 
