@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-tiny-models": ("lumina2_train.commands.tiny_models", "write tiny random Lumina2-shaped models"),
     "convert": ("lumina2_train.commands.convert", "rewrite a LoRA file as comfyui, diffusers or kohya (safe readers)"),
     "bench": ("lumina2_train.bench.command", "time our training step against the reference step (CUDA)"),
+    "comfy-e2e": ("lumina2_train.commands.comfy_e2e", "train the example workflow on a real ComfyUI server, tiny models"),
 }
 
 

@@ -37,7 +37,11 @@ def is_autograd_safe(t: torch.Tensor) -> bool:
     """False for a tensor made under inference mode, including one that Module.to() later moved or cast
     outside it: `is_inference()` is False for those, yet autograd cannot save them ("Inference tensors do not
     track version counter"). That is what ComfyUI's weights become when a model loaded by a node is moved to
-    the GPU outside inference mode."""
+    the GPU outside inference mode. A Parameter wrapped around an inference tensor outside inference mode (what
+    ComfyUI's unpatch_model restores after a LoRA was patched in) is an inference tensor whose `_version` reads
+    fine, hence the is_inference() check too."""
+    if t.is_inference():
+        return False
     try:
         t._version  # noqa: B018  (raises for inference tensors and for those half-converted ones)
     except RuntimeError:

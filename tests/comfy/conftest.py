@@ -137,3 +137,21 @@ def _state_hash(module: torch.nn.Module) -> str:
 def state_hash():
     """state_hash(module) -> exact sha256 of every parameter and buffer (names, dtypes, bytes)."""
     return _state_hash
+
+
+@pytest.fixture(scope="session")
+def pack(comfy, tmp_path_factory) -> SimpleNamespace:
+    """This pack loaded by ComfyUI's own custom-node loader (as a server loads it), after ComfyUI's built-in extra
+    nodes; ComfyUI's input/output/temp folders point into a temporary folder."""
+    import asyncio
+
+    base = tmp_path_factory.mktemp("comfy_dirs")
+    for kind in ("input", "output", "temp"):
+        (base / kind).mkdir()
+        getattr(comfy.folder_paths, f"set_{kind}_directory")(str(base / kind))
+    asyncio.run(comfy.nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    assert asyncio.run(comfy.nodes.load_custom_node(str(REPO))), "the pack did not load (see the log above)"
+    module = sys.modules[str(REPO).replace(".", "_x_")]
+    ours = {k: v for k, v in comfy.nodes.NODE_CLASS_MAPPINGS.items() if k.startswith("Lumina2T_")}
+    return SimpleNamespace(module=module, nodes=ours, base=base, input=base / "input", output=base / "output",
+                           lib=lambda name: importlib.import_module(f"{module.__name__}.lumina2_train.{name}"))

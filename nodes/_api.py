@@ -1,0 +1,32 @@
+"""The only import of ComfyUI's node API (`comfy_api`) in the pack: version differences are handled here.
+
+Feature detection only (never a version comparison): `comfy_api.latest` where it exists, else the pinned
+`v0_0_2`. Inputs' `advanced=True` (collapsed "advanced" widgets) exists only in newer ComfyUI; `advanced()`
+sets it where the running ComfyUI's input classes accept it and drops it elsewhere.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+try:
+    from comfy_api.latest import ComfyExtension, io, ui
+except ImportError:  # a ComfyUI that has retired `latest`
+    from comfy_api.v0_0_2 import ComfyExtension, io, ui
+
+
+def _accepts(input_cls: type, name: str) -> bool:
+    try:
+        return name in inspect.signature(input_cls.__init__).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def advanced(widget: io.Input) -> io.Input:
+    """Mark a widget input as advanced (collapsed by default) where this ComfyUI supports it; else unchanged."""
+    if _accepts(type(widget), "advanced") or hasattr(widget, "advanced"):
+        widget.advanced = True
+    return widget
+
+
+__all__ = ["ComfyExtension", "advanced", "io", "ui"]

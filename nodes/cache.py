@@ -1,0 +1,58 @@
+"""2 Cache: Cache Latents & Text -> LUMINA2T_CACHE (fingerprinted VAE latents + Gemma2 features on disk)."""
+
+from __future__ import annotations
+
+from ..lumina2_train import comfy_data
+from ..lumina2_train.config import SYSTEM_PROMPTS, CacheConfig
+from . import types
+from ._api import advanced, io, ui
+
+_C = CacheConfig()
+
+
+class CacheLatentsText(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="Lumina2T_CacheLatentsText", display_name="Cache Latents & Text (Lumina2)",
+            category="Lumina2 Trainer/2 Cache",
+            description="Encodes the dataset once with ComfyUI's VAE (Flux AE) and CLIP (Gemma2-2B) into a "
+                        "fingerprinted cache under output/lumina2_train/cache; only missing entries are encoded, "
+                        "then ComfyUI may unload both encoders. Feeds the Train node.",
+            inputs=[
+                types.Dataset.Input("dataset", tooltip="Output of 'Load Dataset' or 'Dataset from Images'."),
+                io.Clip.Input("clip", tooltip="Lumina2's text encoder (Gemma2-2B): the CLIP of Load Checkpoint, or "
+                                              "Load CLIP with type 'lumina2'."),
+                io.Vae.Input("vae", tooltip="The Flux VAE (ae.safetensors) Lumina2 uses."),
+                io.Combo.Input("system_prompt", options=list(SYSTEM_PROMPTS), default=_C.system_prompt,
+                               tooltip="Prefix encoded before each caption, as CLIP Text Encode for Lumina2 does "
+                                       "(superior / alignment are its two strings). Sample with the same one. "
+                                       "'custom' uses the text below; 'none' encodes the bare caption."),
+                io.String.Input("custom_system_prompt", default="", multiline=True,
+                                tooltip="For system_prompt 'custom': the prefix text (before ' <Prompt Start> ')."),
+                io.Int.Input("max_caption_tokens", default=_C.max_caption_tokens, min=8, max=4096,
+                             tooltip="Gemma tokens kept per caption, system prompt included (Lumina2 trains at 256)."),
+                types.Validation.Input("validation", optional=True,
+                                       tooltip="The Validation Settings you give the Train node: their prompts are "
+                                               "encoded here too (the Train node has no text encoder)."),
+                advanced(io.Int.Input("vae_batch_size", default=_C.vae_batch_size, min=1, max=64,
+                                      tooltip="Images per VAE call. 1 keeps latents bit-identical whatever the "
+                                              "batch; larger is faster on a GPU.")),
+            ],
+            outputs=[types.Cache.Output("cache", display_name="cache", tooltip="The cache handle, for the Train node."),
+                     io.String.Output("summary", display_name="summary", tooltip="What was cached, and where.")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, dataset, clip, vae, system_prompt: str, custom_system_prompt: str, max_caption_tokens: int,
+                vae_batch_size: int, validation=None) -> io.NodeOutput:
+        cfg = CacheConfig(system_prompt=system_prompt, custom_system_prompt=custom_system_prompt,
+                          max_caption_tokens=max_caption_tokens, vae_batch_size=vae_batch_size)
+        cache = comfy_data.build_comfy_cache(dataset, clip, vae, cfg, validation=validation,
+                                             node_id=cls.hidden.unique_id)
+        text = comfy_data.cache_summary(cache)
+        return io.NodeOutput(cache, text, ui=ui.PreviewText(text))
+
+
+NODES = [CacheLatentsText]

@@ -1,0 +1,131 @@
+"""3 Train: Train LoRA (simple) and Train LoRA (Advanced). Both call comfy_run.train_in_comfy.
+
+Outputs: the MODEL with the trained LoRA patched in through ComfyUI's own LoRA loader (from the saved file's
+state dict, DESIGN decision 3), the LoRA as LORA_MODEL, the loss history as LOSS_MAP and the file's path. The file
+goes to models/loras (LoraLoaderModelOnly lists it at once); checkpoints and previews to output/lumina2_train/.
+"""
+
+from __future__ import annotations
+
+from ..lumina2_train import comfy_run
+from ..lumina2_train.config import RunConfig, SaveConfig, TrainConfig, ValidationConfig
+from . import types
+from ._api import io, ui
+from .train_options import advanced_train_inputs, save_from_widgets, train_from_widgets
+
+CATEGORY = "Lumina2 Trainer/3 Train"
+_T = TrainConfig()
+_S = SaveConfig()
+
+
+def head_inputs() -> list[io.Input]:
+    return [
+        io.Model.Input("model", tooltip="Lumina2's MODEL (Load Checkpoint, or Load Diffusion Model with "
+                                        "lumina_2_model_bf16.safetensors). It is never modified: training works on "
+                                        "a clone, adapters live beside it."),
+        types.Cache.Input("cache", tooltip="Output of 'Cache Latents & Text'."),
+        types.Adapter.Input("adapter", tooltip="Output of 'Configure Adapter'."),
+        io.String.Input("lora_name", default=_S.name,
+                        tooltip="File name in models/loras (a subfolder like 'chars/alice' is allowed). An existing "
+                                "file is never overwritten: name_2, name_3, ... are used instead."),
+    ]
+
+
+def tail_inputs() -> list[io.Input]:
+    return [
+        types.Validation.Input("validation", optional=True,
+                               tooltip="Validation Settings: sample previews during training. Connect the same node "
+                                       "to 'Cache Latents & Text' so its prompts are encoded."),
+        io.Vae.Input("vae", optional=True, tooltip="The Flux VAE, to decode validation samples into previews."),
+        io.String.Input("resume_from", optional=True, default="",
+                        tooltip="Resume a run: its folder under output/lumina2_train (e.g. 'my_lora') or one of its "
+                                "checkpoints ('my_lora/checkpoints/step_00000100'). Settings must match the run's; "
+                                "steps may grow. Empty = a new run."),
+    ]
+
+
+def outputs() -> list[io.Output]:
+    return [
+        io.Model.Output("trained_model", display_name="model",
+                        tooltip="A clone of the input MODEL with the saved LoRA applied (what "
+                                "LoraLoaderModelOnly gives from the file). Connect it to KSampler."),
+        io.LoraModel.Output("lora", display_name="lora",
+                            tooltip="The LoRA's tensors, as saved (for Save LoRA or Load LoRA Model)."),
+        io.LossMap.Output("loss", display_name="loss", tooltip="Loss per optimizer step (for Plot Loss)."),
+        io.String.Output("lora_path", display_name="lora_path", tooltip="Path of the saved LoRA file."),
+    ]
+
+
+def run_training(cls, model, cache, adapter, lora_name: str, train: TrainConfig, save: SaveConfig,
+                 validation: ValidationConfig | None, vae, resume_from: str) -> io.NodeOutput:
+    """What both Train nodes do once their widgets are configs."""
+    cfg = RunConfig(adapter=adapter, train=train, validation=validation or ValidationConfig(), save=save,
+                    resume_from=resume_from or "")
+    workflow = (cls.hidden.extra_pnginfo or {}).get("workflow") if isinstance(cls.hidden.extra_pnginfo, dict) \
+        else None
+    out = comfy_run.train_in_comfy(model, cache, cfg, lora_name=lora_name, node_id=cls.hidden.unique_id, vae=vae,
+                                   workflow=workflow)
+    text = f"{out.step} steps, final loss {out.losses['loss'][-1]:.4f}\nLoRA: {out.path}\nrun folder: {out.run_dir}"
+    shown = {"text": (text,)}
+    if out.previews is not None:
+        shown |= ui.PreviewImage(out.previews, cls=cls).as_dict()
+    return io.NodeOutput(out.model, out.lora, out.losses, str(out.path), ui=shown)
+
+
+class TrainLoRA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="Lumina2T_TrainLoRA", display_name="Train LoRA (Lumina2)", category=CATEGORY,
+            description="Trains the adapter on the cache with Lumina2's recipe, showing progress, a live loss chart "
+                        "and previews; the stop button cancels within one step and leaves a resumable checkpoint. "
+                        "Writes the LoRA to models/loras and outputs the MODEL with it applied.",
+            inputs=[
+                *head_inputs(),
+                io.Int.Input("steps", default=_T.steps, min=1, max=10_000_000, tooltip="Optimizer steps."),
+                io.Float.Input("lr", default=_T.lr, min=0.0, max=1.0, step=1e-6, round=False,
+                               tooltip="Learning rate (AdamW, constant)."),
+                io.Int.Input("batch_size", default=_T.batch_size, min=1, max=1024,
+                             tooltip="Images per step (each batch comes from one aspect bucket)."),
+                io.Int.Input("seed", default=_T.seed, min=0, max=2**31 - 1,
+                             tooltip="Seed of the adapter init, noise, timesteps and batch order."),
+                io.Int.Input("save_every_n_steps", default=_S.every_n_steps, min=0, max=10_000_000,
+                             tooltip="Also write a resumable checkpoint and a LoRA file every N steps (in the run "
+                                     "folder); 0 = only at the end."),
+                *tail_inputs(),
+            ],
+            outputs=outputs(),
+            hidden=[io.Hidden.unique_id],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, cache, adapter, lora_name: str, steps: int, lr: float, batch_size: int, seed: int,
+                save_every_n_steps: int, validation=None, vae=None, resume_from: str = "") -> io.NodeOutput:
+        train = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed)
+        save = SaveConfig(every_n_steps=save_every_n_steps)
+        return run_training(cls, model, cache, adapter, lora_name, train, save, validation, vae, resume_from)
+
+
+class TrainLoRAAdvanced(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="Lumina2T_TrainLoRAAdvanced", display_name="Train LoRA (Lumina2, Advanced)", category=CATEGORY,
+            description="The Train node with every training and saving option: optimizer, schedule, warm-up, "
+                        "timestep sampling and shift, loss weighting, caption dropout, EMA, precision, activation "
+                        "checkpointing, save format and frequency. Same function as 'Train LoRA'.",
+            inputs=[*head_inputs(), *advanced_train_inputs(), *tail_inputs()],
+            outputs=outputs(),
+            hidden=[io.Hidden.unique_id],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, cache, adapter, lora_name: str, validation=None, vae=None, resume_from: str = "",
+                **widgets) -> io.NodeOutput:
+        train, save = train_from_widgets(widgets), save_from_widgets(widgets)
+        return run_training(cls, model, cache, adapter, lora_name, train, save, validation, vae, resume_from)
+
+
+NODES = [TrainLoRA, TrainLoRAAdvanced]

@@ -1,0 +1,105 @@
+"""The pack's nodes as ComfyUI registers them: schemas, names, tooltips, help pages, widgets covering the configs,
+and example workflows that use only registered node types and validate on a real ComfyUI."""
+
+import asyncio
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from lumina2_train.comfy_workflow import FRONTEND_ONLY, node_types
+from lumina2_train.config import SaveConfig, TrainConfig
+
+pytestmark = pytest.mark.comfy
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
+EXPECTED = {"Lumina2T_LoadDataset", "Lumina2T_LoadImageDataset", "Lumina2T_CacheLatentsText",
+            "Lumina2T_ConfigureAdapter", "Lumina2T_ConfigureValidation", "Lumina2T_TrainLoRA",
+            "Lumina2T_TrainLoRAAdvanced", "Lumina2T_SaveLoRA", "Lumina2T_PlotLoss", "Lumina2T_LoadTinyCLIP"}
+
+
+def _object_info(comfy) -> dict:
+    """What GET /object_info returns, for every registered node (V3 and V1)."""
+    out = {}
+    for name, cls in comfy.nodes.NODE_CLASS_MAPPINGS.items():
+        if hasattr(cls, "GET_NODE_INFO_V1"):
+            out[name] = cls.GET_NODE_INFO_V1()
+        else:
+            spec = cls.INPUT_TYPES()
+            out[name] = {"input": spec, "input_order": {k: list(v) for k, v in spec.items()},
+                         "output": list(cls.RETURN_TYPES)}
+    return out
+
+
+def test_every_node_registers_with_a_valid_schema(pack):
+    assert set(pack.nodes) == EXPECTED
+    registered = {cls.GET_SCHEMA().node_id for cls in pack.module.nodes.NODES}
+    assert registered == EXPECTED and len(pack.module.nodes.NODES) == len(EXPECTED)
+    for node_id, cls in pack.nodes.items():
+        schema = cls.GET_SCHEMA()  # validates: unique input/output ids
+        assert re.fullmatch(r"Lumina2T_[A-Z][A-Za-z]+", node_id)
+        assert re.fullmatch(r"Lumina2 Trainer/\d [A-Z][A-Za-z ()]+", schema.category), schema.category
+        assert schema.description and schema.display_name, node_id
+        info = cls.GET_NODE_INFO_V1()
+        assert info["name"] == node_id and info["output"]
+
+
+def test_every_input_and_output_is_documented(pack):
+    for node_id, cls in pack.nodes.items():
+        schema = cls.GET_SCHEMA()
+        for i in schema.inputs:
+            assert i.tooltip and len(i.tooltip) > 10, f"{node_id}.{i.id} has no tooltip"
+        for o in schema.outputs:
+            assert o.tooltip and o.display_name, f"{node_id} output {o.id} needs a tooltip and a display name"
+        assert (REPO / "web" / "docs" / f"{node_id}.md").is_file(), f"no help page web/docs/{node_id}.md"
+
+
+def test_wire_types_are_ours_or_comfyuis(pack):
+    ours = set()
+    for cls in pack.nodes.values():
+        schema = cls.GET_SCHEMA()
+        ours |= {str(x.io_type) for x in [*schema.inputs, *schema.outputs]}
+    custom = {t for t in ours if t.startswith("LUMINA2T_")}
+    assert custom == {"LUMINA2T_DATASET", "LUMINA2T_CACHE", "LUMINA2T_ADAPTER", "LUMINA2T_VALIDATION"}
+    stock = ours - custom
+    assert stock <= {"MODEL", "CLIP", "VAE", "IMAGE", "LORA_MODEL", "LOSS_MAP", "STRING", "INT", "FLOAT", "BOOLEAN",
+                     "COMBO"}
+
+
+def test_advanced_train_node_exposes_every_train_and_save_option(pack):
+    schema = pack.nodes["Lumina2T_TrainLoRAAdvanced"].GET_SCHEMA()
+    widgets = {i.id for i in schema.inputs}
+    options = pack.module.nodes.train_options
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"betas"} | {"beta1", "beta2"}
+    assert train_fields <= widgets, f"TrainConfig fields without a widget: {train_fields - widgets}"
+    save_fields = {f.name for f in dataclasses.fields(SaveConfig)} - {"output_dir", "name"}
+    assert save_fields == set(options.SAVE_WIDGETS.values())
+    defaults = {i.id: i.default for i in schema.inputs if hasattr(i, "default") and i.default is not None}
+    cfg = options.train_from_widgets({k: v for k, v in defaults.items() if k in train_fields})
+    # widget defaults are the config's defaults (compared as dicts: the pack holds its own copy of the library)
+    assert dataclasses.asdict(cfg) == dataclasses.asdict(TrainConfig())
+    assert dataclasses.asdict(options.save_from_widgets(defaults)) == dataclasses.asdict(SaveConfig())
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_example_workflow_uses_registered_nodes_and_validates(pack, comfy, comfy_models, path):
+    workflow = json.loads(path.read_text(encoding="utf-8"))
+    unknown = node_types(workflow) - set(comfy.nodes.NODE_CLASS_MAPPINGS) - FRONTEND_ONLY
+    assert not unknown
+    assert path.with_suffix(".jpg").is_file(), f"no thumbnail {path.with_suffix('.jpg').name}"
+    for node in workflow["nodes"]:  # model files are declared as ComfyUI's own templates do
+        if node["type"] in ("UNETLoader", "CLIPLoader", "VAELoader", "CheckpointLoaderSimple"):
+            models = node["properties"]["models"]
+            assert models and all(m["url"].startswith("https://huggingface.co/Comfy-Org/Lumina_Image_2.0_Repackaged/")
+                                  and m["name"] in node["widgets_values"] for m in models)
+    from lumina2_train.commands.comfy_e2e import tiny_prompt
+
+    names = {k: Path(v).name for k, v in comfy_models.items() if k in ("diffusion_model", "text_encoder", "vae")}
+    prompt = tiny_prompt(workflow, _object_info(comfy), names, steps=2)
+    (pack.input / "lumina2_dataset").mkdir(exist_ok=True)
+    import execution
+
+    ok, error, _, node_errors = asyncio.run(execution.validate_prompt("test", prompt, None))
+    assert ok, (error, node_errors)

@@ -1,0 +1,188 @@
+"""The nodes end to end in-process, as ComfyUI runs them (inference mode, hidden inputs): dataset -> cache ->
+adapter -> Train node on the tiny ComfyUI-layout Lumina2; the saved file loads through the stock LoRA loader with
+every key and equals the Train node's MODEL; the input MODEL is bit-identical; cancel leaves a checkpoint and a
+resumed run continues the step count; Save LoRA and Plot Loss."""
+
+import logging
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from lumina2_train.demo import VALIDATION_PROMPTS, write_demo_dataset
+
+pytestmark = pytest.mark.comfy
+TRAIN = "Lumina2T_TrainLoRA"
+
+
+def run_node(pack, node_id: str, *, unique_id: str = "1", extra_pnginfo=None, **inputs):
+    """Execute one of our nodes the way ComfyUI does: a class clone with hidden inputs, under inference mode."""
+    hidden = pack.module.nodes._api.io.Hidden
+    cls = pack.nodes[node_id].PREPARE_CLASS_CLONE({hidden.unique_id: unique_id, hidden.extra_pnginfo: extra_pnginfo})
+    with torch.inference_mode():
+        return cls.EXECUTE_NORMALIZED(**inputs)
+
+
+def defaults(pack, node_id: str, **overrides) -> dict:
+    """Every widget of a node at its default, then `overrides`."""
+    schema = pack.nodes[node_id].GET_SCHEMA()
+    values = {i.id: i.default for i in schema.inputs if getattr(i, "default", None) is not None}
+    return {**values, **overrides}
+
+
+def velocity(comfy, model, seed: int = 5):
+    gen = torch.Generator().manual_seed(seed)
+    x, sigma, feats = torch.randn(2, 16, 8, 8, generator=gen), torch.tensor([0.3, 0.8]), torch.randn(2, 6, 32,
+                                                                                                   generator=gen)
+    with torch.inference_mode():
+        comfy.mm.load_models_gpu([model])
+        return model.model.diffusion_model(x, sigma, context=feats, num_tokens=6, transformer_options={}).clone()
+
+
+@pytest.fixture(scope="module")
+def settings(pack, comfy_clip, comfy_vae):
+    write_demo_dataset(pack.input / "shapes", size_px=64)
+    dataset = run_node(pack, "Lumina2T_LoadDataset", **defaults(pack, "Lumina2T_LoadDataset", folder="shapes",
+                                                                  resolution=64, min_size_px=0))
+    validation = run_node(pack, "Lumina2T_ConfigureValidation", **defaults(
+        pack, "Lumina2T_ConfigureValidation", prompts=VALIDATION_PROMPTS[0], steps=2, width=64, height=64))[0]
+    cache = run_node(pack, "Lumina2T_CacheLatentsText", dataset=dataset[0], clip=comfy_clip, vae=comfy_vae,
+                     validation=validation, **defaults(pack, "Lumina2T_CacheLatentsText"))
+    adapter = run_node(pack, "Lumina2T_ConfigureAdapter", **defaults(pack, "Lumina2T_ConfigureAdapter", rank=4,
+                                                                      alpha=4.0, target_ffn=True))[0]
+    return {"dataset": dataset, "cache": cache, "validation": validation, "adapter": adapter}
+
+
+def train_inputs(pack, settings, **overrides) -> dict:
+    return defaults(pack, TRAIN, cache=settings["cache"][0], adapter=settings["adapter"], lr=2e-3, seed=1,
+                    **overrides)
+
+
+@pytest.fixture(scope="module")
+def trained(pack, comfy, comfy_model, comfy_vae, settings, state_hash):
+    tree = comfy_model.model.diffusion_model
+    before = state_hash(tree), velocity(comfy, comfy_model)
+    progress = []
+    comfy.utils.set_progress_bar_global_hook(lambda v, total, preview, node_id=None: progress.append((node_id, v)))
+    try:
+        out = run_node(pack, TRAIN, unique_id="7", extra_pnginfo={"workflow": {"nodes": [], "note": "test"}},
+                       **train_inputs(pack, settings, model=comfy_model, lora_name="unit/tiny", steps=3,
+                                      validation=settings["validation"], vae=comfy_vae))
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    after = state_hash(tree), velocity(comfy, comfy_model)
+    return {"out": out, "before": before, "after": after, "progress": progress}
+
+
+def test_dataset_and_cache_nodes_report(settings):
+    assert "8 used" in settings["dataset"][1] and "Buckets" in settings["dataset"][1]
+    assert settings["dataset"].ui.as_dict()["text"][0] == settings["dataset"][1]  # shown on the node
+    cache, summary = settings["cache"][0], settings["cache"][1]
+    assert len(cache) == 8 and "8 images cached" in summary
+    assert cache.prompt_features(VALIDATION_PROMPTS[0]).shape[-1] == 32  # validation prompt cached too
+
+
+def test_train_node_outputs_and_file(pack, trained, comfy_models):
+    model, lora, loss, path = trained["out"].args
+    assert path == str(comfy_models["loras"] / "unit" / "tiny.safetensors")
+    assert len(loss["loss"]) == 3 and all(v == v for v in loss["loss"])
+    with safe_open(path, framework="pt") as f:
+        keys, meta = set(f.keys()), f.metadata()
+    assert keys == set(lora) and all(k.startswith("diffusion_model.") for k in keys)
+    assert meta["lumina2t.step"] == "3" and '"note": "test"' in meta["lumina2t.workflow"]
+    ui = trained["out"].ui
+    assert "3 steps" in ui["text"][0] and ui["images"]  # summary + the last validation grid
+    values = [v for n, v in trained["progress"] if n == "7"]  # every step, plus the validation previews
+    assert [v for v in values if v > 0][:3] == [1, 2, 3] and values[-1] == 3
+    job = pack.lib("comfy_jobs").history("7")["job"]
+    assert job["status"] == "done" and [s["step"] for s in job["steps"]] == [1, 2, 3] and job["lora"] == path
+
+
+def test_input_model_is_bit_identical_after_training(trained):
+    assert trained["after"][0] == trained["before"][0]
+    assert torch.equal(trained["after"][1], trained["before"][1])
+
+
+def test_file_loads_in_stock_comfyui_and_equals_train_node_model(comfy, comfy_model, trained, caplog):
+    model, lora, _, _ = trained["out"].args
+    with caplog.at_level(logging.WARNING), torch.inference_mode():
+        (stock,) = comfy.nodes.LoraLoaderModelOnly().load_lora_model_only(comfy_model, "unit/tiny.safetensors", 1.0)
+    assert not [r for r in caplog.records if "not loaded" in r.getMessage().lower()]
+    assert {k for k in stock.patches} == {k for k in model.patches} and len(stock.patches) == len(lora) // 2
+    trained_out = velocity(comfy, model)
+    assert torch.equal(velocity(comfy, stock), trained_out)
+    assert (trained_out - trained["before"][1]).abs().max() > 1e-4  # the LoRA does something
+
+
+def test_advanced_node_trains_after_a_lora_was_patched_in(pack, comfy, comfy_model, settings, trained):
+    """ComfyUI's unpatch_model restores weights as Parameters around inference tensors; fp32 without activation
+    checkpointing then uses them as they are, so they must be recognised as unsafe for autograd."""
+    with torch.inference_mode():
+        (stock,) = comfy.nodes.LoraLoaderModelOnly().load_lora_model_only(comfy_model, "unit/tiny.safetensors", 1.0)
+    velocity(comfy, stock)  # loaded patched: the next load unpatches
+    out = run_node(pack, "Lumina2T_TrainLoRAAdvanced", unique_id="11", **defaults(
+        pack, "Lumina2T_TrainLoRAAdvanced", model=comfy_model, cache=settings["cache"][0],
+        adapter=settings["adapter"], lora_name="unit/advanced", steps=1, precision="fp32", checkpointing="off",
+        save_format="kohya", save_dtype="fp32"))
+    with safe_open(out.args[3], framework="pt") as f:
+        assert all(k.startswith("lora_unet_") for k in f.keys())
+    assert len(out.args[2]["loss"]) == 1
+
+
+def test_cancel_leaves_a_checkpoint_and_resume_continues_the_step_count(pack, comfy, comfy_model, comfy_models,
+                                                                        settings):
+    def stop_at_two(value, total, preview, node_id=None):
+        if node_id == "9" and value == 2:
+            comfy.mm.interrupt_current_processing(True)
+
+    comfy.utils.set_progress_bar_global_hook(stop_at_two)
+    try:
+        with pytest.raises(comfy.mm.InterruptProcessingException):
+            run_node(pack, TRAIN, unique_id="9", **train_inputs(pack, settings, model=comfy_model,
+                                                                  lora_name="unit/cancel", steps=6))
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    jobs = pack.lib("comfy_jobs")
+    job = jobs.history("9")["job"]
+    assert job["status"] == "cancelled" and [s["step"] for s in job["steps"]] == [1, 2]
+    assert job["checkpoint"].endswith("cancel/checkpoints/step_00000002")
+    assert not (comfy_models["loras"] / "unit" / "cancel.safetensors").exists()
+
+    out = run_node(pack, TRAIN, unique_id="9", **train_inputs(pack, settings, model=comfy_model,
+                                                              lora_name="unit/cancel", steps=4, resume_from="cancel"))
+    job = jobs.history("9")["job"]
+    assert [s["step"] for s in job["steps"]] == [3, 4] and job["status"] == "done"
+    assert len(out.args[2]["loss"]) == 4  # the history of the whole run
+    with safe_open(out.args[3], framework="pt") as f:
+        assert f.metadata()["lumina2t.step"] == "4"
+
+
+def test_save_lora_and_plot_loss(pack, trained):
+    _, lora, loss, _ = trained["out"].args
+    for fmt, prefix in (("kohya", "lora_unet_"), ("diffusers", "transformer.")):
+        (path,) = run_node(pack, "Lumina2T_SaveLoRA", lora=lora, name=f"unit/export_{fmt}", format=fmt, dtype="fp32",
+                           destination="output" if fmt == "diffusers" else "loras").args
+        with safe_open(path, framework="pt") as f:
+            assert all(k.startswith(prefix) for k in f.keys())
+    (image,) = run_node(pack, "Lumina2T_PlotLoss", loss=loss, log_scale=False, width=300, height=200).args
+    assert image.shape == (1, 200, 300, 3) and 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+
+
+def test_dataset_from_images(pack):
+    images = [torch.rand(2, 64, 64, 3), torch.rand(1, 64, 96, 3)]
+    out = run_node(pack, "Lumina2T_LoadImageDataset", images=images, captions=["one\ntwo\nthree"],
+                   **{k: [v] for k, v in defaults(pack, "Lumina2T_LoadImageDataset", resolution=64).items()
+                      if k != "captions"})
+    handle = out.args[0]
+    assert [i.caption for i in handle.items] == ["one", "two", "three"]
+    assert len({i.bucket for i in handle.items}) == 2  # two aspect ratios, two buckets
+
+
+def test_bad_names_are_refused_before_any_model_loads(pack, comfy_model, settings):
+    errors = pack.lib("errors")
+    for name in ("../escape", "/abs/path", "a/../../b"):
+        with pytest.raises(errors.ConfigError, match="lora_name"):
+            run_node(pack, TRAIN, **train_inputs(pack, settings, model=comfy_model, lora_name=name, steps=1))
+    with pytest.raises(errors.ConfigError, match="validation"):  # prompts not in the cache
+        v = pack.lib("config").ValidationConfig(prompts=("never cached",))
+        run_node(pack, TRAIN, **train_inputs(pack, settings, model=comfy_model, lora_name="x", steps=1, validation=v))
