@@ -100,6 +100,10 @@ def _recipe_inputs() -> list[io.Input]:
         advanced(_combo("optimizer_states", OPTIMIZER_STATES, "adamw moments in fp32 or 8-bit.")),
         advanced(_bool("optimizer_in_backward", "Update each weight as its gradient completes (needs grad_accum 1 "
                                                 "and max_grad_norm 0).")),
+        advanced(_bool("group_by_caption_length", "Within a bucket, batch captions of equal length first (no "
+                                                  "attention padding). Changes the batch order only.")),
+        advanced(_combo("scale_lr", ("none", "linear", "sqrt"), "Scale lr by the effective batch size (batch_size "
+                                                                 "x grad_accum x processes): none, linear or sqrt.")),
     ]
 
 
