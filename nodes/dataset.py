@@ -95,6 +95,14 @@ class LoadDataset(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, folder) -> bool | str:
+        """Checked when the prompt is queued: the folder exists (a linked value is checked at run time)."""
+        if not isinstance(folder, str) or (folder.strip() and comfy_data.input_folder(folder).is_dir()):
+            return True
+        return f"folder '{folder}': no such folder. Give a folder of images, absolute or relative to ComfyUI's input " \
+               "folder"
+
+    @classmethod
     def fingerprint_inputs(cls, folder: str, metadata_file: str = "", mask_folder: str = "", **_widgets) -> str:
         """Re-run when a file in the folder (or the masks / metadata file) changes; settings are compared anyway."""
         paths = [comfy_data.input_folder(p) for p in (folder, mask_folder) if p.strip()]

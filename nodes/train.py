@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ..lumina2_train import comfy_run
 from ..lumina2_train.config import RunConfig, SaveConfig, TrainConfig, ValidationConfig
+from ..lumina2_train.paths import name_problem
 from . import types
 from ._api import io, ui
 from .train_options import advanced_train_inputs, save_from_widgets, train_from_widgets
@@ -56,6 +57,11 @@ def outputs() -> list[io.Output]:
     ]
 
 
+def check_lora_name(lora_name) -> bool | str:
+    """validate_inputs of both Train nodes: a bad output name is refused when the prompt is queued."""
+    return True if not isinstance(lora_name, str) else (name_problem(lora_name, "lora_name") or True)
+
+
 def run_training(cls, model, cache, adapter, lora_name: str, train: TrainConfig, save: SaveConfig,
                  validation: ValidationConfig | None, vae, resume_from: str) -> io.NodeOutput:
     """What both Train nodes do once their widgets are configs."""
@@ -100,6 +106,10 @@ class TrainLoRA(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, lora_name) -> bool | str:
+        return check_lora_name(lora_name)
+
+    @classmethod
     def execute(cls, model, cache, adapter, lora_name: str, steps: int, lr: float, batch_size: int, seed: int,
                 save_every_n_steps: int, validation=None, vae=None, resume_from: str = "") -> io.NodeOutput:
         train = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed)
@@ -120,6 +130,10 @@ class TrainLoRAAdvanced(io.ComfyNode):
             hidden=[io.Hidden.unique_id],
             is_output_node=True,
         )
+
+    @classmethod
+    def validate_inputs(cls, lora_name) -> bool | str:
+        return check_lora_name(lora_name)
 
     @classmethod
     def execute(cls, model, cache, adapter, lora_name: str, validation=None, vae=None, resume_from: str = "",

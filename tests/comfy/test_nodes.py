@@ -103,3 +103,23 @@ def test_example_workflow_uses_registered_nodes_and_validates(pack, comfy, comfy
 
     ok, error, _, node_errors = asyncio.run(execution.validate_prompt("test", prompt, None))
     assert ok, (error, node_errors)
+
+
+def test_bad_inputs_are_refused_when_queued(pack, comfy, comfy_models):
+    """validate_inputs: a missing dataset folder and an unsafe LoRA name fail validation, before anything runs."""
+    import execution
+
+    from lumina2_train.commands.comfy_e2e import tiny_prompt
+
+    workflow = json.loads(WORKFLOWS[-1].read_text(encoding="utf-8"))  # "Train a LoRA and sample with it"
+    names = {k: Path(v).name for k, v in comfy_models.items() if k in ("diffusion_model", "text_encoder", "vae")}
+    prompt = tiny_prompt(workflow, _object_info(comfy), names, steps=2)
+    (pack.input / "lumina2_dataset").mkdir(exist_ok=True)
+    for node in prompt.values():
+        if node["class_type"] == "Lumina2T_LoadDataset":
+            node["inputs"]["folder"] = "no_such_folder"
+        if node["class_type"] == "Lumina2T_TrainLoRA":
+            node["inputs"]["lora_name"] = "../outside"
+    ok, _, _, node_errors = asyncio.run(execution.validate_prompt("bad", prompt, None))
+    details = json.dumps(node_errors)
+    assert not ok and "no_such_folder" in details and "lora_name" in details and "'..'" in details
