@@ -93,20 +93,31 @@ def run_training(cfg: RunConfig, *, run_dir: Path | None = None, hooks: TrainHoo
     The trackers of `cfg.tracking` and the checkpoint uploads of `cfg.hub` join `hooks`; with `hub.push` the run
     folder (model card included) is uploaded at the end, and a failed upload raises HubError after every local
     file is written.
+
+    Under torchrun (WORLD_SIZE > 1) this process joins the process group and trains on its own GPU; rank 0
+    picks the run folder, builds the cache (the others then find every entry) and alone writes files.
     """
     from .encoders.hf import HFEncoders
+    from .train import distributed as dist
     from .train.optim import check_available
     from .train.trackers import check_trackers
 
     cfg.validate()
     check_model_paths(cfg)
-    device = device or pick_device()
+    world = dist.init_from_env()
+    device = device or (dist.device_of(world) if world.is_distributed else pick_device())
+    if dist.distributed_errors(cfg, world):
+        raise ConfigError(dist.distributed_errors(cfg, world))
     check_available(cfg.train, device.type)
     check_trackers(cfg)
-    run_dir = run_dir or default_run_dir(cfg)
+    run_dir = dist.broadcast_object((run_dir or default_run_dir(cfg)) if world.is_main else None, world)
     encoders = HFEncoders.from_paths(cfg.model.text_encoder, cfg.model.vae, cfg.model.tokenizer, device=device)
     cache_root = Path(cfg.cache.dir) if cfg.cache.dir else Path(cfg.save.output_dir) / "cache"
-    cache = build_training_cache(cfg, encoders, cache_root, progress)
+    if not world.is_main:
+        dist.barrier(world)  # rank 0 encodes what is missing first
+    cache = build_training_cache(cfg, encoders, cache_root, progress if world.is_main else None)
+    if world.is_main:
+        dist.barrier(world)
     encoders.release()
     backbone = load_base(cfg, device)
 
@@ -119,7 +130,7 @@ def run_training(cfg: RunConfig, *, run_dir: Path | None = None, hooks: TrainHoo
                                       else None)
     finally:
         encoders.release()
-    if cfg.hub.push:
+    if cfg.hub.push and world.is_main:
         from .hub import push_run
 
         push_run(cfg, result)
@@ -131,8 +142,11 @@ def _train_with_trackers(cfg: RunConfig, backbone, cache, hooks: TrainHooks | No
     """train_lora with the tracker and hub-checkpoint hooks of the config added to `hooks`."""
     from .hub import hub_hooks
     from .train import combine_hooks
+    from .train.distributed import current_world
     from .train.trackers import tracker_hooks
 
+    if not current_world().is_main:  # trackers and uploads belong to rank 0
+        return train_lora(cfg, backbone, cache, hooks, run_dir=run_dir, **kwargs)
     tracking, close = tracker_hooks(cfg, run_dir)
     try:
         return train_lora(cfg, backbone, cache, combine_hooks(hooks, tracking, hub_hooks(cfg)), run_dir=run_dir,

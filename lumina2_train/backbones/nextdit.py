@@ -304,6 +304,9 @@ class ForwardOptions:
     keep_activations: dict[tuple[int, int], int] = field(default_factory=dict)
     compiled_block: Callable | None = None  # compile_block(), set by the trainer when train.compile is on
     cudnn_attention: bool = True  # on CUDA, prefer cuDNN's attention kernel (PyTorch's order otherwise)
+    # block prefix -> module whose forward runs that block (FSDP2 units of a sharded full fine-tune,
+    # train/parallel.py): called as unit(run_block, *args) so its hooks gather the block's weights first
+    units: dict[str, nn.Module] = field(default_factory=dict)
 
     def kept(self, batch: int, tokens: int) -> int:
         return self.keep_activations.get((batch, tokens), 0) if self.checkpoint else 0
@@ -389,8 +392,16 @@ def _runner(opts: ForwardOptions, lin: Linears, arch: ArchConfig, n_checkpointed
     def run(blk, prefix, x, mask, cos, sin, temb, order):
         ad = lin.block(prefix)
         cudnn = opts.cudnn_attention and x.is_cuda
-        if opts.checkpoint and grad and order < n_checkpointed:
-            return _checkpoint(fn, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn, use_reentrant=False)
-        return fn(blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn)
+        recompute = opts.checkpoint and grad and order < n_checkpointed
+        unit = opts.units.get(prefix)
+        if unit is not None:  # through the unit's __call__: FSDP2 unshards before and reshards after
+            return unit(_run_block, fn, recompute, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn)
+        return _run_block(fn, recompute, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn)
 
     return run
+
+
+def _run_block(fn, recompute: bool, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn):
+    if recompute:
+        return _checkpoint(fn, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn, use_reentrant=False)
+    return fn(blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from ..config import CacheConfig, DataConfig
 from ..data import DataItem, prepare_pixels
@@ -104,6 +105,22 @@ class CacheHandle:
     def empty_prompt_features(self) -> torch.Tensor:
         """Features of the dropped caption "" (the whole text empty, no system prompt): caption dropout."""
         return self._text(DROPPED_PROMPT, DROPPED_PROMPT)
+
+    def caption_length(self, i: int) -> int:
+        """Tokens of item i's caption features, read from the entry's safetensors header (no tensor loads).
+
+        Raises:
+            CacheError: the entry is missing or unreadable.
+        """
+        caption = self.items[i].caption
+        key = text_key(format_prompt(caption, self.system_prompt), self.text_identity, self.max_tokens)
+        path = entry_path(self.root, TEXTS, key)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return int(f.get_slice("cap_feats").get_shape()[0])
+        except (OSError, SafetensorError, ValueError, KeyError) as e:
+            raise CacheError(f"{path}: the text entry of caption {caption!r} cannot be read ({e}). Run the "
+                             "caching step again; it rewrites missing entries.") from None
 
     def _text(self, prompt: str, caption: str) -> torch.Tensor:
         key = text_key(prompt, self.text_identity, self.max_tokens)

@@ -1,5 +1,7 @@
 """`train CONFIG` / `train --simpletuner config.json`: run a TOML/JSON run config, or a SimpleTuner config.json
-with its multidatabackend.json, against local weights (diffusers folder or ComfyUI files)."""
+with its multidatabackend.json, against local weights (diffusers folder or ComfyUI files). Under
+`torchrun --nproc_per_node N -m lumina2_train train CONFIG` each process trains on its own GPU
+(docs/distributed.md)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from ..pipeline import check_model_paths, run_training
+    from ..train import distributed as dist
     from .progress import tqdm_hooks, tqdm_progress
 
     cfg = _load(args)
@@ -38,13 +41,19 @@ def run(args: argparse.Namespace) -> int:
         handle = scan_dataset(cfg.data).require_usable()
         log.info("config and dataset are usable: %d images", len(handle.items))
         return 0
-    hooks, close_bar = tqdm_hooks(cfg.train.steps)
+    world = dist.init_from_env()  # under torchrun: one process per GPU, rank 0 reports and writes
+    if not world.is_main:
+        log.setLevel(logging.WARNING)
+    hooks, close_bar = tqdm_hooks(cfg.train.steps) if world.is_main else (None, lambda: None)
     progress, close_progress = tqdm_progress("cache")
+    ok = False
     try:
         result = run_training(cfg, hooks=hooks, progress=progress)
+        ok = True
     finally:
         close_progress()
         close_bar()
+        dist.close_process_group(wait=ok)
     log.info("LoRA: %s (step %d); run folder: %s", result.lora_path, result.step, result.run_dir)
     return 0
 

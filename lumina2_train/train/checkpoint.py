@@ -35,8 +35,10 @@ RESUME_KEYS = {
     "adapter": None,  # whole section
     "train": ("batch_size", "grad_accum", "optimizer", "betas", "eps", "weight_decay", "seed",
               "timestep_sampling", "shift_mode", "static_shift", "logit_mean", "logit_std", "loss_weighting",
-              "caption_dropout", "scheduler", "warmup_steps", "use_ema"),
+              "caption_dropout", "scheduler", "warmup_steps", "use_ema", "group_by_caption_length"),
 }
+# Values of resume-critical settings that older checkpoints predate (what those runs did).
+RESUME_DEFAULTS = {("train", "group_by_caption_length"): False}
 
 
 @dataclass
@@ -51,10 +53,14 @@ class CheckpointState:
     config: dict
     meta: dict = field(default_factory=dict)
     path: Path | None = None
+    sharded: Path | None = None  # the DCP folder of weights + optimizer (train/parallel.py), when there is one
 
 
 def _fsync_tree(folder: Path) -> None:
     for p in folder.iterdir():
+        if p.is_dir():  # the DCP folder of a sharded checkpoint
+            _fsync_tree(p)
+            continue
         with open(p, "rb") as f:
             os.fsync(f.fileno())
     fsync_dir(folder)
@@ -73,18 +79,26 @@ def restore_rng(rng: dict) -> None:
         torch.cuda.set_rng_state_all(list(rng["cuda"]))
 
 
-def save_checkpoint(run_dir: Path, state: CheckpointState, keep_last: int = 2) -> Path:
+def checkpoint_temp(run_dir: Path, step: int) -> Path:
+    """A new temporary folder for step `step`'s checkpoint (shards are written into it before it completes)."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=temp_prefix(f"{STEP_PREFIX}{step:08d}"), suffix=".tmp", dir=root))
+
+
+def save_checkpoint(run_dir: Path, state: CheckpointState, keep_last: int = 2, tmp: Path | None = None) -> Path:
     """Write `state` atomically under run_dir/checkpoints/step_N and prune older checkpoints.
+
+    `tmp`: a folder from `checkpoint_temp` that already holds the run's DCP shards; it is completed and
+    moved into place like a fresh one.
 
     Raises:
         DiskFullError: the disk filled up; the previous checkpoints are untouched and nothing partial is left.
     """
     root = Path(run_dir) / "checkpoints"
     final = root / f"{STEP_PREFIX}{state.step:08d}"
-    tmp = None
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(final.name), suffix=".tmp", dir=root))
+        tmp = tmp or checkpoint_temp(run_dir, state.step)
         _write_files(tmp, state)
         _move_into_place(tmp, final)
     except BaseException as e:
@@ -209,11 +223,12 @@ def load_checkpoint(path: str | Path) -> CheckpointState:
         meta = json.loads((folder / "state.json").read_text())
         config = json.loads((folder / "config.json").read_text())
         adapter = load_file(str(folder / "adapter.safetensors"))
+        sharded = folder / "sharded" if (folder / "sharded").is_dir() else None
         # weights_only: a checkpoint is a file like any other; a pickle that needs code to load is refused
         extra = torch.load(folder / "training_state.pt", map_location="cpu", weights_only=True)
         step, epoch, batch = meta.pop("step"), meta.pop("epoch"), meta.pop("batch")
         state = CheckpointState(step, DataPosition(epoch, batch), meta.pop("losses"), adapter, extra["optimizer"],
-                                extra["scheduler"], extra["rng"], config, meta, folder)
+                                extra["scheduler"], extra["rng"], config, meta, folder, sharded)
     except (OSError, ValueError, RuntimeError, EOFError, KeyError, TypeError, AttributeError, SafetensorError,
             pickle.UnpicklingError) as e:
         raise CheckpointError(f"{folder}: this checkpoint cannot be read ({str(e).splitlines()[0][:300]}). Use an "
@@ -222,13 +237,37 @@ def load_checkpoint(path: str | Path) -> CheckpointState:
 
 
 def check_compatible(saved: dict, current: dict, where: Path) -> None:
-    """CheckpointError listing every resume-critical setting that differs."""
+    """CheckpointError listing every resume-critical setting that differs.
+
+    The batch may be split over another number of processes: what must stay is the global batch
+    (batch_size × processes), which fixes the data order and each sample's noise.
+    """
     diffs = []
     for section, keys in RESUME_KEYS.items():
         a, b = saved.get(section, {}), current.get(section, {})
         for k in keys or sorted(set(a) | set(b)):
-            if a.get(k) != b.get(k):
-                diffs.append(f"{section}.{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}")
+            was = a.get(k, RESUME_DEFAULTS.get((section, k)))
+            if k != "batch_size" and was != b.get(k):
+                diffs.append(f"{section}.{k}: checkpoint {was!r}, now {b.get(k)!r}")
+    diffs += _global_batch_diff(saved, current)
     if diffs:
         raise CheckpointError(f"{where}: this checkpoint was made with other settings ({'; '.join(diffs)}). "
                               "Resume with the checkpoint's settings, or start a new run")
+
+
+def _global_batch_diff(saved: dict, current: dict) -> list[str]:
+    def world(d: dict) -> int:
+        return int(d.get("distributed", {}).get("world_size", 1))
+
+    was, now = saved.get("train", {}).get("batch_size"), current.get("train", {}).get("batch_size")
+    if was is None or now is None:
+        return [] if was == now else [f"train.batch_size: checkpoint {was!r}, now {now!r}"]
+    w0, w1 = world(saved), world(current)
+    if was * w0 == now * w1:
+        return []
+    line = f"train.batch_size: checkpoint {was!r}, now {now!r}"
+    if w0 != w1:
+        g = was * w0
+        fix = f"set train.batch_size to {g // w1}" if g % w1 == 0 else f"use a number of processes dividing {g}"
+        line += f" (on {w0} → {w1} processes the global batch {g} must stay: {fix})"
+    return [line]

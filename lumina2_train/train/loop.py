@@ -3,12 +3,15 @@
 Setup -> (validation) -> steps -> save. Every optimizer step draws its randomness from generators seeded
 by (seed, step), so 4 straight steps equal 2 steps + resume + 2 steps. On interrupt, out-of-memory or any
 other exception the last completed step is checkpointed before the exception propagates (same type).
+Under torchrun every process runs this loop on its share of each global batch (train/distributed.py,
+train/parallel.py); rank 0 alone reports and writes, and the ranks agree on every stop.
 No ComfyUI imports: ComfyUI's progress and cancel arrive through `TrainHooks`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -21,23 +24,46 @@ from .. import recipe
 from ..adapters import AdapterSet, build_adapters
 from ..atomic import atomic_write_text
 from ..config import RunConfig
-from ..errors import TrainingError
+from ..errors import CheckpointError, ConfigError, TrainingError
 from ..formats import check_fits, lora_metadata, read_adapter_tensors, read_lora, save_adapters
-from .batches import BucketBatches, DataPosition
+from .batches import BucketBatches, DataPosition, rank_slice
 from .checkpoint import (
     CheckpointState,
     capture_rng,
     check_compatible,
+    checkpoint_temp,
     guard_run_folder,
     load_checkpoint,
     restore_rng,
     save_checkpoint,
+)
+from .distributed import (
+    StoppedByPeer,
+    any_rank,
+    barrier,
+    broadcast_object,
+    current_world,
+    distributed_errors,
+    effective_batch_size,
+    log_batch_and_lr,
+    lr_factor,
+    mean_over_ranks,
 )
 from .ema import EMA
 from .evaluation import ClipScorer, heldout_loss, holdout_indices
 from .hooks import StepInfo, TrainHooks, ValidationImages
 from .lowmem import build_low_memory, uses_low_memory_adamw
 from .optim import build_optimizer, build_scheduler, set_optimizer_mode
+from .parallel import (
+    SHARDED,
+    gathered,
+    grad_norm_of,
+    load_sharded,
+    micro_step_context,
+    save_sharded,
+    uses_dcp,
+    wrap_step,
+)
 from .speed import CheckpointPlanner, prepare_forward
 from .step import collate, micro_step_loss
 from .validation import run_validation
@@ -89,44 +115,71 @@ class Trainer:
         self.state = _State()
         self.validations: list[ValidationImages] = []
         self.base_hash = ""
+        self.world = current_world()
+        self._agreed_stop = False  # a stop every rank took together (collective checkpoint possible)
+        if not self.world.is_main:  # only rank 0 reports and writes; every rank can still be cancelled
+            self.hooks = TrainHooks(check_interrupt=self.hooks.check_interrupt)
 
     # ------------------------------------------------------------ setup
     def _setup(self) -> None:
-        cfg = self.cfg
+        cfg, world = self.cfg, self.world
+        errors = distributed_errors(cfg, world)
+        if errors:
+            raise ConfigError(errors)
         self.adapters = build_adapters(self.backbone, cfg.adapter, self.device, seed=cfg.train.seed)
         if cfg.adapter.init_from:
             self._init_from_file(cfg.adapter.init_from)
-        self.release = None  # gradient release (train.optimizer_in_backward) runs the update in backward
-        if uses_low_memory_adamw(cfg.train):
-            self.optimizer, self.release = build_low_memory(self.adapters.parameters(), cfg.train)
-        else:
-            self.optimizer = build_optimizer(self.adapters.parameters(), cfg.train, self.device.type)
-        self.scheduler = build_scheduler(self.optimizer, cfg.train)
-        set_optimizer_mode(self.optimizer, training=True)
-        t = cfg.train
-        self.ema = EMA(self.adapters, t.ema_decay, t.ema_every_n_steps, t.ema_on_cpu) if t.use_ema else None
         v = cfg.validation
         self.holdout = holdout_indices(len(self.cache), v.eval_holdout, cfg.train.seed)
         held = set(self.holdout)
         buckets = {b: [i for i in idxs if i not in held] for b, idxs in self.cache.buckets().items()}
         buckets = {b: idxs for b, idxs in buckets.items() if idxs}
-        repeats = {i: self.cache.repeats(i) for idxs in buckets.values() for i in idxs}
-        self.scorer = ClipScorer(v.clip_model, self.device) if v.evaluation_type == "clip" else None
-        self.batches = BucketBatches(buckets, repeats, cfg.train.batch_size, cfg.train.seed)
         prepare_forward(self.backbone, cfg, len(buckets))
+        # after prepare_forward (it resets the forward options); FSDP2 shards the adapters in place here
+        self.step_module, self.parallel = wrap_step(self.backbone, self.adapters, cfg, world)
+        self.forward = None if self.parallel == "single" else self.step_module
+        self._build_optimizer()
+        t = cfg.train
+        self.ema = EMA(self.adapters, t.ema_decay, t.ema_every_n_steps, t.ema_on_cpu) if t.use_ema else None
+        self.scorer = ClipScorer(v.clip_model, self.device) if v.evaluation_type == "clip" else None
+        self.batches = self._batches(buckets)
         self.planner = CheckpointPlanner(self.backbone, cfg, self.dtype)
         self.base_hash = self.backbone.base_fingerprint()
         if cfg.resume_from:
             self._resume(cfg.resume_from)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_dir / "config.json", _json(self._config_dict()))
-        if self.workflow is not None:
-            atomic_write_text(self.run_dir / "workflow.json", _json(self.workflow))
+        if world.is_main:
+            atomic_write_text(self.run_dir / "config.json", _json(self._config_dict()))
+            if self.workflow is not None:
+                atomic_write_text(self.run_dir / "workflow.json", _json(self.workflow))
+
+    def _build_optimizer(self) -> None:
+        """The optimizer at lr × the train.scale_lr factor (logged), and its schedule."""
+        cfg = self.cfg
+        train = dataclasses.replace(cfg.train, lr=cfg.train.lr * lr_factor(cfg.train, self.world))
+        log_batch_and_lr(cfg.train, self.world)
+        self.release = None  # gradient release (train.optimizer_in_backward) runs the update in backward
+        self.dcp = uses_dcp(cfg, uses_low_memory_adamw(train))  # checkpoints through DCP (full fine-tune)
+        if uses_low_memory_adamw(train):
+            self.optimizer, self.release = build_low_memory(self.adapters.parameters(), train)
+        else:
+            self.optimizer = build_optimizer(self.adapters.parameters(), train, self.device.type)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train)
+        set_optimizer_mode(self.optimizer, training=True)
+
+    def _batches(self, buckets: dict) -> BucketBatches:
+        t = self.cfg.train
+        repeats = {i: self.cache.repeats(i) for idxs in buckets.values() for i in idxs}
+        group = t.group_by_caption_length and t.batch_size * self.world.size > 1
+        lengths = {i: self.cache.caption_length(i) for i in repeats} if group else None
+        return BucketBatches(buckets, repeats, t.batch_size, t.seed, world_size=self.world.size,
+                             caption_lengths=lengths)
 
     def _config_dict(self) -> dict:
         d = self.cfg.to_dict()
         d["cache_fingerprint"] = getattr(self.cache, "fingerprint", "")
         d["base_model_hash"] = self.base_hash
+        d["distributed"] = {"world_size": self.world.size}  # the global batch is batch_size × world_size
         return d
 
     def _init_from_file(self, path: str) -> None:
@@ -145,10 +198,19 @@ class Trainer:
     def _resume(self, path: str) -> None:
         ck = load_checkpoint(path)
         check_compatible(ck.config, self._config_dict(), ck.path)
-        self.adapters.load_state_dict({k: v for k, v in ck.adapter.items() if not k.startswith("ema.")})
-        if self.ema is not None:
-            self.ema.load_state_dict(ck.adapter)
-        self.optimizer.load_state_dict(ck.optimizer)
+        if (ck.sharded is not None) != self.dcp:
+            raise CheckpointError(
+                f"{ck.path}: this checkpoint holds {'sharded' if ck.sharded else 'single-file'} weights and "
+                f"optimizer states, this run needs {'sharded' if self.dcp else 'single-file'} ones (full "
+                "fine-tunes with optimizer 'adamw' are sharded, the low-memory optimizer is not). Resume with "
+                "the checkpoint's train.optimizer_states and optimizer_in_backward")
+        if ck.sharded is not None:
+            load_sharded(ck.sharded, self.adapters, self.optimizer, self.ema)
+        else:
+            self.adapters.load_state_dict({k: v for k, v in ck.adapter.items() if not k.startswith("ema.")})
+            if self.ema is not None:
+                self.ema.load_state_dict(ck.adapter)
+            self.optimizer.load_state_dict(ck.optimizer)
         self.scheduler.load_state_dict(ck.scheduler)
         restore_rng(ck.rng)
         self.state = _State(ck.step, ck.position, list(ck.losses), list(ck.meta.get("sigmas", [])),
@@ -160,26 +222,32 @@ class Trainer:
         cfg, st = self.cfg.train, self.state
         total_loss, sigmas, bucket = 0.0, [], (0, 0)
         position = st.position  # committed with the step below: a failed step is redone on resume
+        world = self.world
         for micro in range(cfg.grad_accum):
             if micro:
-                self.hooks.check_interrupt()  # cancel within one step, even with long accumulation
-            position, bucket, indices = next(batch_iter)
+                self._check_interrupt()  # cancel within one step, even with long accumulation
+            position, bucket, indices = next(batch_iter)  # the global batch; this rank takes its slice
             gen = step_generator(cfg.seed, st.step, micro)
-            torch.manual_seed(gen.initial_seed())  # adapter dropout draws from the global RNG
-            batch = collate(self.cache, indices, bucket, gen, cfg.caption_dropout)
+            torch.manual_seed(gen.initial_seed() + world.rank)  # adapter dropout draws from the global RNG
+            part = rank_slice(len(indices), world.rank, world.size) if world.is_distributed else None
+            batch = collate(self.cache, indices, bucket, gen, cfg.caption_dropout, part)
             probe = self.planner.begin(batch)
-            loss, sigma = micro_step_loss(self.backbone, self.adapters.as_dict(), batch, self.timesteps,
-                                          weighting=cfg.loss_weighting, gamma=cfg.min_snr_gamma, gen=gen,
-                                          device=self.device, dtype=self.dtype,
-                                          rollout=(cfg.rollout_probability, cfg.rollout_max_offset,
-                                                   cfg.rollout_steps))
-            (loss / cfg.grad_accum).backward()
+            with micro_step_context(self.step_module, self.parallel, micro == cfg.grad_accum - 1):
+                loss, sigma = micro_step_loss(self.backbone, self.adapters.as_dict(), batch, self.timesteps,
+                                              weighting=cfg.loss_weighting, gamma=cfg.min_snr_gamma, gen=gen,
+                                              device=self.device, dtype=self.dtype,
+                                              rollout=(cfg.rollout_probability, cfg.rollout_max_offset,
+                                                       cfg.rollout_steps), forward=self.forward)
+                (loss / cfg.grad_accum).backward()
             self.planner.end(probe, self.adapters.as_dict())
             total_loss += float(loss.detach()) / cfg.grad_accum
             sigmas += sigma.tolist()
+        sigma_mean = sum(sigmas) / len(sigmas)
+        if world.is_distributed:  # every rank sees the global mean: a NaN anywhere stops every rank
+            total_loss, sigma_mean = mean_over_ranks([total_loss, sigma_mean], world)
         params = [p for p in self.adapters.parameters() if p.grad is not None]
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+        grad_norm = grad_norm_of(params, max_norm) if params else 0.0
         label = f"{bucket[0]}x{bucket[1]}"
         if not (math.isfinite(total_loss) and math.isfinite(grad_norm)):
             self._nonfinite(total_loss, grad_norm, label)
@@ -192,8 +260,24 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(st.step)
         st.losses.append(total_loss)
-        st.sigmas.append(sum(sigmas) / len(sigmas))
+        st.sigmas.append(sigma_mean)
         return total_loss, st.sigmas[-1], label, grad_norm
+
+    def _check_interrupt(self) -> None:
+        """The hooks' cancel check; with several processes a stop on any rank stops every rank here."""
+        if not self.world.is_distributed:
+            self.hooks.check_interrupt()
+            return
+        stop = None
+        try:
+            self.hooks.check_interrupt()
+        except BaseException as e:  # re-raised below, once every rank knows
+            stop = e
+        if any_rank(stop is not None, self.world):
+            self._agreed_stop = True
+            raise stop if stop is not None else StoppedByPeer(
+                "train: another process of this run was stopped, so this one stopped too. Resume from the "
+                "run folder's last checkpoint")
 
     def _nonfinite(self, loss: float, grad_norm: float, bucket: str) -> None:
         lr = self.scheduler.get_last_lr()[0]
@@ -210,16 +294,26 @@ class Trainer:
             "train.on_nonfinite to 'skip'")
 
     # ------------------------------------------------------------ outputs
-    def _checkpoint(self) -> Path:
-        st = self.state
-        tensors = dict(self.adapters.state_dict())
-        tensors.update(self.ema.state_dict() if self.ema is not None else {})
-        ck = CheckpointState(st.step, st.position, st.losses, tensors,
-                             self.optimizer.state_dict(), self.scheduler.state_dict(), capture_rng(),
-                             self._config_dict(), {"sigmas": st.sigmas, "evals": st.evals})
-        path = save_checkpoint(self.run_dir, ck, self.cfg.save.keep_last)
-        self.hooks.on_checkpoint(path, st.step)
-        return path
+    def _checkpoint(self, collective: bool = True) -> Path | None:
+        """Write the resumable checkpoint. Sharded (DCP): every rank writes its shards, rank 0 the rest.
+        Otherwise rank 0 writes it all (adapters are the same on every rank). `collective`: every rank is
+        here (returns rank 0's path on every rank); False after a failure of this rank alone."""
+        st, world = self.state, self.world
+        tmp, tensors, optim = None, {}, {}
+        if self.dcp:
+            tmp = broadcast_object(checkpoint_temp(self.run_dir, st.step) if world.is_main else None, world)
+            save_sharded(tmp / SHARDED, self.adapters, self.optimizer, self.ema)
+        elif world.is_main:
+            tensors = dict(self.adapters.state_dict())
+            tensors.update(self.ema.state_dict() if self.ema is not None else {})
+            optim = self.optimizer.state_dict()
+        path = None
+        if world.is_main:
+            ck = CheckpointState(st.step, st.position, st.losses, tensors, optim, self.scheduler.state_dict(),
+                                 capture_rng(), self._config_dict(), {"sigmas": st.sigmas, "evals": st.evals})
+            path = save_checkpoint(self.run_dir, ck, self.cfg.save.keep_last, tmp=tmp)
+            self.hooks.on_checkpoint(path, st.step)
+        return broadcast_object(path, world) if collective else path
 
     @contextlib.contextmanager
     def _evaluation_weights(self, use_ema: bool):
@@ -231,9 +325,13 @@ class Trainer:
         finally:
             set_optimizer_mode(self.optimizer, training=True)
 
-    def save_lora(self, path: Path) -> Path:
-        with self._evaluation_weights(self.cfg.save.save_ema):
-            saved = self._save_lora(path)
+    def save_lora(self, path: Path) -> Path | None:
+        """Write the adapter (or full model) file on rank 0; a sharded model is gathered for it first."""
+        with gathered(self.step_module, self.parallel):
+            if not self.world.is_main:
+                return None
+            with self._evaluation_weights(self.cfg.save.save_ema):
+                saved = self._save_lora(path)
         self.hooks.on_lora_saved(saved, self.state.step)
         return saved
 
@@ -255,13 +353,24 @@ class Trainer:
         """A full fine-tune as a diffusers transformer folder (the EMA weights when save.save_ema)."""
         from ..fullmodel import save_diffusers_transformer
 
-        with self._evaluation_weights(self.cfg.save.save_ema):
-            return save_diffusers_transformer(self.adapters, self.backbone, folder, dtype=self.cfg.save.dtype)
+        with gathered(self.step_module, self.parallel):
+            if not self.world.is_main:
+                return folder
+            with self._evaluation_weights(self.cfg.save.save_ema):
+                return save_diffusers_transformer(self.adapters, self.backbone, folder, dtype=self.cfg.save.dtype)
 
     def _validate(self) -> None:
         v = self.cfg.validation
         if not (v.prompts or v.prompt_library):
             return
+        if self.parallel == "fsdp2":
+            log.warning("validation previews are not rendered while a full fine-tune is sharded (FSDP2)")
+            return
+        if self.world.is_main:
+            self._render_validation(v)
+        barrier(self.world)
+
+    def _render_validation(self, v) -> None:
         self.hooks.on_status("validating", f"step {self.state.step}")
         with torch.no_grad(), self._evaluation_weights(v.use_ema):
             images = run_validation(self.backbone, self.adapters.as_dict(), self.cache, v, self.state.step,
@@ -274,8 +383,11 @@ class Trainer:
         self.hooks.on_validation(images)
 
     def _evaluate(self) -> None:
-        """Held-out loss at the fixed σ bins (validation.eval_sigmas)."""
+        """Held-out loss at the fixed σ bins (validation.eval_sigmas), on rank 0 (none when sharded)."""
         v = self.cfg.validation
+        if self.parallel == "fsdp2" or not self.world.is_main:
+            barrier(self.world)
+            return
         with self._evaluation_weights(v.use_ema):
             losses = heldout_loss(self.backbone, self.adapters.as_dict(), self.cache, self.holdout, v.eval_sigmas,
                                   seed=self.cfg.train.seed, device=self.device, dtype=self.dtype)
@@ -289,8 +401,8 @@ class Trainer:
         Raises:
             BusyError: another live run writes to the same run folder or LoRA file.
         """
-        with guard_run_folder(self.run_dir, self.lora_path), \
-                torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        guard = guard_run_folder(self.run_dir, self.lora_path) if self.world.is_main else contextlib.nullcontext()
+        with guard, torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             self._setup()
             try:
                 self._loop()
@@ -316,9 +428,9 @@ class Trainer:
         batch_iter = self.batches.iterate(st.position)
         hooks.on_status("training", f"step {st.step}/{total}")
         t_start, first = time.perf_counter(), st.step
-        per_step = cfg.train.batch_size * cfg.train.grad_accum
+        per_step = effective_batch_size(cfg.train, self.world)
         while st.step < total:
-            hooks.check_interrupt()
+            self._check_interrupt()
             loss, sigma, bucket, gnorm = self._optimizer_step(batch_iter)
             elapsed = time.perf_counter() - t_start
             rate = (st.step - first) * per_step / max(elapsed, 1e-9)
@@ -337,19 +449,29 @@ class Trainer:
         self.save_lora(self.lora_path)
         if cfg.adapter.kind == "full":
             self.save_diffusers(self.run_dir / "transformer")
-        atomic_write_text(self.run_dir / "losses.json", _json({"loss": st.losses, "sigma": st.sigmas,
-                                                              "eval": st.evals}))
+        if self.world.is_main:
+            atomic_write_text(self.run_dir / "losses.json", _json({"loss": st.losses, "sigma": st.sigmas,
+                                                                  "eval": st.evals}))
         self._validate()
+        barrier(self.world)  # every file is written when any rank returns
 
     def _save_on_failure(self, exc: BaseException) -> None:
         if not hasattr(self, "optimizer") or isinstance(exc, TrainingError):
             return
+        together = self._agreed_stop or not self.world.is_distributed
+        if not together and (self.dcp or not self.world.is_main):
+            # this rank failed alone: the others may wait in a collective, so only rank 0's own copy of
+            # replicated adapters can be written; a sharded run resumes from its last periodic checkpoint
+            log.error("process %d stopped alone (%s); resume from the last periodic checkpoint", self.world.rank,
+                      type(exc).__name__)
+            return
         try:
             self.optimizer.zero_grad(set_to_none=True)
-            self.last_checkpoint = self._checkpoint()
+            self.last_checkpoint = self._checkpoint(collective=together)
             log.warning("run stopped (%s); resumable checkpoint at %s", type(exc).__name__, self.last_checkpoint)
-            self.hooks.on_status("cancelled" if not isinstance(exc, Exception) or "Interrupt" in type(exc).__name__
-                                 else "failed", str(self.last_checkpoint))
+            cancelled = not isinstance(exc, Exception) or "Interrupt" in type(exc).__name__ or \
+                isinstance(exc, StoppedByPeer)
+            self.hooks.on_status("cancelled" if cancelled else "failed", str(self.last_checkpoint))
         except Exception as save_error:  # never hide the original exception
             log.error("could not write the resumable checkpoint: %s", save_error)
 

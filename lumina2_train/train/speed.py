@@ -28,6 +28,7 @@ def prepare_forward(backbone, cfg: RunConfig, n_buckets: int) -> None:
     opts = backbone.options
     opts.checkpoint = t.checkpointing != "off"
     opts.keep_activations.clear()
+    opts.units = {}  # FSDP2 units are set by train/parallel.wrap_step, per run
     fmt = cfg.model.storage_format
     if fmt in ("fp8", "int8"):
         saved = quantize_base(backbone, fmt)

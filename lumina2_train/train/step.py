@@ -20,12 +20,16 @@ class Batch:
     loss_weights: torch.Tensor  # (B,) dataset weights (prior-loss weight of regularisation sets)
     masks: torch.Tensor | None  # (B, 1, h, w) loss masks, or None
     bucket: tuple[int, int]  # (width_px, height_px)
+    # With several processes: this batch is rows [offset, offset + B) of a global batch of `global_size`
+    # samples; σ and noise are drawn for the global batch and sliced, so W ranks × B equal 1 rank × W·B.
+    offset: int = 0
+    global_size: int = 0  # 0 = this batch is the whole batch
 
 
-def pad_captions(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Right-pad (L_i, D) features to (B, L_max, D); the mask is None when no padding was needed."""
+def pad_captions(feats: list[torch.Tensor], length: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Right-pad (L_i, D) features to (B, max(L_max, length), D); the mask is None when nothing was padded."""
     lengths = [f.shape[0] for f in feats]
-    L = max(lengths)
+    L = max(max(lengths), length)
     out = feats[0].new_zeros(len(feats), L, feats[0].shape[1])
     mask = torch.zeros(len(feats), L, dtype=torch.long)
     for i, f in enumerate(feats):
@@ -34,35 +38,55 @@ def pad_captions(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor 
     return out, (None if min(lengths) == L else mask)
 
 
-def collate(cache, indices: list[int], bucket, gen: torch.Generator, caption_dropout: float) -> Batch:
-    """Load samples (random flip where allowed, caption dropout) into one same-bucket batch."""
-    lat, feats, weights, masks = [], [], [], []
+def collate(cache, indices: list[int], bucket, gen: torch.Generator, caption_dropout: float,
+            part: tuple[int, int] | None = None) -> Batch:
+    """Load samples (random flip where allowed, caption dropout) into one same-bucket batch.
+
+    `part` = (start, stop): load only those rows of the global batch `indices` (one rank's share). The flip
+    and dropout draws are made for every row in order, so each row gets the same draws whatever the split,
+    and captions are padded to the global batch's longest (every rank gets the same shape).
+    """
+    start, stop = part or (0, len(indices))
+    draws = []
     for i in indices:
         flip = bool(cache.can_flip(i)) and bool(torch.rand((), generator=gen) < 0.5)
-        s = cache.sample(i, flip=flip)
         drop = caption_dropout > 0 and bool(torch.rand((), generator=gen) < caption_dropout)
+        draws.append((flip, drop))
+    lat, feats, weights, masks = [], [], [], []
+    for i, (flip, drop) in zip(indices[start:stop], draws[start:stop]):
+        s = cache.sample(i, flip=flip)
         lat.append(s.latent)
         feats.append(cache.empty_prompt_features() if drop else s.cap_feats)
         weights.append(float(s.loss_weight))
         masks.append(s.mask)
-    cap, cap_mask = pad_captions(feats)
+    length = 0
+    if part is not None:
+        empty = cache.empty_prompt_features().shape[0] if any(d for _, d in draws) else 0
+        length = max(empty if drop else cache.caption_length(i) for i, (_, drop) in zip(indices, draws))
+    cap, cap_mask = pad_captions(feats, length)
     has_mask = any(m is not None for m in masks)
     mask_t = torch.stack([m if m is not None else torch.ones_like(lat[0][:1]) for m in masks]) if has_mask else None
-    return Batch(torch.stack(lat), cap, cap_mask, torch.tensor(weights), mask_t, bucket)
+    return Batch(torch.stack(lat), cap, cap_mask, torch.tensor(weights), mask_t, bucket, start,
+                 len(indices) if part is not None else 0)
 
 
 def micro_step_loss(backbone, adapters, batch: Batch, timesteps: recipe.TimestepSampling, *, weighting: str,
                     gamma: float, gen: torch.Generator, device, dtype,
-                    rollout: tuple[float, float, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    rollout: tuple[float, float, int] | None = None,
+                    forward=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(scalar loss, σ per sample) for one batch; noise and σ are drawn from `gen` on the CPU.
 
     `rollout` = (probability, max_offset, steps) turns on scheduled sampling (train/rollout.py).
+    `forward(x_σ, σ, cap_feats, cap_mask)`: runs the model instead of `backbone.velocity(..., adapters)`
+    (the trainer passes its DDP / FSDP2-wrapped step module).
     """
     x = batch.latents.float()
     b = x.shape[0]
     w_px, h_px = batch.bucket
-    sigma = recipe.sample_sigmas(b, timesteps, h_px, w_px, generator=gen)
-    noise = torch.randn(x.shape, generator=gen)  # drawn on the CPU: the same numbers on every device
+    n, rows = batch.global_size or b, slice(batch.offset, batch.offset + b)
+    sigma = recipe.sample_sigmas(n, timesteps, h_px, w_px, generator=gen)[rows]
+    # drawn on the CPU for the global batch: the same numbers on every device and for every split
+    noise = torch.randn((n, *x.shape[1:]), generator=gen)[rows]
     cap_mask = batch.cap_mask.to(device) if batch.cap_mask is not None else None
     if rollout and rollout[0] > 0:  # scheduled sampling (experimental): inputs from the model's own rollout
         x_sigma, target = _rollout(backbone, adapters, batch, x, noise, sigma, rollout, gen, device, dtype)
@@ -71,7 +95,10 @@ def micro_step_loss(backbone, adapters, batch: Batch, timesteps: recipe.Timestep
         x, noise, sigma_d = x.to(device), noise.to(device), sigma.to(device)
         x_sigma = recipe.add_noise(x, noise, sigma_d)
         target = recipe.velocity_target(x, noise)
-    pred = backbone.velocity(x_sigma.to(dtype), sigma_d, batch.cap_feats.to(device, dtype), cap_mask, adapters)
+    if forward is None:
+        pred = backbone.velocity(x_sigma.to(dtype), sigma_d, batch.cap_feats.to(device, dtype), cap_mask, adapters)
+    else:
+        pred = forward(x_sigma.to(dtype), sigma_d, batch.cap_feats.to(device, dtype), cap_mask)
     weights = recipe.loss_weights(sigma, weighting, gamma) * batch.loss_weights
     mask = batch.masks.to(device) if batch.masks is not None else None
     loss = recipe.flow_loss(pred, target, weights.to(device), mask)

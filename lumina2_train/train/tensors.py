@@ -55,6 +55,10 @@ class TensorCache:
     def can_flip(self, i: int) -> bool:
         return False
 
+    def caption_length(self, i: int) -> int:
+        """Tokens of item i's caption features (batching by caption length)."""
+        return int(self.samples[i].cap_feats.shape[0])
+
     def prompt_features(self, caption: str) -> torch.Tensor:
         if caption not in self.prompts:
             raise KeyError(f"no text features for prompt {caption!r}; encode it before training")

@@ -49,6 +49,7 @@ def test_handle_api(photo_data, encoders, tmp_path):
             assert s.latent.shape == (16, bucket[1] // 8, bucket[0] // 8) and s.latent.dtype == torch.float32
             assert s.cap_feats.ndim == 2 and s.cap_feats.shape[1] == 32 and s.mask is None
             assert s.caption == dataset.items[i].caption and s.loss_weight == 1.0 and not s.is_regularisation
+            assert cache.caption_length(i) == s.cap_feats.shape[0]  # from the entry's header alone
     assert cache.empty_prompt_features().shape == (1, 32)  # "" is BOS only: no system prompt
     assert cache.prompt_features("").shape[0] > 10  # a conditioned empty caption keeps the system prompt
     assert cache.prompt_features("neg").shape[1] == 32
