@@ -385,14 +385,13 @@ class Trainer:
     def _evaluate(self) -> None:
         """Held-out loss at the fixed σ bins (validation.eval_sigmas), on rank 0 (none when sharded)."""
         v = self.cfg.validation
-        if self.parallel == "fsdp2" or not self.world.is_main:
-            barrier(self.world)
-            return
-        with self._evaluation_weights(v.use_ema):
-            losses = heldout_loss(self.backbone, self.adapters.as_dict(), self.cache, self.holdout, v.eval_sigmas,
-                                  seed=self.cfg.train.seed, device=self.device, dtype=self.dtype)
-        self.state.evals.append({"step": self.state.step, "loss_by_sigma": losses})
-        self.hooks.on_eval(self.state.step, losses)
+        if self.parallel != "fsdp2" and self.world.is_main:
+            with self._evaluation_weights(v.use_ema):
+                losses = heldout_loss(self.backbone, self.adapters.as_dict(), self.cache, self.holdout,
+                                      v.eval_sigmas, seed=self.cfg.train.seed, device=self.device, dtype=self.dtype)
+            self.state.evals.append({"step": self.state.step, "loss_by_sigma": losses})
+            self.hooks.on_eval(self.state.step, losses)
+        barrier(self.world)
 
     # ------------------------------------------------------------ the loop
     def run(self) -> TrainResult:

@@ -37,17 +37,18 @@ def tiny_cache(nan_item: int = -1):
 
 
 def run_config(out: Path, *, kind: str = "lora", batch_size: int = 1, steps: int = 4, resume_from: str = "",
-               **train):
-    from lumina2_train.config import AdapterConfig, RunConfig, SaveConfig, TrainConfig
+               eval_every: int = 0, **train):
+    from lumina2_train.config import AdapterConfig, RunConfig, SaveConfig, TrainConfig, ValidationConfig
 
     adapter = AdapterConfig(kind="full", targets=()) if kind == "full" else \
         AdapterConfig(rank=4, alpha=4.0, targets=("attention", "ffn"))
     t = dict(steps=steps, batch_size=batch_size, lr=1e-3 if kind == "lora" else 1e-4, precision="fp32",
              checkpointing="on", caption_dropout=0.2, seed=5, max_grad_norm=1.0)
     t.update(train)
+    validation = ValidationConfig(eval_every_n_steps=eval_every, eval_holdout=1 if eval_every else 0)
     return RunConfig(adapter=adapter, train=TrainConfig(**t), save=SaveConfig(output_dir=str(out), every_n_steps=2,
                                                                              keep_last=3),
-                     resume_from=resume_from)
+                     validation=validation, resume_from=resume_from)
 
 
 def backbone():
@@ -87,7 +88,8 @@ def scenario(name: str, out: Path, rank: int) -> dict:
     hooks = TrainHooks(check_interrupt=check) if name == "stop" else None
     cache = tiny_cache(nan_item=2) if name == "nan" else None
     try:
-        _train(run_config(out, steps=6), out / name, hooks, cache)
+        # the cancel run also evaluates a held-out loss every step (rank 0 while the others wait)
+        _train(run_config(out, steps=6, eval_every=1 if name == "stop" else 0), out / name, hooks, cache)
     except BaseException as e:
         return {"raised": type(e).__name__, "message": str(e)}
     return {"raised": ""}

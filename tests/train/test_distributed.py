@@ -66,6 +66,8 @@ def test_a_cancel_on_one_rank_stops_every_rank_with_a_checkpoint(two_processes):
     assert [r["raised"] for r in results["stop"]] == ["StoppedByPeer", "Stop"]
     done = sorted(p.name for p in (out / "stop" / "checkpoints").iterdir())
     assert done == ["step_00000002"]
+    evals = json.loads((out / "stop" / "checkpoints" / done[0] / "state.json").read_text())["evals"]
+    assert [e["step"] for e in evals] == [0, 1, 2]  # held-out loss on rank 0, the other rank waited
 
 
 @pytest.mark.slow
