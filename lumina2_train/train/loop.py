@@ -25,23 +25,18 @@ from ..adapters import AdapterSet, build_adapters
 from ..atomic import atomic_write_text
 from ..config import RunConfig
 from ..errors import CheckpointError, ConfigError, TrainingError
-from ..formats import check_fits, lora_metadata, read_adapter_tensors, read_lora, save_adapters
+from ..formats import check_fits, read_adapter_tensors, read_lora
 from .batches import BucketBatches, DataPosition, rank_slice
 from .checkpoint import (
-    CheckpointState,
-    capture_rng,
     check_compatible,
-    checkpoint_temp,
     guard_run_folder,
     load_checkpoint,
     restore_rng,
-    save_checkpoint,
 )
 from .distributed import (
     StoppedByPeer,
     any_rank,
     barrier,
-    broadcast_object,
     current_world,
     distributed_errors,
     effective_batch_size,
@@ -50,23 +45,20 @@ from .distributed import (
     mean_over_ranks,
 )
 from .ema import EMA
-from .evaluation import ClipScorer, heldout_loss, holdout_indices
+from .evaluation import ClipScorer, holdout_indices
 from .hooks import StepInfo, TrainHooks, ValidationImages
 from .lowmem import build_low_memory, uses_low_memory_adamw
 from .optim import build_optimizer, build_scheduler, set_optimizer_mode
+from .outputs import TrainerOutputs
 from .parallel import (
-    SHARDED,
-    gathered,
     grad_norm_of,
     load_sharded,
     micro_step_context,
-    save_sharded,
     uses_dcp,
     wrap_step,
 )
 from .speed import CheckpointPlanner, prepare_forward
 from .step import collate, micro_step_loss
-from .validation import run_validation
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +89,7 @@ def step_generator(seed: int, step: int, micro: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 997 + micro)
 
 
-class Trainer:
+class Trainer(TrainerOutputs):
     """Owns one run. `run()` returns a TrainResult; the run folder holds config, checkpoints and samples."""
 
     def __init__(self, cfg: RunConfig, backbone, cache, hooks: TrainHooks | None = None, *, run_dir: str | Path,
@@ -293,106 +285,6 @@ class Trainer:
             f"last good state is saved in {path}. Lower train.lr, keep train.max_grad_norm > 0, or set "
             "train.on_nonfinite to 'skip'")
 
-    # ------------------------------------------------------------ outputs
-    def _checkpoint(self, collective: bool = True) -> Path | None:
-        """Write the resumable checkpoint. Sharded (DCP): every rank writes its shards, rank 0 the rest.
-        Otherwise rank 0 writes it all (adapters are the same on every rank). `collective`: every rank is
-        here (returns rank 0's path on every rank); False after a failure of this rank alone."""
-        st, world = self.state, self.world
-        tmp, tensors, optim = None, {}, {}
-        if self.dcp:
-            tmp = broadcast_object(checkpoint_temp(self.run_dir, st.step) if world.is_main else None, world)
-            save_sharded(tmp / SHARDED, self.adapters, self.optimizer, self.ema)
-        elif world.is_main:
-            tensors = dict(self.adapters.state_dict())
-            tensors.update(self.ema.state_dict() if self.ema is not None else {})
-            optim = self.optimizer.state_dict()
-        path = None
-        if world.is_main:
-            ck = CheckpointState(st.step, st.position, st.losses, tensors, optim, self.scheduler.state_dict(),
-                                 capture_rng(), self._config_dict(), {"sigmas": st.sigmas, "evals": st.evals})
-            path = save_checkpoint(self.run_dir, ck, self.cfg.save.keep_last, tmp=tmp)
-            self.hooks.on_checkpoint(path, st.step)
-        return broadcast_object(path, world) if collective else path
-
-    @contextlib.contextmanager
-    def _evaluation_weights(self, use_ema: bool):
-        """The weights to evaluate or export: schedule-free's averaged ones, and the EMA when asked."""
-        set_optimizer_mode(self.optimizer, training=False)
-        try:
-            with self.ema.swapped_in() if (use_ema and self.ema is not None) else contextlib.nullcontext():
-                yield
-        finally:
-            set_optimizer_mode(self.optimizer, training=True)
-
-    def save_lora(self, path: Path) -> Path | None:
-        """Write the adapter (or full model) file on rank 0; a sharded model is gathered for it first."""
-        with gathered(self.step_module, self.parallel):
-            if not self.world.is_main:
-                return None
-            with self._evaluation_weights(self.cfg.save.save_ema):
-                saved = self._save_lora(path)
-        self.hooks.on_lora_saved(saved, self.state.step)
-        return saved
-
-    def _save_lora(self, path: Path) -> Path:
-        a = self.cfg.adapter
-        md = lora_metadata(rank=a.rank, alpha=a.alpha, step=self.state.step, config=self.cfg.to_dict(),
-                           base_hash=self.base_hash, title=Path(self.cfg.save.name).name, workflow=self.workflow,
-                           extra={"lumina2t.system_prompt": getattr(self.cache, "system_prompt", ""),
-                                  **_network_metadata(a)})
-        if a.kind == "full":  # the whole fine-tuned DiT, a file ComfyUI's UNETLoader opens
-            from ..fullmodel import save_diffusion_model
-
-            md["modelspec.architecture"] = "lumina-2"
-            return save_diffusion_model(self.adapters, self.backbone, path, dtype=self.cfg.save.dtype, metadata=md)
-        return save_adapters(self.adapters, path, fmt=self.cfg.save.format, dtype=self.cfg.save.dtype,
-                             arch=self.backbone.arch, metadata=md)
-
-    def save_diffusers(self, folder: Path) -> Path:
-        """A full fine-tune as a diffusers transformer folder (the EMA weights when save.save_ema)."""
-        from ..fullmodel import save_diffusers_transformer
-
-        with gathered(self.step_module, self.parallel):
-            if not self.world.is_main:
-                return folder
-            with self._evaluation_weights(self.cfg.save.save_ema):
-                return save_diffusers_transformer(self.adapters, self.backbone, folder, dtype=self.cfg.save.dtype)
-
-    def _validate(self) -> None:
-        v = self.cfg.validation
-        if not (v.prompts or v.prompt_library):
-            return
-        if self.parallel == "fsdp2":
-            log.warning("validation previews are not rendered while a full fine-tune is sharded (FSDP2)")
-            return
-        if self.world.is_main:
-            self._render_validation(v)
-        barrier(self.world)
-
-    def _render_validation(self, v) -> None:
-        self.hooks.on_status("validating", f"step {self.state.step}")
-        with torch.no_grad(), self._evaluation_weights(v.use_ema):
-            images = run_validation(self.backbone, self.adapters.as_dict(), self.cache, v, self.state.step,
-                                    decode=self.decode, folder=self.run_dir / "samples", device=self.device,
-                                    dtype=self.dtype, scorer=self.scorer)
-        self.validations.append(images)
-        if images.clip_scores:
-            log.info("step %d CLIP scores: %s", self.state.step,
-                     ", ".join(f"{n}={c:.1f}" for n, c in zip(images.names, images.clip_scores)))
-        self.hooks.on_validation(images)
-
-    def _evaluate(self) -> None:
-        """Held-out loss at the fixed σ bins (validation.eval_sigmas), on rank 0 (none when sharded)."""
-        v = self.cfg.validation
-        if self.parallel != "fsdp2" and self.world.is_main:
-            with self._evaluation_weights(v.use_ema):
-                losses = heldout_loss(self.backbone, self.adapters.as_dict(), self.cache, self.holdout,
-                                      v.eval_sigmas, seed=self.cfg.train.seed, device=self.device, dtype=self.dtype)
-            self.state.evals.append({"step": self.state.step, "loss_by_sigma": losses})
-            self.hooks.on_eval(self.state.step, losses)
-        barrier(self.world)
-
     # ------------------------------------------------------------ the loop
     def run(self) -> TrainResult:
         """Train; the run folder (and the LoRA file, when elsewhere) are locked against other runs meanwhile.
@@ -473,17 +365,6 @@ class Trainer:
             self.hooks.on_status("cancelled" if cancelled else "failed", str(self.last_checkpoint))
         except Exception as save_error:  # never hide the original exception
             log.error("could not write the resumable checkpoint: %s", save_error)
-
-
-def _network_metadata(a) -> dict[str, str]:
-    """kohya-style network keys for LyCORIS/DoRA files (plain LoRA keeps networks.lora)."""
-    if a.kind == "lora" and not a.use_dora:
-        return {}
-    import json
-
-    algo = "lora" if a.kind == "lora" else a.kind
-    args = {"algo": algo, "dora_wd": a.use_dora, **({"factor": a.lokr_factor} if a.kind == "lokr" else {})}
-    return {"ss_network_module": "lycoris.kohya", "ss_network_args": json.dumps(args)}
 
 
 def _with_advice(e: BaseException) -> BaseException:

@@ -1,0 +1,134 @@
+"""The Trainer's outputs: resumable checkpoints, LoRA / full-model files, validation images and held-out loss.
+
+A mixin of train/loop.py's Trainer (it reads the run's state; it never steps the optimizer). Rank 0 writes;
+under FSDP2 the weights are gathered first. No ComfyUI imports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from ..formats import lora_metadata, save_adapters
+from .checkpoint import CheckpointState, capture_rng, checkpoint_temp, save_checkpoint
+from .distributed import barrier, broadcast_object
+from .evaluation import heldout_loss
+from .optim import set_optimizer_mode
+from .parallel import SHARDED, gathered, save_sharded
+from .validation import run_validation
+
+log = logging.getLogger(__name__)
+
+
+class TrainerOutputs:
+    def _checkpoint(self, collective: bool = True) -> Path | None:
+        """Write the resumable checkpoint. Sharded (DCP): every rank writes its shards, rank 0 the rest.
+        Otherwise rank 0 writes it all (adapters are the same on every rank). `collective`: every rank is
+        here (returns rank 0's path on every rank); False after a failure of this rank alone."""
+        st, world = self.state, self.world
+        tmp, tensors, optim = None, {}, {}
+        if self.dcp:
+            tmp = broadcast_object(checkpoint_temp(self.run_dir, st.step) if world.is_main else None, world)
+            save_sharded(tmp / SHARDED, self.adapters, self.optimizer, self.ema)
+        elif world.is_main:
+            tensors = dict(self.adapters.state_dict())
+            tensors.update(self.ema.state_dict() if self.ema is not None else {})
+            optim = self.optimizer.state_dict()
+        path = None
+        if world.is_main:
+            ck = CheckpointState(st.step, st.position, st.losses, tensors, optim, self.scheduler.state_dict(),
+                                 capture_rng(), self._config_dict(), {"sigmas": st.sigmas, "evals": st.evals})
+            path = save_checkpoint(self.run_dir, ck, self.cfg.save.keep_last, tmp=tmp)
+            self.hooks.on_checkpoint(path, st.step)
+        return broadcast_object(path, world) if collective else path
+
+    @contextlib.contextmanager
+    def _evaluation_weights(self, use_ema: bool):
+        """The weights to evaluate or export: schedule-free's averaged ones, and the EMA when asked."""
+        set_optimizer_mode(self.optimizer, training=False)
+        try:
+            with self.ema.swapped_in() if (use_ema and self.ema is not None) else contextlib.nullcontext():
+                yield
+        finally:
+            set_optimizer_mode(self.optimizer, training=True)
+
+    def save_lora(self, path: Path) -> Path | None:
+        """Write the adapter (or full model) file on rank 0; a sharded model is gathered for it first."""
+        with gathered(self.step_module, self.parallel):
+            if not self.world.is_main:
+                return None
+            with self._evaluation_weights(self.cfg.save.save_ema):
+                saved = self._save_lora(path)
+        self.hooks.on_lora_saved(saved, self.state.step)
+        return saved
+
+    def _save_lora(self, path: Path) -> Path:
+        a = self.cfg.adapter
+        md = lora_metadata(rank=a.rank, alpha=a.alpha, step=self.state.step, config=self.cfg.to_dict(),
+                           base_hash=self.base_hash, title=Path(self.cfg.save.name).name, workflow=self.workflow,
+                           extra={"lumina2t.system_prompt": getattr(self.cache, "system_prompt", ""),
+                                  **_network_metadata(a)})
+        if a.kind == "full":  # the whole fine-tuned DiT, a file ComfyUI's UNETLoader opens
+            from ..fullmodel import save_diffusion_model
+
+            md["modelspec.architecture"] = "lumina-2"
+            return save_diffusion_model(self.adapters, self.backbone, path, dtype=self.cfg.save.dtype, metadata=md)
+        return save_adapters(self.adapters, path, fmt=self.cfg.save.format, dtype=self.cfg.save.dtype,
+                             arch=self.backbone.arch, metadata=md)
+
+    def save_diffusers(self, folder: Path) -> Path:
+        """A full fine-tune as a diffusers transformer folder (the EMA weights when save.save_ema)."""
+        from ..fullmodel import save_diffusers_transformer
+
+        with gathered(self.step_module, self.parallel):
+            if not self.world.is_main:
+                return folder
+            with self._evaluation_weights(self.cfg.save.save_ema):
+                return save_diffusers_transformer(self.adapters, self.backbone, folder, dtype=self.cfg.save.dtype)
+
+    def _validate(self) -> None:
+        v = self.cfg.validation
+        if not (v.prompts or v.prompt_library):
+            return
+        if self.parallel == "fsdp2":
+            log.warning("validation previews are not rendered while a full fine-tune is sharded (FSDP2)")
+            return
+        if self.world.is_main:
+            self._render_validation(v)
+        barrier(self.world)
+
+    def _render_validation(self, v) -> None:
+        self.hooks.on_status("validating", f"step {self.state.step}")
+        with torch.no_grad(), self._evaluation_weights(v.use_ema):
+            images = run_validation(self.backbone, self.adapters.as_dict(), self.cache, v, self.state.step,
+                                    decode=self.decode, folder=self.run_dir / "samples", device=self.device,
+                                    dtype=self.dtype, scorer=self.scorer)
+        self.validations.append(images)
+        if images.clip_scores:
+            log.info("step %d CLIP scores: %s", self.state.step,
+                     ", ".join(f"{n}={c:.1f}" for n, c in zip(images.names, images.clip_scores)))
+        self.hooks.on_validation(images)
+
+    def _evaluate(self) -> None:
+        """Held-out loss at the fixed σ bins (validation.eval_sigmas), on rank 0 (none when sharded)."""
+        v = self.cfg.validation
+        if self.parallel != "fsdp2" and self.world.is_main:
+            with self._evaluation_weights(v.use_ema):
+                losses = heldout_loss(self.backbone, self.adapters.as_dict(), self.cache, self.holdout,
+                                      v.eval_sigmas, seed=self.cfg.train.seed, device=self.device, dtype=self.dtype)
+            self.state.evals.append({"step": self.state.step, "loss_by_sigma": losses})
+            self.hooks.on_eval(self.state.step, losses)
+        barrier(self.world)
+
+
+def _network_metadata(a) -> dict[str, str]:
+    """kohya-style network keys for LyCORIS/DoRA files (plain LoRA keeps networks.lora)."""
+    if a.kind == "lora" and not a.use_dora:
+        return {}
+    algo = "lora" if a.kind == "lora" else a.kind
+    args = {"algo": algo, "dora_wd": a.use_dora, **({"factor": a.lokr_factor} if a.kind == "lokr" else {})}
+    return {"ss_network_module": "lycoris.kohya", "ss_network_args": json.dumps(args)}
