@@ -3,13 +3,15 @@
 ComfyUI is imported inside functions only (importing this module loads no `comfy`, `server` or `folder_paths`).
 Events sent to the browser (`PromptServer.send_sync`, to the client that queued the prompt):
     lumina2t.step        {"node": id, **StepInfo.as_dict()}            every optimizer step
-    lumina2t.status      {"node": id, "status": str, "detail": str}    caching, training, validating, saving, ...
+    lumina2t.status      {"node": id, "status": str, "detail": str}    loading, compiling, validating, training,
+                                                                       saving, cancelled, failed (comfy_jobs.py)
     lumina2t.validation  {"node": id, "step": int, "prompts": [...], "paths": [...], "grid": str | None}
     lumina2t.checkpoint  {"node": id, "step": int, "path": str}
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +24,7 @@ from .train.hooks import StepInfo, TrainHooks, ValidationImages
 
 log = logging.getLogger(__name__)
 PREVIEW_MAX_PX = 512
+EMPTY_IMAGE_PX = 64
 
 
 # ---------------------------------------------------------------- inference mode
@@ -98,6 +101,43 @@ def _preview(images: ValidationImages):
     return ("JPEG", image_grid(images.images.float().cpu()), PREVIEW_MAX_PX)
 
 
+def preview_grid(images: torch.Tensor | None) -> torch.Tensor:
+    """The validation images, a ComfyUI IMAGE (N, H, W, 3), as one grid image (1, H', W', 3), as the progress
+    preview shows them; a black 64 px image when there are none (no validation prompts, or no VAE)."""
+    if images is None or images.numel() == 0:
+        return torch.zeros(1, EMPTY_IMAGE_PX, EMPTY_IMAGE_PX, 3)
+    import numpy as np
+
+    from .train.validation import image_grid
+
+    grid = image_grid(images.permute(0, 3, 1, 2).float().cpu())
+    return torch.from_numpy(np.asarray(grid, dtype=np.float32) / 255.0)[None]
+
+
+def compile_status(hooks: TrainHooks, is_compiling: bool) -> TrainHooks:
+    """`hooks` reporting "compiling" from the start of training until the first step is done (torch.compile
+    builds the blocks' kernels then), and "training" from there. Unchanged unless `is_compiling` on a CUDA device
+    (train.compile applies only there)."""
+    import comfy.model_management as mm
+
+    if not is_compiling or mm.get_torch_device().type != "cuda":
+        return hooks
+    stepped: list[bool] = []
+
+    def on_status(status: str, detail: str) -> None:
+        if status == "training" and not stepped:
+            status, detail = "compiling", "torch.compile builds the kernels during the first step"
+        hooks.on_status(status, detail)
+
+    def on_step(info: StepInfo) -> None:
+        if not stepped:
+            stepped.append(True)
+            hooks.on_status("training", f"step {info.step}/{info.total_steps}")
+        hooks.on_step(info)
+
+    return dataclasses.replace(hooks, on_status=on_status, on_step=on_step)
+
+
 def comfy_hooks(node_id: str, total_steps: int) -> TrainHooks:
     """TrainHooks that drive ComfyUI's progress bar, stream lumina2t.* events and honour /interrupt.
 
@@ -111,8 +151,8 @@ def comfy_hooks(node_id: str, total_steps: int) -> TrainHooks:
     send = _sender(node_id)
 
     def on_step(info: StepInfo) -> None:
+        send("lumina2t.step", info.as_dict())  # first: the progress hook raises on cancel, after this step was done
         bar.update_absolute(info.step, info.total_steps)
-        send("lumina2t.step", info.as_dict())
 
     def on_validation(images: ValidationImages) -> None:
         preview = _preview(images)
@@ -179,4 +219,5 @@ def apply_lora_to_model(model, lora: dict[str, torch.Tensor] | str | Path, stren
     return patched
 
 
-__all__ = ["apply_lora_to_model", "clone_inference_tensors", "comfy_hooks", "is_autograd_safe", "training_mode"]
+__all__ = ["apply_lora_to_model", "clone_inference_tensors", "comfy_hooks", "compile_status", "is_autograd_safe",
+           "preview_grid", "training_mode"]

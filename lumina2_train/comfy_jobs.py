@@ -9,8 +9,11 @@ ComfyUI is imported inside functions only.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,6 +86,32 @@ def finish_job(job: Job, status: str, detail: str = "") -> None:
     job.status, job.detail = status, detail
 
 
+def stop_status(exc: BaseException, checkpoint: str | None, resume_from: str) -> tuple[str, str]:
+    """(status, detail) of a run that raised `exc`, for the chart's status line.
+
+    "cancelled" (ComfyUI's interrupt, Ctrl-C) names the resumable checkpoint and the `resume_from` value that
+    continues the run; "failed" carries the error's first lines (our messages end with the fix) and the checkpoint.
+    """
+    is_cancel = not isinstance(exc, Exception) or "Interrupt" in type(exc).__name__
+    where = f"resumable checkpoint: {checkpoint}" if checkpoint else "no checkpoint (stopped before the first step)"
+    if is_cancel:
+        hint = f"\nto continue, set resume_from to '{resume_from}' and queue again" if checkpoint else ""
+        return "cancelled", where + hint
+    message = "\n".join(str(exc).strip().splitlines()[:4])[:1000] or "(no message)"
+    return "failed", f"{type(exc).__name__}: {message}" + (f"\n{where}" if checkpoint else "")
+
+
+@contextmanager
+def reporting_stop(hooks: TrainHooks, job: Job, run_dir: Path, output_root: str | Path) -> Iterator[None]:
+    """Re-raise whatever stops the block after sending its stop_status through `hooks` (the chart, the job)."""
+    try:
+        yield
+    except BaseException as e:
+        rel = os.path.relpath(run_dir, output_root)
+        hooks.on_status(*stop_status(e, job.checkpoint, str(run_dir) if rel.startswith("..") else rel))
+        raise
+
+
 def history(node: str | None = None) -> dict:
     """{"jobs": [...]} (every job), or {"job": {...} | None} for one Train node."""
     with _LOCK:
@@ -114,4 +143,4 @@ def register_routes() -> bool:
 
 
 __all__ = ["MAX_JOBS", "MAX_POINTS", "ROUTE", "Job", "finish_job", "history", "job_hooks", "register_routes",
-           "start_job"]
+           "reporting_stop", "start_job", "stop_status"]

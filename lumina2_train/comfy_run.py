@@ -145,8 +145,8 @@ def train_in_comfy(model, cache, cfg: RunConfig, *, lora_name: str, node_id: str
         ComfyUI's InterruptProcessingException on cancel and torch.OutOfMemoryError, after a resumable checkpoint.
     """
     from .backbones.comfy import ComfyBackbone
-    from .comfy_bridge import apply_lora_to_model, comfy_hooks, training_mode
-    from .comfy_jobs import finish_job, job_hooks, start_job
+    from .comfy_bridge import apply_lora_to_model, comfy_hooks, compile_status, training_mode
+    from .comfy_jobs import finish_job, job_hooks, reporting_stop, start_job
     from .locks import training_lock
     from .pipeline import default_run_dir
     from .train import Trainer, combine_hooks
@@ -154,8 +154,10 @@ def train_in_comfy(model, cache, cfg: RunConfig, *, lora_name: str, node_id: str
     cfg, lora_path = prepare_config(cfg, cache, lora_name)
     run_dir = default_run_dir(cfg)
     job = start_job(node_id, _prompt_id())
-    hooks = combine_hooks(comfy_hooks(node_id, cfg.train.steps), job_hooks(job))
-    with training_lock(f"Train node {node_id}"):
+    # the job first: ComfyUI's progress hook (in comfy_hooks) raises on cancel, and that step was done
+    hooks = compile_status(combine_hooks(job_hooks(job), comfy_hooks(node_id, cfg.train.steps)), cfg.train.compile)
+    with reporting_stop(hooks, job, run_dir, cfg.save.output_dir), training_lock(f"Train node {node_id}"):
+        hooks.on_status("loading", "the MODEL onto the training device")
         backbone = ComfyBackbone.from_model_patcher(model)
         with training_mode():
             trainer = Trainer(cfg, backbone, cache, hooks, run_dir=run_dir, lora_path=lora_path,

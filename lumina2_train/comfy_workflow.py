@@ -3,8 +3,9 @@ POST /prompt (and `comfy run --workflow`) takes, using a server's /object_info f
 
 Plain Python, no ComfyUI import: the caller passes /object_info's JSON (or the same dicts built in-process).
 Handled: widgets in input_order (required, then optional), the extra value a `control_after_generate` widget
-stores, widgets turned into sockets (the link wins), notes (skipped), muted nodes (skipped), Reroute nodes
-(followed). Bypassed nodes are refused: their pass-through needs the node's types, which this does not guess.
+stores (the frontend adds one to any INT named seed that does not say False), widgets turned into sockets (the
+link wins), notes (skipped), muted nodes (skipped), Reroute nodes (followed). Bypassed nodes are refused: their
+pass-through needs the node's types, which this does not guess.
 """
 
 from __future__ import annotations
@@ -42,8 +43,17 @@ def widget_names(info: dict) -> list[tuple[str, int]]:
             if spec is None or not _is_widget(spec):
                 continue
             opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-            out.append((name, 2 if opts.get("control_after_generate") else 1))
+            out.append((name, 2 if has_seed_control(name, spec[0], opts) else 1))
     return out
+
+
+def has_seed_control(name: str, kind, opts: dict) -> bool:
+    """Whether the frontend adds a 'control after generate' widget (a second stored value): when the input asks
+    for one, and for an INT named seed or noise_seed unless it says control_after_generate False."""
+    flag = opts.get("control_after_generate")
+    if flag is None:
+        return kind == "INT" and name in ("seed", "noise_seed")
+    return bool(flag)
 
 
 def widget_inputs(node: dict, info: dict) -> dict:
@@ -133,5 +143,5 @@ def nodes_of_type(prompt: dict, class_types: str | Iterable[str]) -> list[str]:
     return sorted((k for k, v in prompt.items() if v["class_type"] in wanted), key=lambda k: (len(k), k))
 
 
-__all__ = ["FRONTEND_ONLY", "WorkflowError", "node_types", "nodes_of_type", "ui_to_api", "widget_inputs",
-           "widget_names"]
+__all__ = ["FRONTEND_ONLY", "WorkflowError", "has_seed_control", "node_types", "nodes_of_type", "ui_to_api",
+           "widget_inputs", "widget_names"]

@@ -44,7 +44,7 @@ def bucket_inputs() -> list[io.Input]:
                                  "asymmetric subjects)."),
         io.Int.Input("repeats", default=_D.repeats, min=1, max=10000,
                      tooltip="How many times each image counts per epoch (weights this dataset)."),
-        io.Int.Input("seed", default=DataConfig().seed, min=0, max=2**31 - 1,
+        io.Int.Input("seed", default=DataConfig().seed, min=0, max=2**31 - 1, control_after_generate=False,
                      tooltip="Seed of the scan's random choices (random crops, tag shuffles)."),
     ]
 

@@ -1,13 +1,14 @@
 """3 Train: Train LoRA (simple) and Train LoRA (Advanced). Both call comfy_run.train_in_comfy.
 
 Outputs: the MODEL with the trained LoRA patched in through ComfyUI's own LoRA loader (from the saved file's
-state dict, DESIGN decision 3), the LoRA as LORA_MODEL, the loss history as LOSS_MAP and the file's path. The file
-goes to models/loras (LoraLoaderModelOnly lists it at once); checkpoints and previews to output/lumina2_train/.
+state dict, DESIGN decision 3), the LoRA as LORA_MODEL, the loss history as LOSS_MAP, the file's path and the final
+validation grid as an IMAGE (added last: links of older workflows keep their slots). The file goes to
+models/loras (LoraLoaderModelOnly lists it at once); checkpoints and previews to output/lumina2_train/.
 """
 
 from __future__ import annotations
 
-from ..lumina2_train import comfy_run
+from ..lumina2_train import comfy_bridge, comfy_run
 from ..lumina2_train.config import RunConfig, SaveConfig, TrainConfig, ValidationConfig
 from ..lumina2_train.paths import name_problem
 from . import types
@@ -54,6 +55,9 @@ def outputs() -> list[io.Output]:
                             tooltip="The LoRA's tensors, as saved (for Save LoRA or Load LoRA Model)."),
         io.LossMap.Output("loss", display_name="loss", tooltip="Loss per optimizer step (for Plot Loss)."),
         io.String.Output("lora_path", display_name="lora_path", tooltip="Path of the saved LoRA file."),
+        io.Image.Output("samples", display_name="samples",
+                        tooltip="The final validation samples in one grid image (what the node shows); a black "
+                                "64 px image when no validation ran (no prompts or no VAE)."),
     ]
 
 
@@ -75,7 +79,8 @@ def run_training(cls, model, cache, adapter, lora_name: str, train: TrainConfig,
     shown = {"text": (text,)}
     if out.previews is not None:
         shown |= ui.PreviewImage(out.previews, cls=cls).as_dict()
-    return io.NodeOutput(out.model, out.lora, out.losses, str(out.path), ui=shown)
+    return io.NodeOutput(out.model, out.lora, out.losses, str(out.path), comfy_bridge.preview_grid(out.previews),
+                         ui=shown)
 
 
 class TrainLoRA(io.ComfyNode):
@@ -93,7 +98,7 @@ class TrainLoRA(io.ComfyNode):
                                tooltip="Learning rate (AdamW, constant)."),
                 io.Int.Input("batch_size", default=_T.batch_size, min=1, max=1024,
                              tooltip="Images per step (each batch comes from one aspect bucket)."),
-                io.Int.Input("seed", default=_T.seed, min=0, max=2**31 - 1,
+                io.Int.Input("seed", default=_T.seed, min=0, max=2**31 - 1, control_after_generate=False,
                              tooltip="Seed of the adapter init, noise, timesteps and batch order."),
                 io.Int.Input("save_every_n_steps", default=_S.every_n_steps, min=0, max=10_000_000,
                              tooltip="Also write a resumable checkpoint and a LoRA file every N steps (in the run "

@@ -66,7 +66,8 @@ def _optimizer_inputs() -> list[io.Input]:
         advanced(_int("num_cycles", "cosine_with_restarts: number of cycles.", 1, 1000)),
         advanced(_float("power", "polynomial: the power of the decay.", 0.0, 10.0, 0.1)),
         _float("min_lr_ratio", "Where linear / cosine / polynomial decay ends, as a fraction of lr.", 0.0, 1.0),
-        _int("seed", "Seed of the adapter init, noise, timesteps and batch order.", 0, 2**31 - 1),
+        _int("seed", "Seed of the adapter init, noise, timesteps and batch order.", 0, 2**31 - 1,
+             control_after_generate=False),
     ]
 
 

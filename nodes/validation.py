@@ -39,7 +39,7 @@ class ConfigureValidation(io.ComfyNode):
                 io.Int.Input("steps", default=_V.steps, min=1, max=1000, tooltip="Sampling steps (flow Euler)."),
                 io.Float.Input("shift", default=_V.shift, min=0.01, max=100.0, step=0.1,
                                tooltip="Timestep shift, as ModelSamplingAuraFlow's (6 for Lumina2)."),
-                io.Int.Input("seed", default=_V.seed, min=0, max=2**31 - 1,
+                io.Int.Input("seed", default=_V.seed, min=0, max=2**31 - 1, control_after_generate=False,
                              tooltip="Noise seed of the first prompt (the next prompts use seed+1, ...)."),
                 io.Int.Input("width", default=_V.width, min=16, max=4096, step=16, tooltip="Sample width in px."),
                 io.Int.Input("height", default=_V.height, min=16, max=4096, step=16, tooltip="Sample height in px."),

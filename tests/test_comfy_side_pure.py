@@ -44,6 +44,9 @@ def _workflow(mode: int = 0) -> dict:
 
 def test_ui_workflow_becomes_an_api_prompt():
     assert widget_names(INFO["Sampler"]) == [("seed", 2), ("steps", 1), ("note", 1)]
+    legacy = {"input": {"required": {"seed": ["INT", {}], "noise_seed": ["INT", {"control_after_generate": False}],
+                                     "n": ["INT", {}]}}}
+    assert widget_names(legacy) == [("seed", 2), ("noise_seed", 1), ("n", 1)]  # as the frontend makes them
     prompt = ui_to_api(_workflow(), INFO)
     assert set(prompt) == {"1", "3", "4"}  # no reroute, no note
     assert prompt["1"]["inputs"] == {"name": "b.safetensors"}
@@ -65,7 +68,25 @@ def test_example_workflows_are_ui_workflows_with_thumbnails():
     for f in files:
         wf = json.loads(f.read_text(encoding="utf-8"))
         assert wf["nodes"] and f.with_suffix(".jpg").is_file()
-        assert any(n["type"] == "Lumina2T_TrainLoRA" for n in wf["nodes"])
+        train = [n for n in wf["nodes"] if n["type"] == "Lumina2T_TrainLoRA"]
+        assert train and all([o["name"] for o in n["outputs"]][-1] == "samples" for n in train)
+
+
+def test_tiny_workflow_swaps_the_models_in_the_ui_format():
+    from lumina2_train.commands.comfy_e2e import tiny_workflow
+
+    info = {"Lumina2T_TrainLoRA": {"input": {"required": {
+        "lora_name": ["STRING", {}], "steps": ["INT", {}], "seed": ["INT", {"control_after_generate": False}],
+        "save_every_n_steps": ["INT", {}]}}}}
+    wf = {"nodes": [{"id": 2, "type": "CLIPLoader", "widgets_values": ["big.safetensors", "lumina2", "default"],
+                     "properties": {"models": [{"name": "big.safetensors"}]}},
+                    {"id": 8, "type": "Lumina2T_TrainLoRA", "widgets_values": ["mine", 1000, 42, 250]}], "links": []}
+    models = {"diffusion_model": "d.safetensors", "text_encoder": "tiny.safetensors", "vae": "v.safetensors"}
+    out = tiny_workflow(wf, info, models, steps=3)
+    assert out["nodes"][0]["type"] == "Lumina2T_LoadTinyCLIP" and out["nodes"][0]["widgets_values"] == [
+        "tiny.safetensors"] and "models" not in out["nodes"][0]["properties"]
+    assert out["nodes"][1]["widgets_values"] == ["e2e/lumina2_tiny", 3, 42, 2]
+    assert wf["nodes"][1]["widgets_values"] == ["mine", 1000, 42, 250]  # the input is not modified
 
 
 def test_job_history_records_steps_and_thins_long_runs(monkeypatch):
@@ -85,6 +106,46 @@ def test_job_history_records_steps_and_thins_long_runs(monkeypatch):
         comfy_jobs.start_job(f"n{i}", None)
     assert len(comfy_jobs.history()["jobs"]) == comfy_jobs.MAX_JOBS
     assert comfy_jobs.register_routes() is False  # no ComfyUI server in this process
+
+
+def test_step_payload_has_what_the_chart_draws():
+    """StepInfo.as_dict() is the lumina2t.step payload: web/js/chart_core.js reads these keys."""
+    d = StepInfo(3, 10, 0.5, 1e-4, 0.25, 2.0, 3.5, 0, "64x64").as_dict()
+    assert {"step", "total_steps", "loss", "lr", "sigma", "samples_per_s", "eta_s", "memory_gib", "status"} <= set(d)
+    assert d["grad_norm"] is None and d["status"] == "training"  # NaN -> null: the payload is strict JSON
+    json.loads(json.dumps(d, allow_nan=False))
+
+
+def test_stop_status_names_the_checkpoint_or_the_error():
+    status, detail = comfy_jobs.stop_status(KeyboardInterrupt(), "/out/run/checkpoints/step_00000004", "run")
+    assert status == "cancelled" and "step_00000004" in detail and "set resume_from to 'run'" in detail
+
+    class InterruptProcessingException(Exception):  # ComfyUI's, by name
+        pass
+
+    assert comfy_jobs.stop_status(InterruptProcessingException(), None, "run") == (
+        "cancelled", "no checkpoint (stopped before the first step)")
+    status, detail = comfy_jobs.stop_status(ConfigError("train.lr: must be > 0 (got -1). Set a positive lr"), None,
+                                            "run")
+    assert status == "failed" and detail.startswith("ConfigError: ") and "train.lr: must be > 0 (got -1)" in detail
+    status, detail = comfy_jobs.stop_status(RuntimeError("boom\n" + "x\n" * 50), "/ck", "run")
+    assert detail.count("\n") <= 4 and detail.endswith("resumable checkpoint: /ck")
+
+
+def test_reporting_stop_sends_the_status_and_reraises(tmp_path):
+    job, sent = comfy_jobs.start_job("77", "p"), []
+    hooks = comfy_jobs.job_hooks(job)
+    hooks.on_status = lambda status, detail: (sent.append(status), comfy_jobs.finish_job(job, status, detail))
+    hooks.on_checkpoint(tmp_path / "lora" / "checkpoints" / "step_00000002", 2)
+    with pytest.raises(KeyboardInterrupt), comfy_jobs.reporting_stop(hooks, job, tmp_path / "lora", tmp_path):
+        raise KeyboardInterrupt
+    assert sent == ["cancelled"] and "set resume_from to 'lora'" in comfy_jobs.history("77")["job"]["detail"]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="no node.js to run tests/js")
+def test_chart_helpers_pass_their_node_tests():
+    r = subprocess.run(["node", "--test", str(REPO / "tests" / "js")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
 
 
 def test_captions_match_images():

@@ -12,6 +12,7 @@ stops the server it started. `--json` ends with one JSON object: ok, lora, steps
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -113,12 +114,9 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 # ---------------------------------------------------------------- the prompt
 
-def tiny_prompt(workflow: dict, object_info: dict, models: dict[str, str], steps: int) -> dict:
-    """The workflow as an API prompt with the tiny models, 64 px images and a few steps."""
-    from ..comfy_workflow import nodes_of_type, ui_to_api
-
-    prompt = ui_to_api(workflow, object_info)
-    sets = {
+def tiny_settings(models: dict[str, str], steps: int) -> dict[str, dict]:
+    """Widget values by node type: the tiny models, 64 px images, a few steps, validation every 2 steps."""
+    return {
         "UNETLoader": {"unet_name": models["diffusion_model"], "weight_dtype": "default"},
         "VAELoader": {"vae_name": models["vae"]},
         "Lumina2T_LoadDataset": {"folder": "lumina2_dataset", "resolution": 64, "min_size_px": 0},
@@ -130,6 +128,14 @@ def tiny_prompt(workflow: dict, object_info: dict, models: dict[str, str], steps
         "EmptySD3LatentImage": {"width": 64, "height": 64},
         "KSampler": {"steps": 2},
     }
+
+
+def tiny_prompt(workflow: dict, object_info: dict, models: dict[str, str], steps: int) -> dict:
+    """The workflow as an API prompt with the tiny models, 64 px images and a few steps."""
+    from ..comfy_workflow import nodes_of_type, ui_to_api
+
+    prompt = ui_to_api(workflow, object_info)
+    sets = tiny_settings(models, steps)
     for node in prompt.values():
         node["inputs"].update(sets.get(node["class_type"], {}))
         if node["class_type"] == "CLIPLoader":  # the stock loader builds the 2.6 B Gemma2 (docs/e2e.md)
@@ -137,6 +143,30 @@ def tiny_prompt(workflow: dict, object_info: dict, models: dict[str, str], steps
     if len(nodes_of_type(prompt, TRAIN_NODE)) != 1:
         raise ServerError(f"the workflow must hold exactly one {TRAIN_NODE} node")
     return prompt
+
+
+def tiny_workflow(workflow: dict, object_info: dict, models: dict[str, str], steps: int) -> dict:
+    """The same substitutions in the UI-format workflow (what a browser loads): widget values, and the stock
+    CLIPLoader node turned into Lumina2T_LoadTinyCLIP in place (same id, links and output)."""
+    from ..comfy_workflow import widget_names
+
+    wf = copy.deepcopy(workflow)
+    sets = tiny_settings(models, steps)
+    for node in wf["nodes"]:
+        node.get("properties", {}).pop("models", None)  # the real files' downloads, not the tiny ones
+        if node["type"] == "CLIPLoader":
+            node["type"], node["widgets_values"] = "Lumina2T_LoadTinyCLIP", [models["text_encoder"]]
+            node["properties"] = {"Node name for S&R": "Lumina2T_LoadTinyCLIP"}
+            continue
+        if node["type"] not in sets:
+            continue
+        values, i = list(node.get("widgets_values") or []), 0
+        for name, count in widget_names(object_info[node["type"]]):
+            if name in sets[node["type"]] and i < len(values):
+                values[i] = sets[node["type"]][name]
+            i += count
+        node["widgets_values"] = values
+    return wf
 
 
 # ---------------------------------------------------------------- checks

@@ -60,6 +60,15 @@ def _import_comfy(root: Path) -> SimpleNamespace:
 
 
 @pytest.fixture(scope="session")
+def comfy_path() -> Path:
+    """The ComfyUI folder, for tests that run a server in another process (nothing is imported here)."""
+    root, why = comfy_root()
+    if root is None:
+        pytest.skip(why)
+    return root
+
+
+@pytest.fixture(scope="session")
 def comfy() -> SimpleNamespace:
     """ComfyUI's modules, imported in-process on CPU (skips all tests here when unavailable)."""
     root, why = comfy_root()

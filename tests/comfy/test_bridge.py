@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lumina2_train.comfy_bridge import comfy_hooks
+from lumina2_train.comfy_bridge import comfy_hooks, compile_status, preview_grid
 from lumina2_train.train import StepInfo, ValidationImages
 
 pytestmark = pytest.mark.comfy
@@ -69,3 +69,25 @@ def test_no_server_running_is_fine(comfy):
         hooks.on_status("training", "")
     finally:
         comfy.server.PromptServer.instance = old
+
+
+def test_compile_status_until_the_first_step_on_cuda_only(comfy, monkeypatch):
+    from lumina2_train.train import TrainHooks
+
+    seen = []
+    hooks = TrainHooks(on_status=lambda s, d: seen.append(s), on_step=lambda info: seen.append(info.step))
+    assert compile_status(hooks, True) is hooks  # CPU: train.compile does not apply
+    assert compile_status(hooks, False) is hooks
+    monkeypatch.setattr(comfy.mm, "get_torch_device", lambda: torch.device("cuda"))
+    wrapped = compile_status(hooks, True)
+    wrapped.on_status("validating", "step 0")
+    wrapped.on_status("training", "step 0/10")
+    wrapped.on_step(_info(1))
+    wrapped.on_step(_info(2))
+    assert seen == ["validating", "compiling", "training", 1, 2]
+
+
+def test_preview_grid_is_one_image():
+    grid = preview_grid(torch.rand(3, 32, 48, 3))  # (N, H, W, 3): 2 x 2 grid
+    assert grid.shape == (1, 64, 96, 3) and 0.0 <= float(grid.min()) and float(grid.max()) <= 1.0
+    assert preview_grid(None).shape == (1, 64, 64, 3) and float(preview_grid(None).max()) == 0.0

@@ -83,6 +83,20 @@ def test_advanced_train_node_exposes_every_train_and_save_option(pack):
     assert dataclasses.asdict(options.save_from_widgets(defaults)) == dataclasses.asdict(SaveConfig())
 
 
+def test_seeds_have_no_control_widget_and_the_train_nodes_output_the_samples_last(pack):
+    """The frontend gives any INT named seed a 'control after generate' widget (randomize) unless the input says
+    False: a training seed must stay put, and workflows must store one value per seed widget."""
+    for node_id, cls in pack.nodes.items():
+        for specs in cls.GET_NODE_INFO_V1()["input"].values():
+            for name, spec in specs.items():
+                if name in ("seed", "noise_seed"):
+                    assert spec[1].get("control_after_generate") is False, f"{node_id}.{name}"
+    for node_id in ("Lumina2T_TrainLoRA", "Lumina2T_TrainLoRAAdvanced"):
+        outputs = pack.nodes[node_id].GET_SCHEMA().outputs
+        assert [o.id for o in outputs][:5] == ["trained_model", "lora", "loss", "lora_path", "samples"]
+        assert str(outputs[4].io_type) == "IMAGE"
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
 def test_example_workflow_uses_registered_nodes_and_validates(pack, comfy, comfy_models, path):
     workflow = json.loads(path.read_text(encoding="utf-8"))

@@ -83,8 +83,9 @@ def test_dataset_and_cache_nodes_report(settings):
 
 
 def test_train_node_outputs_and_file(pack, trained, comfy_models):
-    model, lora, loss, path = trained["out"].args
+    model, lora, loss, path, samples = trained["out"].args
     assert path == str(comfy_models["loras"] / "unit" / "tiny.safetensors")
+    assert samples.shape == (1, 64, 64, 3) and float(samples.max()) <= 1.0  # the grid of the 1 validation sample
     assert len(loss["loss"]) == 3 and all(v == v for v in loss["loss"])
     with safe_open(path, framework="pt") as f:
         keys, meta = set(f.keys()), f.metadata()
@@ -104,7 +105,7 @@ def test_input_model_is_bit_identical_after_training(trained):
 
 
 def test_file_loads_in_stock_comfyui_and_equals_train_node_model(comfy, comfy_model, trained, caplog):
-    model, lora, _, _ = trained["out"].args
+    model, lora, *_ = trained["out"].args
     with caplog.at_level(logging.WARNING), torch.inference_mode():
         (stock,) = comfy.nodes.LoraLoaderModelOnly().load_lora_model_only(comfy_model, "unit/tiny.safetensors", 1.0)
     assert not [r for r in caplog.records if "not loaded" in r.getMessage().lower()]
@@ -127,6 +128,7 @@ def test_advanced_node_trains_after_a_lora_was_patched_in(pack, comfy, comfy_mod
     with safe_open(out.args[3], framework="pt") as f:
         assert all(k.startswith("lora_unet_") for k in f.keys())
     assert len(out.args[2]["loss"]) == 1
+    assert out.args[4].shape == (1, 64, 64, 3) and float(out.args[4].max()) == 0.0  # no validation: black
 
 
 def test_cancel_leaves_a_checkpoint_and_resume_continues_the_step_count(pack, comfy, comfy_model, comfy_models,
@@ -146,6 +148,7 @@ def test_cancel_leaves_a_checkpoint_and_resume_continues_the_step_count(pack, co
     job = jobs.history("9")["job"]
     assert job["status"] == "cancelled" and [s["step"] for s in job["steps"]] == [1, 2]
     assert job["checkpoint"].endswith("cancel/checkpoints/step_00000002")
+    assert job["checkpoint"] in job["detail"] and "set resume_from to 'cancel'" in job["detail"]  # the status line
     assert not (comfy_models["loras"] / "unit" / "cancel.safetensors").exists()
 
     out = run_node(pack, TRAIN, unique_id="9", **train_inputs(pack, settings, model=comfy_model,
@@ -158,7 +161,7 @@ def test_cancel_leaves_a_checkpoint_and_resume_continues_the_step_count(pack, co
 
 
 def test_save_lora_and_plot_loss(pack, trained):
-    _, lora, loss, _ = trained["out"].args
+    _, lora, loss, *_ = trained["out"].args
     for fmt, prefix in (("kohya", "lora_unet_"), ("diffusers", "transformer.")):
         (path,) = run_node(pack, "Lumina2T_SaveLoRA", lora=lora, name=f"unit/export_{fmt}", format=fmt, dtype="fp32",
                            destination="output" if fmt == "diffusers" else "loras").args
