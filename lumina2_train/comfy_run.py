@@ -2,6 +2,11 @@
 MODEL clone patched from that file's state dict through ComfyUI's own LoRA loader (DESIGN decision 3), the loss
 history; plus the Save LoRA and Plot Loss nodes' work.
 
+A full fine-tune (adapter.kind 'full') writes the whole fine-tuned diffusion model into models/diffusion_models
+instead (what UNETLoader lists); its MODEL output is the input MODEL patched, through the same LoRA loader, with
+the `.diff` patches that turn its weights into the file's (fullmodel.diff_state_dict), and its diffusers folder
+goes into the run folder. Trackers (tracking.*) and the Hub upload (hub.*) run as in the CLI.
+
 Order: every setting and path is checked before a model loads; then this process's training slot is taken
 (locks.training_lock), the MODEL is cloned and loaded (backbones/comfy.py), the loop runs with ComfyUI's progress,
 cancel and websocket hooks plus the job history the live chart reads (comfy_jobs.py). ComfyUI is imported inside
@@ -12,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +33,10 @@ LORA_SUFFIX = ".safetensors"
 
 @dataclass(frozen=True)
 class ComfyTrainOutput:
-    model: object  # ComfyUI MODEL clone with the saved LoRA patched in
-    lora: dict[str, torch.Tensor]  # the saved file's state dict (ComfyUI's LORA_MODEL)
+    model: object  # ComfyUI MODEL clone with the saved LoRA (full fine-tune: the .diff patches) patched in
+    lora: dict[str, torch.Tensor]  # the saved file's state dict (ComfyUI's LORA_MODEL); full: the .diff patches
     losses: dict  # {"loss": [float, ...]}, ComfyUI's LOSS_MAP
-    path: Path  # the LoRA file in models/loras
+    path: Path  # the LoRA file in models/loras; full: the diffusion-model file in models/diffusion_models
     step: int
     run_dir: Path
     checkpoint: Path | None
@@ -72,6 +79,15 @@ def comfy_loras_root() -> Path:
     return Path(folder_paths.get_folder_paths("loras")[0])
 
 
+def comfy_diffusion_models_root() -> Path:
+    """Where a full fine-tune goes: the first of ComfyUI's "diffusion_models" folders named so (a stock install
+    lists the legacy models/unet first), else the first one. UNETLoader (Load Diffusion Model) lists both."""
+    import folder_paths
+
+    paths = [Path(p) for p in folder_paths.get_folder_paths("diffusion_models")]
+    return next((p for p in paths if p.name == "diffusion_models"), paths[0])
+
+
 # ---------------------------------------------------------------- checks before any model loads
 
 def check_cached_prompts(cache, cfg: RunConfig) -> None:
@@ -92,23 +108,27 @@ def check_cached_prompts(cache, cfg: RunConfig) -> None:
 
 
 def prepare_config(cfg: RunConfig, cache, lora_name: str) -> tuple[RunConfig, Path]:
-    """(validated RunConfig with the cache's data and ComfyUI's folders filled in, the LoRA file to write)."""
+    """(validated RunConfig with the cache's data and ComfyUI's folders filled in, the file to write: a LoRA in
+    models/loras, or a full fine-tune's diffusion model in models/diffusion_models)."""
     from .comfy_data import output_root
 
     out = output_root()
-    lora_path = lora_file(comfy_loras_root(), lora_name)
+    full = cfg.adapter.kind == "full"
+    lora_path = lora_file(comfy_diffusion_models_root() if full else comfy_loras_root(), lora_name)
     save = dataclasses.replace(cfg.save, output_dir=str(out), name=lora_path.stem)
     cfg = dataclasses.replace(cfg, data=cache.data, cache=cache.config, save=save,
                               resume_from=resume_folder(out, cfg.resume_from)).validate()
-    if cfg.save.format not in ("comfyui", "kohya"):
+    if not full and cfg.save.format not in ("comfyui", "kohya"):  # full: always a UNETLoader file
         raise ConfigError(f"save.format '{cfg.save.format}': the Train node writes files ComfyUI loads (comfyui or "
                           "kohya). Export other formats with the Save LoRA node")
     check_cached_prompts(cache, cfg)
     import comfy.model_management as mm
 
     from .train.optim import check_available
+    from .train.trackers import check_trackers
 
     check_available(cfg.train, mm.get_torch_device().type)
+    check_trackers(cfg)  # a missing tensorboard / wandb fails here, before any model loads
     return cfg, lora_path
 
 
@@ -135,14 +155,21 @@ def train_in_comfy(model, cache, cfg: RunConfig, *, lora_name: str, node_id: str
                    workflow: dict | None = None) -> ComfyTrainOutput:
     """Train an adapter on ComfyUI MODEL `model` from `cache`; write it to models/loras and patch it into a clone.
 
+    A full fine-tune (adapter.kind 'full') trains copies of the chosen weights, writes the whole fine-tuned
+    diffusion model to models/diffusion_models (and a diffusers folder to the run folder) and patches the
+    differences to the input MODEL's weights into the clone as `.diff` patches.
+
     Args:
-        cfg: adapter, train, validation and save settings (+ resume_from, relative to output/lumina2_train); its
-            data and cache sections come from `cache`, its output folder from ComfyUI.
-        lora_name: file name under models/loras (a subfolder is allowed); a free name is chosen if it exists.
+        cfg: adapter, train, validation, save, tracking and hub settings (+ resume_from, relative to
+            output/lumina2_train); its data and cache sections come from `cache`, its output folder from ComfyUI.
+        lora_name: file name under models/loras (full: models/diffusion_models; a subfolder is allowed); a free
+            name is chosen if it exists.
         vae: decodes validation samples into previews (optional).
     Raises:
-        ConfigError, CheckpointError, ModelError, BusyError (another training runs in this process), FormatError;
-        ComfyUI's InterruptProcessingException on cancel and torch.OutOfMemoryError, after a resumable checkpoint.
+        ConfigError, CheckpointError, ModelError, BusyError (another training runs in this process), FormatError,
+        OptionalDependencyError (a chosen tracker's package is missing); HubError (hub.push failed) after every
+        local file is written; ComfyUI's InterruptProcessingException on cancel and torch.OutOfMemoryError, after
+        a resumable checkpoint.
     """
     from .backbones.comfy import ComfyBackbone
     from .comfy_bridge import apply_lora_to_model, comfy_hooks, compile_status, training_mode
@@ -159,17 +186,47 @@ def train_in_comfy(model, cache, cfg: RunConfig, *, lora_name: str, node_id: str
     with reporting_stop(hooks, job, run_dir, cfg.save.output_dir), training_lock(f"Train node {node_id}"):
         hooks.on_status("loading", "the MODEL onto the training device")
         backbone = ComfyBackbone.from_model_patcher(model)
-        with training_mode():
-            trainer = Trainer(cfg, backbone, cache, hooks, run_dir=run_dir, lora_path=lora_path,
-                              decode=_decoder(vae), workflow=workflow)
+        with training_mode(), _publishing(cfg, run_dir) as publish:
+            trainer = Trainer(cfg, backbone, cache, combine_hooks(hooks, publish), run_dir=run_dir,
+                              lora_path=lora_path, decode=_decoder(vae), workflow=workflow)
             result = trainer.run()
+        sd = _patches(cfg, result, backbone, lora_path)
         del backbone, trainer
-    sd = load_lora_state_dict(lora_path)
     patched = apply_lora_to_model(model, sd)
     finish_job(job, "done", str(lora_path))
-    log.info("LoRA written to %s (%d steps); run folder %s", lora_path, result.step, result.run_dir)
+    log.info("%s written to %s (%d steps); run folder %s", "Model" if cfg.adapter.kind == "full" else "LoRA",
+             lora_path, result.step, result.run_dir)
+    if cfg.hub.push:
+        from .hub import push_run
+
+        push_run(cfg, result)  # raises HubError when offline; every local file is written by now
     return ComfyTrainOutput(patched, sd, {"loss": list(result.losses)}, lora_path, result.step, result.run_dir,
                             result.checkpoint, _previews(result.validations))
+
+
+@contextmanager
+def _publishing(cfg: RunConfig, run_dir: Path) -> Iterator[object]:
+    """The hooks of the trackers in cfg.tracking and of hub.push_checkpoints, closed when the run ends."""
+    from .hub import hub_hooks
+    from .train import combine_hooks
+    from .train.trackers import tracker_hooks
+
+    tracking, close = tracker_hooks(cfg, run_dir)
+    try:
+        yield combine_hooks(tracking, hub_hooks(cfg))
+    finally:
+        close()
+
+
+def _patches(cfg: RunConfig, result, backbone, path: Path) -> dict[str, torch.Tensor]:
+    """What the MODEL output gets patched with: the saved LoRA file's tensors, or a full fine-tune's `.diff`
+    patches from its saved file to the loaded MODEL's weights (needs the trained clone still loaded)."""
+    if cfg.adapter.kind != "full":
+        return load_lora_state_dict(path)
+    from .fullmodel import diff_state_dict
+
+    with torch.no_grad():
+        return diff_state_dict(result.adapters, backbone, saved=path)
 
 
 def _previews(validations) -> torch.Tensor | None:
@@ -190,7 +247,8 @@ def load_lora_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def save_lora_file(lora: dict[str, torch.Tensor], name: str, *, fmt: str, dtype: str, destination: str) -> Path:
     """Write a LORA_MODEL state dict as `fmt` under models/loras or output/lumina2_train/loras (never overwriting).
 
-    Plain LoRA converts between every format; LoHa, LoKr and DoRA files are written in ComfyUI's layout only.
+    Plain LoRA converts between every format; LoHa, LoKr and DoRA files, and a full fine-tune's `.diff` patches
+    (a full-rank LoRA, as large as the trained weights), are written in ComfyUI's layout only.
     """
     from .formats import SAVE_DTYPES, detect_format, lora_metadata, read_lora, save_lora, save_state_dict
 
@@ -205,8 +263,9 @@ def save_lora_file(lora: dict[str, torch.Tensor], name: str, *, fmt: str, dtype:
                    for k in sd)
     if not is_plain:
         if fmt != "comfyui":
-            raise ConfigError(f"format '{fmt}': this adapter is LoHa, LoKr or DoRA, which only the comfyui layout "
-                              "holds. Choose 'comfyui'")
+            raise ConfigError(f"format '{fmt}': this adapter is LoHa, LoKr, DoRA or a full fine-tune's .diff "
+                              "patches, which only the comfyui layout holds. Choose 'comfyui' (a full fine-tune's "
+                              "model file is already in models/diffusion_models)")
         detect_format(sd.keys())
         return save_state_dict(sd, path, dtype, {"modelspec.architecture": "lumina-2/lora"})
     mods = read_lora(sd)
@@ -226,5 +285,5 @@ def loss_image(losses: dict, *, log_scale: bool = False, width: int = 720, heigh
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]
 
 
-__all__ = ["ComfyTrainOutput", "check_cached_prompts", "load_lora_state_dict", "lora_file", "loss_image",
-           "prepare_config", "resume_folder", "save_lora_file", "train_in_comfy"]
+__all__ = ["ComfyTrainOutput", "check_cached_prompts", "comfy_diffusion_models_root", "load_lora_state_dict",
+           "lora_file", "loss_image", "prepare_config", "resume_folder", "save_lora_file", "train_in_comfy"]

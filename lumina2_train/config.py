@@ -228,6 +228,12 @@ class AdapterConfig:
             out += _choice(f"{at}.targets", t, TARGET_GROUPS)
         if not self.targets and self.kind != "full":
             out.append(f"{at}.targets is empty; choose at least one of {', '.join(TARGET_GROUPS)}")
+        if self.kind == "full" and self.init_from:
+            out.append(f"{at}.init_from is set but kind is 'full': a full fine-tune starts from the model it is "
+                       "given; load a fine-tuned model file as that model instead, or clear init_from")
+        if self.kind == "full" and self.init_from:
+            out.append(f"{at}.init_from is set but kind is 'full': a full fine-tune starts from the model it is "
+                       "given; load a fine-tuned model file as that model instead, or clear init_from")
         if self.blocks != "all":
             try:
                 parse_block_spec(self.blocks, 10_000)
@@ -489,7 +495,17 @@ class RunConfig:
         return (self.data.errors("data") + self.model.errors("model") + self.cache.errors("cache")
                 + self.adapter.errors("adapter") + self.train.errors("train")
                 + self.validation.errors("validation") + self.save.errors("save")
-                + self.tracking.errors("tracking") + self.hub.errors("hub"))
+                + self.tracking.errors("tracking") + self.hub.errors("hub") + self._format_errors())
+
+    def _format_errors(self) -> list[str]:
+        """LoHa, LoKr and DoRA files exist only in the comfyui layout (found now, not when the file is saved)."""
+        a = self.adapter
+        if a.kind in ("loha", "lokr") or (a.kind == "lora" and a.use_dora):
+            if self.save.format != "comfyui":
+                what = "DoRA" if a.kind == "lora" else a.kind
+                return [f"save.format '{self.save.format}' cannot hold a {what} adapter (kohya and diffusers files "
+                        "hold plain LoRA); set save.format to comfyui"]
+        return []
 
     def validate(self, *, need_data: bool = True) -> RunConfig:
         errs = self.errors()

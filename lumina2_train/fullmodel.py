@@ -36,12 +36,28 @@ def finetuned_state_dict(adapters, backbone, dtype: torch.dtype = torch.bfloat16
     return out
 
 
-def diff_state_dict(adapters, backbone) -> dict[str, torch.Tensor]:
-    """{'diffusion_model.<m>.diff': W_trained − W_base} for ComfyUI's LoRA path (a full-rank "LoRA")."""
+def diff_state_dict(adapters, backbone, saved: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """{'diffusion_model.<m>.diff': W_trained − W_base} for ComfyUI's LoRA path (a full-rank "LoRA").
+
+    W_trained is each adapter's weight (fp32 diffs), or, given `saved` (the file save_diffusion_model wrote), that
+    file's tensor: the patches then reproduce what UNETLoader loads from the file (the EMA weights when those were
+    saved, the file's rounding), in the file's dtype (a bf16 file's patches take half the memory of fp32 ones).
+    """
+    if saved is None:
+        out = {}
+        for name, mod in adapters.items():
+            base = backbone.base_weight(name)
+            out[f"{COMFY_PREFIX}{name}.diff"] = (mod.adapted_weight(base) - base).cpu().contiguous()
+        return out
+    from safetensors import safe_open
+
     out = {}
-    for name, mod in adapters.items():
-        base = backbone.base_weight(name)
-        out[f"{COMFY_PREFIX}{name}.diff"] = (mod.adapted_weight(base) - base).cpu().contiguous()
+    with safe_open(str(saved), framework="pt") as f:
+        for name in adapters.names:
+            trained = f.get_tensor(f"{name}.weight")
+            base = backbone.base_weight(name).float()
+            diff = trained.to(base.device, torch.float32) - base
+            out[f"{COMFY_PREFIX}{name}.diff"] = diff.to("cpu", trained.dtype).contiguous()
     return out
 
 

@@ -85,9 +85,10 @@ def model_card(cfg: RunConfig, *, lora_file: str, step: int, samples: list[tuple
     title = cfg.hub.model_id.split("/")[-1] if cfg.hub.model_id else Path(cfg.save.name).name
     prompts = [p for _, p in named_prompts(cfg.validation)]
     what = KIND_NAMES.get(cfg.adapter.kind, f"A {cfg.adapter.kind}")
+    weights = "the whole diffusion model with native keys: ComfyUI's Load Diffusion Model reads it" \
+        if cfg.adapter.kind == "full" else f"format: {cfg.save.format}; ComfyUI's LoraLoader reads the default format"
     body = ["", f"# {title}", "", f"{what} of [{BASE_MODEL}](https://huggingface.co/{BASE_MODEL}), "
-            f"trained with comfyui-lumina2-train. Weights: `{lora_file}` (format: {cfg.save.format}; ComfyUI's "
-            "LoraLoader reads the default format).", ""]
+            f"trained with comfyui-lumina2-train. Weights: `{lora_file}` ({weights}).", ""]
     triggers = trigger_prompts(cfg)
     if triggers:
         body += ["## Trigger words", "", *[f"- `{p}`" for p in triggers], ""]

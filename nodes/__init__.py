@@ -6,11 +6,11 @@ named `nodes`, like ComfyUI's own `nodes` module.
 
 from __future__ import annotations
 
-from . import adapter, cache, dataset, dev, save, train, validation
+from . import adapter, cache, dataset, dev, save, tracking, train, validation
 from ._api import ComfyExtension, io
 
-NODES: list[type[io.ComfyNode]] = [*dataset.NODES, *cache.NODES, *adapter.NODES, *validation.NODES, *train.NODES,
-                                   *save.NODES, *dev.NODES]
+NODES: list[type[io.ComfyNode]] = [*dataset.NODES, *cache.NODES, *adapter.NODES, *validation.NODES, *tracking.NODES,
+                                   *train.NODES, *save.NODES, *dev.NODES]
 
 
 class Lumina2TrainExtension(ComfyExtension):

@@ -1,4 +1,5 @@
-"""3 Train: Configure Adapter -> LUMINA2T_ADAPTER (LoRA / LoHa / LoKr / DoRA settings and target layers)."""
+"""3 Train: Configure Adapter -> LUMINA2T_ADAPTER (LoRA / LoHa / LoKr / DoRA / full fine-tune settings and target
+layers)."""
 
 from __future__ import annotations
 
@@ -33,11 +34,16 @@ class ConfigureAdapter(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="Lumina2T_ConfigureAdapter", display_name="Configure Adapter (Lumina2)", category=CATEGORY,
-            description="LoRA / LoHa / LoKr (+ DoRA) settings and which layers to train. Feeds the Train node.",
+            description="LoRA / LoHa / LoKr (+ DoRA) settings, or a full fine-tune, and which layers to train. "
+                        "Feeds the Train node.",
             inputs=[
-                io.Combo.Input("kind", options=["lora", "loha", "lokr"], default=_A.kind,
+                io.Combo.Input("kind", options=["lora", "loha", "lokr", "full"], default=_A.kind,
                                tooltip="lora: low-rank pair per layer. loha: Hadamard product of two pairs. lokr: "
-                                       "Kronecker product (very small files). All load in stock ComfyUI."),
+                                       "Kronecker product (very small files). All load in stock ComfyUI. full: train "
+                                       "the chosen layers' weights themselves (a copy; the MODEL is never changed) "
+                                       "and save the whole model to models/diffusion_models for Load Diffusion "
+                                       "Model; rank, alpha, dropout, init, DoRA and init_from do not apply, and "
+                                       "with no target ticked every layer trains."),
                 io.Int.Input("rank", default=_A.rank, min=1, max=1024, tooltip="Rank (dimension) of the adapter."),
                 io.Float.Input("alpha", default=_A.alpha, min=0.0, max=4096.0, step=0.5,
                                tooltip="Scale = alpha / rank. alpha = rank trains at scale 1."),
@@ -45,7 +51,8 @@ class ConfigureAdapter(io.ComfyNode):
                                tooltip="Dropout on the adapter's input during training (0 = off)."),
                 io.Combo.Input("init", options=list(LORA_INITS), default=_A.init,
                                tooltip="default: PEFT's init (kaiming down, zero up). gaussian: N(0, 1/rank) down."),
-                *[io.Boolean.Input(f"target_{g}", default=g in _A.targets, tooltip=f"Train {tip}.")
+                *[io.Boolean.Input(f"target_{g}", default=g in _A.targets,
+                                   tooltip=f"Train {tip}. (kind full: none ticked = every layer.)")
                   for g, tip in _GROUP_TIPS.items()],
                 io.String.Input("blocks", default=_A.blocks,
                                 tooltip="Main blocks to adapt: 'all', or indices and ranges like '0-12,20,25' "

@@ -16,7 +16,9 @@ class SaveLoRA(io.ComfyNode):
             node_id="Lumina2T_SaveLoRA", display_name="Save LoRA (Lumina2)", category=CATEGORY,
             description="Writes a LORA_MODEL (the Train node's 'lora') as a ComfyUI, kohya or diffusers file, under "
                         "models/loras or output/lumina2_train/loras. The Train node already saved a ComfyUI file; "
-                        "use this for another format or a copy.",
+                        "use this for another format or a copy. A full fine-tune's 'lora' holds .diff patches: "
+                        "they save as a full-rank LoRA file (as large as the trained weights) that LoRA loaders "
+                        "apply at any strength; the model itself is already in models/diffusion_models.",
             inputs=[
                 io.LoraModel.Input("lora", tooltip="The Train node's 'lora' output (or any LORA_MODEL)."),
                 io.String.Input("name", default="lumina2_lora_export",
@@ -24,8 +26,8 @@ class SaveLoRA(io.ComfyNode):
                 io.Combo.Input("format", options=list(LORA_FORMATS), default="comfyui",
                                tooltip="comfyui (native names, loads in ComfyUI), kohya (lora_unet_*, loads in "
                                        "ComfyUI and kohya tools) or diffusers (transformer.*, qkv split: for "
-                                       "diffusers' Lumina2Pipeline; ComfyUI cannot load it). LoHa/LoKr/DoRA: "
-                                       "comfyui only."),
+                                       "diffusers' Lumina2Pipeline; ComfyUI cannot load it). LoHa/LoKr/DoRA and "
+                                       "a full fine-tune's .diff patches: comfyui only."),
                 io.Combo.Input("dtype", options=list(SAVE_DTYPES), default="bf16", tooltip="dtype of the file."),
                 io.Combo.Input("destination", options=["loras", "output"], default="loras",
                                tooltip="loras: models/loras (listed by the LoRA loaders). output: "

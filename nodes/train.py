@@ -9,7 +9,7 @@ models/loras (LoraLoaderModelOnly lists it at once); checkpoints and previews to
 from __future__ import annotations
 
 from ..lumina2_train import comfy_bridge, comfy_run
-from ..lumina2_train.config import RunConfig, SaveConfig, TrainConfig, ValidationConfig
+from ..lumina2_train.config import HubConfig, RunConfig, SaveConfig, TrackingConfig, TrainConfig, ValidationConfig
 from ..lumina2_train.paths import name_problem
 from . import types
 from ._api import io, ui
@@ -28,8 +28,9 @@ def head_inputs() -> list[io.Input]:
         types.Cache.Input("cache", tooltip="Output of 'Cache Latents & Text'."),
         types.Adapter.Input("adapter", tooltip="Output of 'Configure Adapter'."),
         io.String.Input("lora_name", default=_S.name,
-                        tooltip="File name in models/loras (a subfolder like 'chars/alice' is allowed). An existing "
-                                "file is never overwritten: name_2, name_3, ... are used instead."),
+                        tooltip="File name in models/loras (a subfolder like 'chars/alice' is allowed); a full "
+                                "fine-tune's model goes to models/diffusion_models under this name. An existing file "
+                                "is never overwritten: name_2, name_3, ... are used instead."),
     ]
 
 
@@ -43,6 +44,10 @@ def tail_inputs() -> list[io.Input]:
                         tooltip="Resume a run: its folder under output/lumina2_train (e.g. 'my_lora') or one of its "
                                 "checkpoints ('my_lora/checkpoints/step_00000100'). Settings must match the run's; "
                                 "steps may grow. Empty = a new run."),
+        types.Tracking.Input("tracking", optional=True,
+                             tooltip="Tracking Settings: log to TensorBoard / Weights & Biases (run folder's logs/)."),
+        types.Hub.Input("hub", optional=True,
+                        tooltip="Hub Upload Settings: upload the result to the Hugging Face Hub after training."),
     ]
 
 
@@ -50,11 +55,14 @@ def outputs() -> list[io.Output]:
     return [
         io.Model.Output("trained_model", display_name="model",
                         tooltip="A clone of the input MODEL with the saved LoRA applied (what "
-                                "LoraLoaderModelOnly gives from the file). Connect it to KSampler."),
+                                "LoraLoaderModelOnly gives from the file; a full fine-tune: what Load Diffusion "
+                                "Model gives from its file). Connect it to KSampler."),
         io.LoraModel.Output("lora", display_name="lora",
-                            tooltip="The LoRA's tensors, as saved (for Save LoRA or Load LoRA Model)."),
+                            tooltip="The LoRA's tensors, as saved (for Save LoRA or Load LoRA Model); a full "
+                                    "fine-tune: its .diff patches to the input MODEL."),
         io.LossMap.Output("loss", display_name="loss", tooltip="Loss per optimizer step (for Plot Loss)."),
-        io.String.Output("lora_path", display_name="lora_path", tooltip="Path of the saved LoRA file."),
+        io.String.Output("lora_path", display_name="lora_path",
+                         tooltip="Path of the saved LoRA file (a full fine-tune: of the diffusion-model file)."),
         io.Image.Output("samples", display_name="samples",
                         tooltip="The final validation samples in one grid image (what the node shows); a black "
                                 "64 px image when no validation ran (no prompts or no VAE)."),
@@ -67,15 +75,17 @@ def check_lora_name(lora_name) -> bool | str:
 
 
 def run_training(cls, model, cache, adapter, lora_name: str, train: TrainConfig, save: SaveConfig,
-                 validation: ValidationConfig | None, vae, resume_from: str) -> io.NodeOutput:
+                 validation: ValidationConfig | None, vae, resume_from: str, *, tracking: TrackingConfig | None = None,
+                 hub: HubConfig | None = None) -> io.NodeOutput:
     """What both Train nodes do once their widgets are configs."""
     cfg = RunConfig(adapter=adapter, train=train, validation=validation or ValidationConfig(), save=save,
-                    resume_from=resume_from or "")
+                    resume_from=resume_from or "", tracking=tracking or TrackingConfig(), hub=hub or HubConfig())
     workflow = (cls.hidden.extra_pnginfo or {}).get("workflow") if isinstance(cls.hidden.extra_pnginfo, dict) \
         else None
     out = comfy_run.train_in_comfy(model, cache, cfg, lora_name=lora_name, node_id=cls.hidden.unique_id, vae=vae,
                                    workflow=workflow)
-    text = f"{out.step} steps, final loss {out.losses['loss'][-1]:.4f}\nLoRA: {out.path}\nrun folder: {out.run_dir}"
+    what = "Model" if adapter.kind == "full" else "LoRA"
+    text = f"{out.step} steps, final loss {out.losses['loss'][-1]:.4f}\n{what}: {out.path}\nrun folder: {out.run_dir}"
     shown = {"text": (text,)}
     if out.previews is not None:
         shown |= ui.PreviewImage(out.previews, cls=cls).as_dict()
@@ -90,7 +100,8 @@ class TrainLoRA(io.ComfyNode):
             node_id="Lumina2T_TrainLoRA", display_name="Train LoRA (Lumina2)", category=CATEGORY,
             description="Trains the adapter on the cache with Lumina2's recipe, showing progress, a live loss chart "
                         "and previews; the stop button cancels within one step and leaves a resumable checkpoint. "
-                        "Writes the LoRA to models/loras and outputs the MODEL with it applied.",
+                        "Writes the LoRA to models/loras (a full fine-tune: the model to models/diffusion_models) "
+                        "and outputs the MODEL with it applied.",
             inputs=[
                 *head_inputs(),
                 io.Int.Input("steps", default=_T.steps, min=1, max=10_000_000, tooltip="Optimizer steps."),
@@ -116,10 +127,12 @@ class TrainLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, cache, adapter, lora_name: str, steps: int, lr: float, batch_size: int, seed: int,
-                save_every_n_steps: int, validation=None, vae=None, resume_from: str = "") -> io.NodeOutput:
+                save_every_n_steps: int, validation=None, vae=None, resume_from: str = "", tracking=None,
+                hub=None) -> io.NodeOutput:
         train = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed)
         save = SaveConfig(every_n_steps=save_every_n_steps)
-        return run_training(cls, model, cache, adapter, lora_name, train, save, validation, vae, resume_from)
+        return run_training(cls, model, cache, adapter, lora_name, train, save, validation, vae, resume_from,
+                            tracking=tracking, hub=hub)
 
 
 class TrainLoRAAdvanced(io.ComfyNode):
@@ -142,9 +155,10 @@ class TrainLoRAAdvanced(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, cache, adapter, lora_name: str, validation=None, vae=None, resume_from: str = "",
-                **widgets) -> io.NodeOutput:
+                tracking=None, hub=None, **widgets) -> io.NodeOutput:
         train, save = train_from_widgets(widgets), save_from_widgets(widgets)
-        return run_training(cls, model, cache, adapter, lora_name, train, save, validation, vae, resume_from)
+        return run_training(cls, model, cache, adapter, lora_name, train, save, validation, vae, resume_from,
+                            tracking=tracking, hub=hub)
 
 
 NODES = [TrainLoRA, TrainLoRAAdvanced]

@@ -5,6 +5,8 @@ Each carries a frozen library object, never a mutable one:
     LUMINA2T_CACHE       lumina2_train.cache.CacheHandle        Cache Latents & Text -> Train
     LUMINA2T_ADAPTER     lumina2_train.config.AdapterConfig     Configure Adapter -> Train
     LUMINA2T_VALIDATION  lumina2_train.config.ValidationConfig  Validation Settings -> Cache and Train
+    LUMINA2T_TRACKING    lumina2_train.config.TrackingConfig    Tracking Settings -> Train
+    LUMINA2T_HUB         lumina2_train.config.HubConfig         Hub Upload Settings -> Train
 ComfyUI's own types are used where they exist: MODEL, CLIP, VAE, IMAGE, LORA_MODEL (a state dict, as ComfyUI's
 trainer and LoRA Model Loader use it), LOSS_MAP ({"loss": [float, ...]}, as ComfyUI's Plot Loss Graph reads it).
 """
@@ -17,5 +19,7 @@ Dataset = io.Custom("LUMINA2T_DATASET")
 Cache = io.Custom("LUMINA2T_CACHE")
 Adapter = io.Custom("LUMINA2T_ADAPTER")
 Validation = io.Custom("LUMINA2T_VALIDATION")
+Tracking = io.Custom("LUMINA2T_TRACKING")
+Hub = io.Custom("LUMINA2T_HUB")
 
-__all__ = ["Adapter", "Cache", "Dataset", "Validation"]
+__all__ = ["Adapter", "Cache", "Dataset", "Hub", "Tracking", "Validation"]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from ..lumina2_train import comfy_data
 from ..lumina2_train.config import ValidationConfig
+from ..lumina2_train.errors import ConfigError
 from . import types
 from ._api import advanced, io
 from .adapter import CATEGORY, check_config
 
 _V = ValidationConfig()
+_SIGMAS = ", ".join(f"{s:g}" for s in _V.eval_sigmas)
 
 
 class ConfigureValidation(io.ComfyNode):
@@ -54,6 +56,17 @@ class ConfigureValidation(io.ComfyNode):
                 advanced(io.String.Input("clip_model", default="",
                                          tooltip="Optional local transformers CLIP folder: scores each sample "
                                                  "against its prompt (CLIP score); empty = off.")),
+                # added after the others (optional): saved workflows keep their widget positions
+                advanced(io.Float.Input("guidance_rescale", default=_V.guidance_rescale, min=0.0, max=1.0, step=0.01,
+                                        optional=True,
+                                        tooltip="Rescale the guided prediction's spread towards the conditional "
+                                                "one's (0 = off; 0.7 in the 'Common Diffusion Noise Schedules' "
+                                                "paper).")),
+                advanced(io.Boolean.Input("disable_unconditional", default=_V.disable_unconditional, optional=True,
+                                          tooltip="Sample without the unconditional pass (no CFG; faster).")),
+                advanced(io.String.Input("eval_sigmas", default=_SIGMAS, optional=True,
+                                         tooltip="Noise levels (0 < sigma < 1, comma-separated) of the held-out "
+                                                 "loss.")),
             ],
             outputs=[types.Validation.Output("validation", display_name="validation",
                                              tooltip="For the Train node and for 'Cache Latents & Text'.")],
@@ -66,12 +79,25 @@ class ConfigureValidation(io.ComfyNode):
             else ""
 
     @classmethod
-    def execute(cls, prompts: str, prompt_library: str, clip_model: str, **widgets) -> io.NodeOutput:
+    def execute(cls, prompts: str, prompt_library: str, clip_model: str, eval_sigmas: str = _SIGMAS,
+                **widgets) -> io.NodeOutput:
         lines = tuple(p.strip() for p in prompts.splitlines() if p.strip())
         library = str(comfy_data.input_folder(prompt_library)) if prompt_library.strip() else ""
         cfg = ValidationConfig(prompts=lines, prompt_library=library, clip_model=clip_model.strip(),
-                               evaluation_type="clip" if clip_model.strip() else "none", **widgets)
+                               evaluation_type="clip" if clip_model.strip() else "none",
+                               eval_sigmas=parse_sigmas(eval_sigmas), **widgets)
         return io.NodeOutput(check_config(cfg, "validation"))
+
+
+def parse_sigmas(text: str) -> tuple[float, ...]:
+    """'0.1, 0.5' -> (0.1, 0.5) ('' = the default levels); ConfigError naming the widget for anything else."""
+    if not text.strip():
+        return _V.eval_sigmas
+    try:
+        return tuple(float(part) for part in text.replace(";", ",").split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"eval_sigmas: '{text}' is not a list of numbers. Write noise levels like "
+                          "'0.1, 0.3, 0.5'") from None
 
 
 NODES = [ConfigureValidation]

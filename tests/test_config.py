@@ -69,3 +69,19 @@ def test_toml_file_with_relative_paths(tmp_path):
     (tmp_path / "bad.json").write_text("{nope", encoding="utf-8")
     with pytest.raises(ConfigError, match="cannot be parsed"):
         load_run_config(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize(("adapter", "what"), [(AdapterConfig(kind="loha"), "loha"), (AdapterConfig(kind="lokr"), "lokr"),
+                                               (AdapterConfig(use_dora=True), "DoRA")])
+def test_lycoris_and_dora_need_the_comfyui_format_before_training(adapter, what):
+    from lumina2_train.config import SaveConfig
+
+    with pytest.raises(ConfigError, match=f"save.format 'kohya' cannot hold a {what} adapter"):
+        _cfg(adapter=adapter, save=SaveConfig(format="kohya")).validate()
+    _cfg(adapter=adapter).validate()
+    _cfg(adapter=AdapterConfig(kind="full", targets=()), save=SaveConfig(format="kohya")).validate()  # a model file
+
+
+def test_a_full_fine_tune_cannot_start_from_an_adapter_file():
+    with pytest.raises(ConfigError, match="adapter.init_from is set but kind is 'full'"):
+        _cfg(adapter=AdapterConfig(kind="full", init_from="x.safetensors")).validate()

@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
 EXPECTED = {"Lumina2T_LoadDataset", "Lumina2T_LoadImageDataset", "Lumina2T_CacheLatentsText",
             "Lumina2T_ConfigureAdapter", "Lumina2T_ConfigureValidation", "Lumina2T_TrainLoRA",
-            "Lumina2T_TrainLoRAAdvanced", "Lumina2T_SaveLoRA", "Lumina2T_PlotLoss", "Lumina2T_LoadTinyCLIP"}
+            "Lumina2T_TrainLoRAAdvanced", "Lumina2T_SaveLoRA", "Lumina2T_PlotLoss", "Lumina2T_LoadTinyCLIP",
+            "Lumina2T_ConfigureTracking", "Lumina2T_ConfigureHub"}
 
 
 def _object_info(comfy) -> dict:
@@ -62,7 +63,8 @@ def test_wire_types_are_ours_or_comfyuis(pack):
         schema = cls.GET_SCHEMA()
         ours |= {str(x.io_type) for x in [*schema.inputs, *schema.outputs]}
     custom = {t for t in ours if t.startswith("LUMINA2T_")}
-    assert custom == {"LUMINA2T_DATASET", "LUMINA2T_CACHE", "LUMINA2T_ADAPTER", "LUMINA2T_VALIDATION"}
+    assert custom == {"LUMINA2T_DATASET", "LUMINA2T_CACHE", "LUMINA2T_ADAPTER", "LUMINA2T_VALIDATION",
+                      "LUMINA2T_TRACKING", "LUMINA2T_HUB"}
     stock = ours - custom
     assert stock <= {"MODEL", "CLIP", "VAE", "IMAGE", "LORA_MODEL", "LOSS_MAP", "STRING", "INT", "FLOAT", "BOOLEAN",
                      "COMBO"}

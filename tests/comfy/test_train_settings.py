@@ -1,0 +1,129 @@
+"""The settings nodes that reach the CLI's remaining options: Tracking Settings (tracking.*), Hub Upload Settings
+(hub.*), the extra Validation Settings widgets; every config field has a widget or a documented reason; a Train run
+feeds the tracker and, offline, fails with HubError only after every local file is written."""
+
+import dataclasses
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from lumina2_train.config import HubConfig, TrackingConfig, ValidationConfig
+from lumina2_train.demo import write_demo_dataset
+
+pytestmark = pytest.mark.comfy
+# config fields that are not widgets, and why (docs/nodes.md says the same)
+NOT_WIDGETS = {
+    "validation": {"evaluation_type": "set by clip_model: 'clip' when a CLIP folder is given"},
+    "tracking": {"log_dir": "a workflow may not choose where files are written: logs go to <run folder>/logs"},
+}
+
+
+def run_node(pack, node_id: str, *, unique_id: str = "1", **inputs):
+    hidden = pack.module.nodes._api.io.Hidden
+    cls = pack.nodes[node_id].PREPARE_CLASS_CLONE({hidden.unique_id: unique_id, hidden.extra_pnginfo: None})
+    with torch.inference_mode():
+        return cls.EXECUTE_NORMALIZED(**inputs)
+
+
+def defaults(pack, node_id: str, **overrides) -> dict:
+    schema = pack.nodes[node_id].GET_SCHEMA()
+    return {**{i.id: i.default for i in schema.inputs if getattr(i, "default", None) is not None}, **overrides}
+
+
+@pytest.mark.parametrize(("node_id", "config", "section"), [
+    ("Lumina2T_ConfigureValidation", ValidationConfig, "validation"),
+    ("Lumina2T_ConfigureTracking", TrackingConfig, "tracking"),
+    ("Lumina2T_ConfigureHub", HubConfig, "hub"),
+])
+def test_every_config_field_has_a_widget_or_a_reason(pack, node_id, config, section):
+    widgets = {i.id for i in pack.nodes[node_id].GET_SCHEMA().inputs}
+    missing = {f.name for f in dataclasses.fields(config)} - widgets - set(NOT_WIDGETS.get(section, {}))
+    assert not missing, f"{section} fields without a widget on {node_id}: {missing}"
+
+
+def test_settings_nodes_make_their_configs(pack):
+    (tracking,) = run_node(pack, "Lumina2T_ConfigureTracking", report_to="tensorboard+wandb", project="p",
+                           run_name=" r ", log_every_n_steps=5).args
+    assert dataclasses.asdict(tracking) == dataclasses.asdict(TrackingConfig(("tensorboard", "wandb"), "p", "r", 5))
+    (hub,) = run_node(pack, "Lumina2T_ConfigureHub", model_id=" me/lora ", push=True, push_checkpoints=False,
+                      private=True).args
+    assert dataclasses.asdict(hub) == dataclasses.asdict(HubConfig(push=True, model_id="me/lora", private=True))
+    with pytest.raises(pack.lib("errors").ConfigError, match="hub.model_id"):
+        run_node(pack, "Lumina2T_ConfigureHub", model_id="", push=True, push_checkpoints=False, private=False)
+    (v,) = run_node(pack, "Lumina2T_ConfigureValidation", **defaults(
+        pack, "Lumina2T_ConfigureValidation", guidance_rescale=0.7, disable_unconditional=True,
+        eval_sigmas="0.2, 0.6")).args
+    assert (v.guidance_rescale, v.disable_unconditional, v.eval_sigmas) == (0.7, True, (0.2, 0.6))
+    with pytest.raises(pack.lib("errors").ConfigError, match="eval_sigmas"):
+        run_node(pack, "Lumina2T_ConfigureValidation", **defaults(pack, "Lumina2T_ConfigureValidation",
+                                                                  eval_sigmas="0.2, high"))
+    old = {k: v for k, v in defaults(pack, "Lumina2T_ConfigureValidation").items()  # a workflow saved before them
+           if k not in ("guidance_rescale", "disable_unconditional", "eval_sigmas")}
+    (v,) = run_node(pack, "Lumina2T_ConfigureValidation", **old).args
+    assert v.eval_sigmas == ValidationConfig().eval_sigmas
+
+
+@pytest.fixture(scope="module")
+def train_inputs(pack, comfy_clip, comfy_vae, comfy_model):
+    write_demo_dataset(pack.input / "shapes_settings", size_px=64)
+    dataset = run_node(pack, "Lumina2T_LoadDataset", **defaults(pack, "Lumina2T_LoadDataset", folder="shapes_settings",
+                                                                  resolution=64, min_size_px=0))
+    cache = run_node(pack, "Lumina2T_CacheLatentsText", dataset=dataset[0], clip=comfy_clip, vae=comfy_vae,
+                     **defaults(pack, "Lumina2T_CacheLatentsText"))[0]
+    adapter = run_node(pack, "Lumina2T_ConfigureAdapter", **defaults(pack, "Lumina2T_ConfigureAdapter", rank=2,
+                                                                      alpha=2.0, blocks="0", refiners=False))[0]
+    return defaults(pack, "Lumina2T_TrainLoRA", model=comfy_model, cache=cache, adapter=adapter, steps=2, lr=1e-3)
+
+
+def test_a_missing_tracker_package_fails_before_training(pack, comfy_models, train_inputs):
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed in ComfyUI's Python")
+    (tracking,) = run_node(pack, "Lumina2T_ConfigureTracking", report_to="wandb", project="p", run_name="",
+                           log_every_n_steps=1).args
+    with pytest.raises(pack.lib("errors").OptionalDependencyError, match="pip install wandb"):
+        run_node(pack, "Lumina2T_TrainLoRA", unique_id="31", tracking=tracking,
+                 **{**train_inputs, "lora_name": "unit/no_wandb"})
+    assert not (comfy_models["loras"] / "unit" / "no_wandb.safetensors").exists()
+
+
+class _Recorder:
+    """A tracker standing in for TensorBoard (not installed in ComfyUI's Python here)."""
+
+    def __init__(self):
+        self.steps, self.closed = [], False
+
+    def scalars(self, step, values):
+        self.steps.append((step, sorted(values)))
+
+    def images(self, step, v):
+        pass
+
+    def text(self, step, key, value):
+        self.steps.append((step, key))
+
+    def close(self):
+        self.closed = True
+
+
+def test_tracking_and_an_offline_hub_push(pack, comfy_models, train_inputs, monkeypatch):
+    trackers = pack.lib("train.trackers")
+    recorder = _Recorder()
+    monkeypatch.setattr(trackers, "check_trackers", lambda cfg: None)
+    monkeypatch.setattr(trackers, "_open", lambda cfg, run_dir: [recorder])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tracking,) = run_node(pack, "Lumina2T_ConfigureTracking", report_to="tensorboard", project="p", run_name="",
+                           log_every_n_steps=1).args
+    (hub,) = run_node(pack, "Lumina2T_ConfigureHub", model_id="me/tiny-lora", push=True, push_checkpoints=False,
+                      private=False).args
+    with pytest.raises(pack.lib("errors").HubError, match="hub.model_id 'me/tiny-lora'") as err:
+        run_node(pack, "Lumina2T_TrainLoRA", unique_id="32", tracking=tracking, hub=hub,
+                 **{**train_inputs, "lora_name": "unit/hubbed"})
+    assert (comfy_models["loras"] / "unit" / "hubbed.safetensors").is_file()  # written before the upload failed
+    run_dir = Path(re.search(r"complete in (\S+);", str(err.value)).group(1))
+    assert (run_dir / "README.md").is_file() and "hf upload me/tiny-lora" in str(err.value)
+    assert [s for s, keys in recorder.steps if isinstance(keys, list) and "train/loss" in keys] == [1, 2]
+    assert (2, "lora_path") in recorder.steps and recorder.closed
+    assert pack.lib("comfy_jobs").history("32")["job"]["status"] == "done"
