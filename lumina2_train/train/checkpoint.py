@@ -35,10 +35,12 @@ RESUME_KEYS = {
     "adapter": None,  # whole section
     "train": ("batch_size", "grad_accum", "optimizer", "betas", "eps", "weight_decay", "seed",
               "timestep_sampling", "shift_mode", "static_shift", "logit_mean", "logit_std", "loss_weighting",
-              "caption_dropout", "scheduler", "warmup_steps", "use_ema", "group_by_caption_length"),
+              "caption_dropout", "scheduler", "warmup_steps", "use_ema", "group_by_caption_length",
+              "optimizer_states", "optimizer_in_backward"),  # the optimiser state's layout depends on both
 }
 # Values of resume-critical settings that older checkpoints predate (what those runs did).
-RESUME_DEFAULTS = {("train", "group_by_caption_length"): False}
+RESUME_DEFAULTS = {("train", "group_by_caption_length"): False, ("train", "optimizer_states"): "fp32",
+                   ("train", "optimizer_in_backward"): False}
 
 
 @dataclass

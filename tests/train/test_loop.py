@@ -207,3 +207,10 @@ def test_resume_with_another_adapter_is_refused(run_config, tiny_backbone, tenso
     cfg = dataclasses.replace(cfg, adapter=dataclasses.replace(cfg.adapter, rank=8))
     with pytest.raises(CheckpointError, match=r"adapter.rank: checkpoint 4, now 8.*start a new run"):
         train_lora(cfg, tiny_backbone, tensor_cache, run_dir=tmp_path / "a")
+
+
+def test_resume_refuses_another_optimizer_state_layout(run_config, tiny_backbone, tensor_cache, tmp_path):
+    train_lora(run_config(tmp_path, steps=1), tiny_backbone, tensor_cache, run_dir=tmp_path / "a")
+    cfg = run_config(tmp_path, steps=2, resume_from=str(tmp_path / "a"), optimizer_states="8bit")
+    with pytest.raises(CheckpointError, match=r"train.optimizer_states: checkpoint 'fp32', now '8bit'"):
+        train_lora(cfg, tiny_backbone, tensor_cache, run_dir=tmp_path / "a")

@@ -1,0 +1,59 @@
+"""Choice lists (node widgets, validation and error text share them) and the checks every section uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+CAPTION_STRATEGIES = ("textfile", "filename", "jsonl", "csv", "instance")
+RESOLUTION_TYPES = ("pixel_area", "shortest_side")
+CROP_STYLES = ("center", "random", "none")
+CROP_ASPECTS = ("preserve", "square")
+CAPTION_POLICIES = ("error", "skip", "empty")
+FILE_POLICIES = ("error", "skip")  # unreadable/corrupt images, non-UTF-8 captions
+DUPLICATE_POLICIES = ("error", "skip", "keep")  # images sharing one caption file (same stem)
+BUCKET_STEPS = (16, 32, 64)
+SYSTEM_PROMPTS = ("superior", "alignment", "base", "none", "custom")
+ADAPTER_KINDS = ("lora", "lokr", "loha", "full")
+TARGET_GROUPS = ("attention", "ffn", "adaln", "final", "embedders")
+TARGET_PRESETS = {
+    "attention": ("attention",),  # diffusers / SimpleTuner default
+    "attention_ffn": ("attention", "ffn"),
+    "all": ("attention", "ffn", "adaln"),  # kohya / diffusion-pipe: every Linear of every block
+}
+LORA_INITS = ("default", "gaussian")
+OPTIMIZERS = ("adamw", "adamw_bf16", "adamw8bit", "lion", "prodigy", "optimi-stableadamw",
+              "adamw_schedulefree", "adafactor")
+SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+TIMESTEP_SAMPLINGS = ("logit_normal", "uniform")
+SHIFT_MODES = ("resolution", "static", "none")
+LOSS_WEIGHTINGS = ("none", "min_snr", "cosmap")
+PRECISIONS = ("bf16", "fp32")
+CHECKPOINTING = ("on", "off", "auto")
+OPTIMIZER_STATES = ("fp32", "8bit")
+BASE_PRECISIONS = ("no_change", "fp8", "int8", "int8-torchao", "fp8-torchao")
+SAVE_DTYPES = ("bf16", "fp16", "fp32")
+LORA_FORMATS = ("comfyui", "kohya", "diffusers")
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+def _choice(at: str, value: Any, options: tuple | dict) -> list[str]:
+    if value in options:
+        return []
+    return [f"{at} '{value}' is unknown; choose one of {', '.join(map(str, options))}"]
+
+
+def _range(at: str, value: float, lo: float | None = None, hi: float | None = None) -> list[str]:
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        lims = f">= {lo}" if hi is None else (f"<= {hi}" if lo is None else f"between {lo} and {hi}")
+        return [f"{at} must be {lims} (got {value})"]
+    return []
+
+
+def _colour(at: str, value: str) -> list[str]:
+    from PIL import ImageColor  # Pillow is a dependency; imported here to keep config import light
+
+    try:
+        ImageColor.getrgb(value)
+        return []
+    except ValueError:
+        return [f"{at} '{value}' is not a colour; use a name like 'white' or '#rrggbb'"]

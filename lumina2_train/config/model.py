@@ -1,0 +1,103 @@
+"""Model and adapter settings: where the base weights come from, how they are stored, what trains."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .choices import (
+    ADAPTER_KINDS,
+    BASE_PRECISIONS,
+    LORA_INITS,
+    PRECISIONS,
+    TARGET_GROUPS,
+    TARGET_PRESETS,
+    _choice,
+    _range,
+)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Where the base weights come from (CLI). Inside ComfyUI the MODEL/CLIP/VAE inputs replace this."""
+
+    transformer: str = ""  # diffusers Lumina2 folder (with transformer/), or a ComfyUI diffusion-model / all-in-one file
+    text_encoder: str = ""  # diffusers text_encoder folder, HF Gemma2 folder, or ComfyUI text-encoder file
+    tokenizer: str = ""  # optional; defaults to the text encoder's folder / the tokenizer inside the file
+    vae: str = ""  # diffusers vae folder or a ComfyUI/Flux ae.safetensors
+    dtype: str = "bf16"  # compute dtype of the frozen base
+    base_precision: str = "no_change"  # storage of the frozen base: fp8 | int8 (backbones/quant.py), *-torchao
+    quantize_via: str = "accelerator"  # cpu | accelerator
+
+    @property
+    def storage_format(self) -> str:
+        """8-bit storage of the frozen base ('fp8', 'int8') or 'no_change'. SimpleTuner's names
+        'int8-torchao' / 'fp8-torchao' select the same per-row storage (backbones/quant.py; torchao is not
+        needed)."""
+        return {"int8-torchao": "int8", "fp8-torchao": "fp8"}.get(self.base_precision, self.base_precision)
+
+    def errors(self, at: str = "model") -> list[str]:
+        out = _choice(f"{at}.dtype", self.dtype, PRECISIONS)
+        out += _choice(f"{at}.base_precision", self.base_precision, BASE_PRECISIONS)
+        out += _choice(f"{at}.quantize_via", self.quantize_via, ("cpu", "accelerator"))
+        return out
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    kind: str = "lora"
+    rank: int = 16
+    alpha: float = 16.0  # scale = alpha / rank
+    dropout: float = 0.0
+    init: str = "default"  # default: kaiming-uniform down, zero up (PEFT); gaussian: N(0, 1/rank) down
+    targets: tuple[str, ...] = TARGET_PRESETS["attention"]
+    blocks: str = "all"  # main-layer indices: 'all' or e.g. '0-12,20,25'
+    refiners: bool = True  # also adapt noise_refiner / context_refiner blocks
+    use_dora: bool = False
+    lokr_factor: int = -1  # LoKr: -1 = as square as possible
+    init_from: str = ""  # continue from an existing LoRA file (any format formats.py reads)
+
+    def errors(self, at: str = "adapter") -> list[str]:
+        out = _choice(f"{at}.kind", self.kind, ADAPTER_KINDS)
+        out += _choice(f"{at}.init", self.init, LORA_INITS)
+        out += _range(f"{at}.rank", self.rank, 1, 1024)
+        out += _range(f"{at}.alpha", self.alpha, 0.0)
+        out += _range(f"{at}.dropout", self.dropout, 0.0, 0.99)
+        for t in self.targets:
+            out += _choice(f"{at}.targets", t, TARGET_GROUPS)
+        if not self.targets and self.kind != "full":
+            out.append(f"{at}.targets is empty; choose at least one of {', '.join(TARGET_GROUPS)}")
+        if self.kind == "full" and self.init_from:
+            out.append(f"{at}.init_from is set but kind is 'full': a full fine-tune starts from the model it is "
+                       "given; load a fine-tuned model file as that model instead, or clear init_from")
+        if self.kind == "full" and self.init_from:
+            out.append(f"{at}.init_from is set but kind is 'full': a full fine-tune starts from the model it is "
+                       "given; load a fine-tuned model file as that model instead, or clear init_from")
+        if self.blocks != "all":
+            try:
+                parse_block_spec(self.blocks, 10_000)
+            except ValueError as e:
+                out.append(f"{at}.blocks {e}")
+        return out
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+def parse_block_spec(spec: str, n_layers: int) -> tuple[int, ...]:
+    """'all' or '0-3,7' -> sorted indices; raises ValueError naming the bad part."""
+    if spec.strip() == "all":
+        return tuple(range(n_layers))
+    out: set[int] = set()
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        lo, _, hi = part.partition("-")
+        try:
+            a, b = int(lo), int(hi or lo)
+        except ValueError:
+            raise ValueError(f"'{spec}' has '{part}', which is not an index or a range like 0-12") from None
+        if a > b or a < 0 or b >= n_layers:
+            raise ValueError(f"'{spec}' has '{part}', outside 0-{n_layers - 1}")
+        out.update(range(a, b + 1))
+    if not out:
+        raise ValueError(f"'{spec}' selects no block; write 'all' or indices like 0-12,20")
+    return tuple(sorted(out))
