@@ -21,6 +21,7 @@ from ..errors import ModelError
 from ..fingerprint import json_fingerprint, tensor_fingerprint
 from ..recipe import LATENT_CHANNELS, latent_in, latent_out
 from . import EncoderProvider
+from .files import check_text_encoder_file, check_vae_file
 
 log = logging.getLogger(__name__)
 _HASHED_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".pt", ".pth", ".txt")
@@ -34,6 +35,26 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
         while block := f.read(1 << 22):
             h.update(block)
     return h.hexdigest()
+
+
+def file_identity(path: Path) -> str:
+    """The content hash of one weights file (memoised per path, size and mtime)."""
+    st = path.stat()
+    return _file_sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def _load_text_file(path: Path, device, dtype):
+    from .files import load_text_encoder_file
+
+    log.info("loading text encoder %s", path)
+    return load_text_encoder_file(path, device, dtype)
+
+
+def _load_vae_file(path: Path, device, dtype):
+    from .files import load_vae_file
+
+    log.info("loading VAE %s", path)
+    return load_vae_file(path, device, dtype)
 
 
 def folder_identity(folder: Path) -> str:
@@ -116,19 +137,32 @@ class HFEncoders(EncoderProvider):
                    dtype: torch.dtype = torch.float32) -> HFEncoders:
         """Local folders: a HF Gemma2 folder or diffusers `text_encoder/` (or a pipeline root holding
         text_encoder/ + tokenizer/ + vae/), a tokenizer folder (default: next to the text encoder), and a
-        diffusers `vae/` folder. Checks the configs and hashes the files; loads nothing yet.
+        diffusers `vae/` folder; or ComfyUI's single files (text encoder, ae.safetensors, the all-in-one
+        checkpoint; encoders/files.py). Checks the configs and hashes the files; loads nothing yet.
 
         Raises:
             ModelError: a path is missing, is a single file, or holds the wrong kind of model.
         """
-        te_dir, tok_dir = resolve_text_paths(text_encoder, tokenizer)
-        vae_dir = resolve_vae_path(vae)
-        text_identity = json_fingerprint({"gemma2": folder_identity(te_dir), "tokenizer": folder_identity(tok_dir),
-                                          "dtype": str(dtype)})
-        vae_identity = json_fingerprint({"vae": folder_identity(vae_dir), "dtype": str(dtype)})
-        return cls(load_text=lambda: _load_text(te_dir, tok_dir, device, dtype),
-                   load_vae=lambda: _load_vae(vae_dir, device, dtype),
-                   text_identity=text_identity, vae_identity=vae_identity)
+        if Path(os.path.expanduser(text_encoder or "")).is_file():  # ComfyUI's file (encoders/files.py)
+            te_file = Path(os.path.expanduser(text_encoder))
+            check_text_encoder_file(te_file)  # header only: a wrong file fails before anything loads
+            text_identity = json_fingerprint({"gemma2_file": file_identity(te_file), "dtype": str(dtype)})
+            load_text = lambda: HFTextEncoder(*_load_text_file(te_file, device, dtype), device)  # noqa: E731
+        else:
+            te_dir, tok_dir = resolve_text_paths(text_encoder, tokenizer)
+            text_identity = json_fingerprint({"gemma2": folder_identity(te_dir), "tokenizer": folder_identity(tok_dir),
+                                              "dtype": str(dtype)})
+            load_text = lambda: _load_text(te_dir, tok_dir, device, dtype)  # noqa: E731
+        if Path(os.path.expanduser(vae or "")).is_file():
+            vae_file = Path(os.path.expanduser(vae))
+            check_vae_file(vae_file)
+            vae_identity = json_fingerprint({"vae_file": file_identity(vae_file), "dtype": str(dtype)})
+            load_vae = lambda: HFLatentEncoder(_load_vae_file(vae_file, device, dtype), device, dtype)  # noqa: E731
+        else:
+            vae_dir = resolve_vae_path(vae)
+            vae_identity = json_fingerprint({"vae": folder_identity(vae_dir), "dtype": str(dtype)})
+            load_vae = lambda: _load_vae(vae_dir, device, dtype)  # noqa: E731
+        return cls(load_text=load_text, load_vae=load_vae, text_identity=text_identity, vae_identity=vae_identity)
 
     @classmethod
     def from_models(cls, text_model, tokenizer, vae, device: str | torch.device = "cpu",
@@ -170,9 +204,6 @@ def _folder(value: str, field: str, what: str) -> Path:
     path = Path(os.path.expanduser(value)) if value else None
     if path is None or not path.exists():
         raise ModelError(f"{field}: folder not found ('{value}'). Give the {what} folder.")
-    if path.is_file():
-        raise ModelError(f"{field}: single-file checkpoints are not read by the Hugging Face loader ('{value}'). "
-                         f"Give the {what} folder, or load the file through ComfyUI.")
     return path
 
 

@@ -113,7 +113,7 @@ def test_bad_paths_name_the_field_and_the_fix(tiny_encoder_dir, tmp_path):
         HFEncoders.from_paths("/nope", str(tiny_encoder_dir))
     single = tmp_path / "gemma.safetensors"
     single.write_bytes(b"x")
-    with pytest.raises(ModelError, match="single-file checkpoints"):
+    with pytest.raises(ModelError, match="not a readable safetensors file"):
         HFEncoders.from_paths(str(single), str(tiny_encoder_dir))
     llama = tmp_path / "llama"
     llama.mkdir()
