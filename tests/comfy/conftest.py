@@ -10,6 +10,7 @@ with the reason. Locally:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
@@ -162,5 +163,23 @@ def pack(comfy, tmp_path_factory) -> SimpleNamespace:
     assert asyncio.run(comfy.nodes.load_custom_node(str(REPO))), "the pack did not load (see the log above)"
     module = sys.modules[str(REPO).replace(".", "_x_")]
     ours = {k: v for k, v in comfy.nodes.NODE_CLASS_MAPPINGS.items() if k.startswith("Lumina2T_")}
-    return SimpleNamespace(module=module, nodes=ours, base=base, input=base / "input", output=base / "output",
+    ns = SimpleNamespace(module=module, nodes=ours, base=base, input=base / "input", output=base / "output",
                            lib=lambda name: importlib.import_module(f"{module.__name__}.lumina2_train.{name}"))
+    ns.run = functools.partial(run_node, ns)  # pack.run(node_id, **inputs), as ComfyUI executes it
+    ns.defaults = functools.partial(defaults, ns)  # pack.defaults(node_id, **overrides)
+    return ns
+
+
+def run_node(pack, node_id: str, *, unique_id: str = "1", extra_pnginfo=None, **inputs):
+    """Execute one of our nodes the way ComfyUI does: a class clone with hidden inputs, under inference mode."""
+    hidden = pack.module.nodes._api.io.Hidden
+    cls = pack.nodes[node_id].PREPARE_CLASS_CLONE({hidden.unique_id: unique_id, hidden.extra_pnginfo: extra_pnginfo})
+    with torch.inference_mode():
+        return cls.EXECUTE_NORMALIZED(**inputs)
+
+
+def defaults(pack, node_id: str, **overrides) -> dict:
+    """Every widget of a node at its default, then `overrides`."""
+    schema = pack.nodes[node_id].GET_SCHEMA()
+    values = {i.id: i.default for i in schema.inputs if getattr(i, "default", None) is not None}
+    return {**values, **overrides}

@@ -107,31 +107,22 @@ def test_diff_patches_load_through_comfyui_lora_path_and_equal_training(comfy, c
 
 # ---------------------------------------------------------------- the Train node with kind 'full'
 
-def run_node(pack, node_id: str, *, unique_id: str = "1", **inputs):
-    """Execute one of our nodes as ComfyUI does: a class clone with hidden inputs, under inference mode."""
-    hidden = pack.module.nodes._api.io.Hidden
-    cls = pack.nodes[node_id].PREPARE_CLASS_CLONE({hidden.unique_id: unique_id, hidden.extra_pnginfo: None})
-    with torch.inference_mode():
-        return cls.EXECUTE_NORMALIZED(**inputs)
 
 
-def defaults(pack, node_id: str, **overrides) -> dict:
-    schema = pack.nodes[node_id].GET_SCHEMA()
-    return {**{i.id: i.default for i in schema.inputs if getattr(i, "default", None) is not None}, **overrides}
 
 
 @pytest.fixture(scope="module")
 def node_run(pack, comfy, comfy_model, comfy_clip, comfy_vae, state_hash):
     write_demo_dataset(pack.input / "shapes_full", size_px=64)
-    dataset = run_node(pack, "Lumina2T_LoadDataset", **defaults(pack, "Lumina2T_LoadDataset", folder="shapes_full",
+    dataset = pack.run("Lumina2T_LoadDataset", **pack.defaults("Lumina2T_LoadDataset", folder="shapes_full",
                                                                   resolution=64, min_size_px=0))
-    cache = run_node(pack, "Lumina2T_CacheLatentsText", dataset=dataset[0], clip=comfy_clip, vae=comfy_vae,
-                     **defaults(pack, "Lumina2T_CacheLatentsText"))[0]
-    adapter = run_node(pack, "Lumina2T_ConfigureAdapter", **defaults(pack, "Lumina2T_ConfigureAdapter", kind="full",
+    cache = pack.run("Lumina2T_CacheLatentsText", dataset=dataset[0], clip=comfy_clip, vae=comfy_vae,
+                     **pack.defaults("Lumina2T_CacheLatentsText"))[0]
+    adapter = pack.run("Lumina2T_ConfigureAdapter", **pack.defaults("Lumina2T_ConfigureAdapter", kind="full",
                                                                       blocks="0", refiners=False))[0]
     before = _loaded_hash(comfy, comfy_model, state_hash), _velocity(comfy, comfy_model)
-    out = run_node(pack, "Lumina2T_TrainLoRAAdvanced", unique_id="21", **defaults(
-        pack, "Lumina2T_TrainLoRAAdvanced", model=comfy_model, cache=cache, adapter=adapter, lora_name="unit/full",
+    out = pack.run("Lumina2T_TrainLoRAAdvanced", unique_id="21", **pack.defaults(
+        "Lumina2T_TrainLoRAAdvanced", model=comfy_model, cache=cache, adapter=adapter, lora_name="unit/full",
         steps=2, lr=1e-3, seed=1, precision="fp32", checkpointing="off", save_dtype="fp32"))
     after = _loaded_hash(comfy, comfy_model, state_hash), _velocity(comfy, comfy_model)
     return SimpleNamespace(out=out, adapter=adapter, before=before, after=after)
@@ -172,7 +163,7 @@ def test_model_output_equals_the_unetloader_file(comfy, node_run, caplog):
 
 def test_save_lora_writes_the_diff_patches_and_refuses_other_formats(pack, comfy, comfy_model, node_run, caplog):
     lora = node_run.out.args[1]
-    (path,) = run_node(pack, "Lumina2T_SaveLoRA", lora=lora, name="unit/full_diff", format="comfyui", dtype="fp32",
+    (path,) = pack.run("Lumina2T_SaveLoRA", lora=lora, name="unit/full_diff", format="comfyui", dtype="fp32",
                        destination="loras").args
     with caplog.at_level(logging.WARNING), torch.inference_mode():
         (stock,) = comfy.nodes.LoraLoaderModelOnly().load_lora_model_only(comfy_model, "unit/full_diff.safetensors",
@@ -180,5 +171,5 @@ def test_save_lora_writes_the_diff_patches_and_refuses_other_formats(pack, comfy
     assert not [r for r in caplog.records if "not loaded" in r.getMessage().lower()]
     torch.testing.assert_close(_velocity(comfy, stock), _velocity(comfy, node_run.out.args[0]), atol=1e-5, rtol=1e-5)
     with pytest.raises(pack.lib("errors").ConfigError, match="full fine-tune"):
-        run_node(pack, "Lumina2T_SaveLoRA", lora=lora, name="unit/full_kohya", format="kohya", dtype="fp32",
+        pack.run("Lumina2T_SaveLoRA", lora=lora, name="unit/full_kohya", format="kohya", dtype="fp32",
                  destination="loras")

@@ -15,19 +15,8 @@ pytestmark = pytest.mark.comfy
 TRAIN = "Lumina2T_TrainLoRA"
 
 
-def run_node(pack, node_id: str, *, unique_id: str = "1", extra_pnginfo=None, **inputs):
-    """Execute one of our nodes the way ComfyUI does: a class clone with hidden inputs, under inference mode."""
-    hidden = pack.module.nodes._api.io.Hidden
-    cls = pack.nodes[node_id].PREPARE_CLASS_CLONE({hidden.unique_id: unique_id, hidden.extra_pnginfo: extra_pnginfo})
-    with torch.inference_mode():
-        return cls.EXECUTE_NORMALIZED(**inputs)
 
 
-def defaults(pack, node_id: str, **overrides) -> dict:
-    """Every widget of a node at its default, then `overrides`."""
-    schema = pack.nodes[node_id].GET_SCHEMA()
-    values = {i.id: i.default for i in schema.inputs if getattr(i, "default", None) is not None}
-    return {**values, **overrides}
 
 
 def velocity(comfy, model, seed: int = 5):
@@ -42,30 +31,32 @@ def velocity(comfy, model, seed: int = 5):
 @pytest.fixture(scope="module")
 def settings(pack, comfy_clip, comfy_vae):
     write_demo_dataset(pack.input / "shapes", size_px=64)
-    dataset = run_node(pack, "Lumina2T_LoadDataset", **defaults(pack, "Lumina2T_LoadDataset", folder="shapes",
+    dataset = pack.run("Lumina2T_LoadDataset", **pack.defaults("Lumina2T_LoadDataset", folder="shapes",
                                                                   resolution=64, min_size_px=0))
-    validation = run_node(pack, "Lumina2T_ConfigureValidation", **defaults(
-        pack, "Lumina2T_ConfigureValidation", prompts=VALIDATION_PROMPTS[0], steps=2, width=64, height=64))[0]
-    cache = run_node(pack, "Lumina2T_CacheLatentsText", dataset=dataset[0], clip=comfy_clip, vae=comfy_vae,
-                     validation=validation, **defaults(pack, "Lumina2T_CacheLatentsText"))
-    adapter = run_node(pack, "Lumina2T_ConfigureAdapter", **defaults(pack, "Lumina2T_ConfigureAdapter", rank=4,
+    validation = pack.run("Lumina2T_ConfigureValidation", **pack.defaults(
+        "Lumina2T_ConfigureValidation", prompts=VALIDATION_PROMPTS[0], steps=2, width=64, height=64))[0]
+    cache = pack.run("Lumina2T_CacheLatentsText", dataset=dataset[0], clip=comfy_clip, vae=comfy_vae,
+                     validation=validation, **pack.defaults("Lumina2T_CacheLatentsText"))
+    adapter = pack.run("Lumina2T_ConfigureAdapter", **pack.defaults("Lumina2T_ConfigureAdapter", rank=4,
                                                                       alpha=4.0, target_ffn=True))[0]
     return {"dataset": dataset, "cache": cache, "validation": validation, "adapter": adapter}
 
 
 def train_inputs(pack, settings, **overrides) -> dict:
-    return defaults(pack, TRAIN, cache=settings["cache"][0], adapter=settings["adapter"], lr=2e-3, seed=1,
+    return pack.defaults(TRAIN, cache=settings["cache"][0], adapter=settings["adapter"], lr=2e-3, seed=1,
                     **overrides)
 
 
 @pytest.fixture(scope="module")
 def trained(pack, comfy, comfy_model, comfy_vae, settings, state_hash):
     tree = comfy_model.model.diffusion_model
+    with torch.inference_mode():  # a patched clone loaded by an earlier test patched the shared module in place;
+        comfy.mm.load_models_gpu([comfy_model])  # loading the MODEL itself restores its own weights first
     before = state_hash(tree), velocity(comfy, comfy_model)
     progress = []
     comfy.utils.set_progress_bar_global_hook(lambda v, total, preview, node_id=None: progress.append((node_id, v)))
     try:
-        out = run_node(pack, TRAIN, unique_id="7", extra_pnginfo={"workflow": {"nodes": [], "note": "test"}},
+        out = pack.run(TRAIN, unique_id="7", extra_pnginfo={"workflow": {"nodes": [], "note": "test"}},
                        **train_inputs(pack, settings, model=comfy_model, lora_name="unit/tiny", steps=3,
                                       validation=settings["validation"], vae=comfy_vae))
     finally:
@@ -121,8 +112,8 @@ def test_advanced_node_trains_after_a_lora_was_patched_in(pack, comfy, comfy_mod
     with torch.inference_mode():
         (stock,) = comfy.nodes.LoraLoaderModelOnly().load_lora_model_only(comfy_model, "unit/tiny.safetensors", 1.0)
     velocity(comfy, stock)  # loaded patched: the next load unpatches
-    out = run_node(pack, "Lumina2T_TrainLoRAAdvanced", unique_id="11", **defaults(
-        pack, "Lumina2T_TrainLoRAAdvanced", model=comfy_model, cache=settings["cache"][0],
+    out = pack.run("Lumina2T_TrainLoRAAdvanced", unique_id="11", **pack.defaults(
+        "Lumina2T_TrainLoRAAdvanced", model=comfy_model, cache=settings["cache"][0],
         adapter=settings["adapter"], lora_name="unit/advanced", steps=1, precision="fp32", checkpointing="off",
         save_format="kohya", save_dtype="fp32"))
     with safe_open(out.args[3], framework="pt") as f:
@@ -140,7 +131,7 @@ def test_cancel_leaves_a_checkpoint_and_resume_continues_the_step_count(pack, co
     comfy.utils.set_progress_bar_global_hook(stop_at_two)
     try:
         with pytest.raises(comfy.mm.InterruptProcessingException):
-            run_node(pack, TRAIN, unique_id="9", **train_inputs(pack, settings, model=comfy_model,
+            pack.run(TRAIN, unique_id="9", **train_inputs(pack, settings, model=comfy_model,
                                                                   lora_name="unit/cancel", steps=6))
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
@@ -151,7 +142,7 @@ def test_cancel_leaves_a_checkpoint_and_resume_continues_the_step_count(pack, co
     assert job["checkpoint"] in job["detail"] and "set resume_from to 'cancel'" in job["detail"]  # the status line
     assert not (comfy_models["loras"] / "unit" / "cancel.safetensors").exists()
 
-    out = run_node(pack, TRAIN, unique_id="9", **train_inputs(pack, settings, model=comfy_model,
+    out = pack.run(TRAIN, unique_id="9", **train_inputs(pack, settings, model=comfy_model,
                                                               lora_name="unit/cancel", steps=4, resume_from="cancel"))
     job = jobs.history("9")["job"]
     assert [s["step"] for s in job["steps"]] == [3, 4] and job["status"] == "done"
@@ -163,18 +154,18 @@ def test_cancel_leaves_a_checkpoint_and_resume_continues_the_step_count(pack, co
 def test_save_lora_and_plot_loss(pack, trained):
     _, lora, loss, *_ = trained["out"].args
     for fmt, prefix in (("kohya", "lora_unet_"), ("diffusers", "transformer.")):
-        (path,) = run_node(pack, "Lumina2T_SaveLoRA", lora=lora, name=f"unit/export_{fmt}", format=fmt, dtype="fp32",
+        (path,) = pack.run("Lumina2T_SaveLoRA", lora=lora, name=f"unit/export_{fmt}", format=fmt, dtype="fp32",
                            destination="output" if fmt == "diffusers" else "loras").args
         with safe_open(path, framework="pt") as f:
             assert all(k.startswith(prefix) for k in f.keys())
-    (image,) = run_node(pack, "Lumina2T_PlotLoss", loss=loss, log_scale=False, width=300, height=200).args
+    (image,) = pack.run("Lumina2T_PlotLoss", loss=loss, log_scale=False, width=300, height=200).args
     assert image.shape == (1, 200, 300, 3) and 0.0 <= float(image.min()) and float(image.max()) <= 1.0
 
 
 def test_dataset_from_images(pack):
     images = [torch.rand(2, 64, 64, 3), torch.rand(1, 64, 96, 3)]
-    out = run_node(pack, "Lumina2T_LoadImageDataset", images=images, captions=["one\ntwo\nthree"],
-                   **{k: [v] for k, v in defaults(pack, "Lumina2T_LoadImageDataset", resolution=64).items()
+    out = pack.run("Lumina2T_LoadImageDataset", images=images, captions=["one\ntwo\nthree"],
+                   **{k: [v] for k, v in pack.defaults("Lumina2T_LoadImageDataset", resolution=64).items()
                       if k != "captions"})
     handle = out.args[0]
     assert [i.caption for i in handle.items] == ["one", "two", "three"]
@@ -185,7 +176,7 @@ def test_bad_names_are_refused_before_any_model_loads(pack, comfy_model, setting
     errors = pack.lib("errors")
     for name in ("../escape", "/abs/path", "a/../../b"):
         with pytest.raises(errors.ConfigError, match="lora_name"):
-            run_node(pack, TRAIN, **train_inputs(pack, settings, model=comfy_model, lora_name=name, steps=1))
+            pack.run(TRAIN, **train_inputs(pack, settings, model=comfy_model, lora_name=name, steps=1))
     with pytest.raises(errors.ConfigError, match="validation"):  # prompts not in the cache
         v = pack.lib("config").ValidationConfig(prompts=("never cached",))
-        run_node(pack, TRAIN, **train_inputs(pack, settings, model=comfy_model, lora_name="x", steps=1, validation=v))
+        pack.run(TRAIN, **train_inputs(pack, settings, model=comfy_model, lora_name="x", steps=1, validation=v))

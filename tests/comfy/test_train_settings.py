@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from lumina2_train.config import HubConfig, TrackingConfig, ValidationConfig
 from lumina2_train.demo import write_demo_dataset
@@ -21,16 +20,8 @@ NOT_WIDGETS = {
 }
 
 
-def run_node(pack, node_id: str, *, unique_id: str = "1", **inputs):
-    hidden = pack.module.nodes._api.io.Hidden
-    cls = pack.nodes[node_id].PREPARE_CLASS_CLONE({hidden.unique_id: unique_id, hidden.extra_pnginfo: None})
-    with torch.inference_mode():
-        return cls.EXECUTE_NORMALIZED(**inputs)
 
 
-def defaults(pack, node_id: str, **overrides) -> dict:
-    schema = pack.nodes[node_id].GET_SCHEMA()
-    return {**{i.id: i.default for i in schema.inputs if getattr(i, "default", None) is not None}, **overrides}
 
 
 @pytest.mark.parametrize(("node_id", "config", "section"), [
@@ -45,46 +36,46 @@ def test_every_config_field_has_a_widget_or_a_reason(pack, node_id, config, sect
 
 
 def test_settings_nodes_make_their_configs(pack):
-    (tracking,) = run_node(pack, "Lumina2T_ConfigureTracking", report_to="tensorboard+wandb", project="p",
+    (tracking,) = pack.run("Lumina2T_ConfigureTracking", report_to="tensorboard+wandb", project="p",
                            run_name=" r ", log_every_n_steps=5).args
     assert dataclasses.asdict(tracking) == dataclasses.asdict(TrackingConfig(("tensorboard", "wandb"), "p", "r", 5))
-    (hub,) = run_node(pack, "Lumina2T_ConfigureHub", model_id=" me/lora ", push=True, push_checkpoints=False,
+    (hub,) = pack.run("Lumina2T_ConfigureHub", model_id=" me/lora ", push=True, push_checkpoints=False,
                       private=True).args
     assert dataclasses.asdict(hub) == dataclasses.asdict(HubConfig(push=True, model_id="me/lora", private=True))
     with pytest.raises(pack.lib("errors").ConfigError, match="hub.model_id"):
-        run_node(pack, "Lumina2T_ConfigureHub", model_id="", push=True, push_checkpoints=False, private=False)
-    (v,) = run_node(pack, "Lumina2T_ConfigureValidation", **defaults(
-        pack, "Lumina2T_ConfigureValidation", guidance_rescale=0.7, disable_unconditional=True,
+        pack.run("Lumina2T_ConfigureHub", model_id="", push=True, push_checkpoints=False, private=False)
+    (v,) = pack.run("Lumina2T_ConfigureValidation", **pack.defaults(
+        "Lumina2T_ConfigureValidation", guidance_rescale=0.7, disable_unconditional=True,
         eval_sigmas="0.2, 0.6")).args
     assert (v.guidance_rescale, v.disable_unconditional, v.eval_sigmas) == (0.7, True, (0.2, 0.6))
     with pytest.raises(pack.lib("errors").ConfigError, match="eval_sigmas"):
-        run_node(pack, "Lumina2T_ConfigureValidation", **defaults(pack, "Lumina2T_ConfigureValidation",
+        pack.run("Lumina2T_ConfigureValidation", **pack.defaults("Lumina2T_ConfigureValidation",
                                                                   eval_sigmas="0.2, high"))
-    old = {k: v for k, v in defaults(pack, "Lumina2T_ConfigureValidation").items()  # a workflow saved before them
+    old = {k: v for k, v in pack.defaults("Lumina2T_ConfigureValidation").items()  # a workflow saved before them
            if k not in ("guidance_rescale", "disable_unconditional", "eval_sigmas")}
-    (v,) = run_node(pack, "Lumina2T_ConfigureValidation", **old).args
+    (v,) = pack.run("Lumina2T_ConfigureValidation", **old).args
     assert v.eval_sigmas == ValidationConfig().eval_sigmas
 
 
 @pytest.fixture(scope="module")
 def train_inputs(pack, comfy_clip, comfy_vae, comfy_model):
     write_demo_dataset(pack.input / "shapes_settings", size_px=64)
-    dataset = run_node(pack, "Lumina2T_LoadDataset", **defaults(pack, "Lumina2T_LoadDataset", folder="shapes_settings",
+    dataset = pack.run("Lumina2T_LoadDataset", **pack.defaults("Lumina2T_LoadDataset", folder="shapes_settings",
                                                                   resolution=64, min_size_px=0))
-    cache = run_node(pack, "Lumina2T_CacheLatentsText", dataset=dataset[0], clip=comfy_clip, vae=comfy_vae,
-                     **defaults(pack, "Lumina2T_CacheLatentsText"))[0]
-    adapter = run_node(pack, "Lumina2T_ConfigureAdapter", **defaults(pack, "Lumina2T_ConfigureAdapter", rank=2,
+    cache = pack.run("Lumina2T_CacheLatentsText", dataset=dataset[0], clip=comfy_clip, vae=comfy_vae,
+                     **pack.defaults("Lumina2T_CacheLatentsText"))[0]
+    adapter = pack.run("Lumina2T_ConfigureAdapter", **pack.defaults("Lumina2T_ConfigureAdapter", rank=2,
                                                                       alpha=2.0, blocks="0", refiners=False))[0]
-    return defaults(pack, "Lumina2T_TrainLoRA", model=comfy_model, cache=cache, adapter=adapter, steps=2, lr=1e-3)
+    return pack.defaults("Lumina2T_TrainLoRA", model=comfy_model, cache=cache, adapter=adapter, steps=2, lr=1e-3)
 
 
 def test_a_missing_tracker_package_fails_before_training(pack, comfy_models, train_inputs):
     if importlib.util.find_spec("wandb") is not None:
         pytest.skip("wandb is installed in ComfyUI's Python")
-    (tracking,) = run_node(pack, "Lumina2T_ConfigureTracking", report_to="wandb", project="p", run_name="",
+    (tracking,) = pack.run("Lumina2T_ConfigureTracking", report_to="wandb", project="p", run_name="",
                            log_every_n_steps=1).args
     with pytest.raises(pack.lib("errors").OptionalDependencyError, match="pip install wandb"):
-        run_node(pack, "Lumina2T_TrainLoRA", unique_id="31", tracking=tracking,
+        pack.run("Lumina2T_TrainLoRA", unique_id="31", tracking=tracking,
                  **{**train_inputs, "lora_name": "unit/no_wandb"})
     assert not (comfy_models["loras"] / "unit" / "no_wandb.safetensors").exists()
 
@@ -114,12 +105,12 @@ def test_tracking_and_an_offline_hub_push(pack, comfy_models, train_inputs, monk
     monkeypatch.setattr(trackers, "check_trackers", lambda cfg: None)
     monkeypatch.setattr(trackers, "_open", lambda cfg, run_dir: [recorder])
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    (tracking,) = run_node(pack, "Lumina2T_ConfigureTracking", report_to="tensorboard", project="p", run_name="",
+    (tracking,) = pack.run("Lumina2T_ConfigureTracking", report_to="tensorboard", project="p", run_name="",
                            log_every_n_steps=1).args
-    (hub,) = run_node(pack, "Lumina2T_ConfigureHub", model_id="me/tiny-lora", push=True, push_checkpoints=False,
+    (hub,) = pack.run("Lumina2T_ConfigureHub", model_id="me/tiny-lora", push=True, push_checkpoints=False,
                       private=False).args
     with pytest.raises(pack.lib("errors").HubError, match="hub.model_id 'me/tiny-lora'") as err:
-        run_node(pack, "Lumina2T_TrainLoRA", unique_id="32", tracking=tracking, hub=hub,
+        pack.run("Lumina2T_TrainLoRA", unique_id="32", tracking=tracking, hub=hub,
                  **{**train_inputs, "lora_name": "unit/hubbed"})
     assert (comfy_models["loras"] / "unit" / "hubbed.safetensors").is_file()  # written before the upload failed
     run_dir = Path(re.search(r"complete in (\S+);", str(err.value)).group(1))
