@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint as _checkpoint
+
+from .attention import apply_rope, cuda_attention, rope_angles
 
 
 @dataclass(frozen=True)
@@ -204,23 +205,6 @@ def timestep_features(t: torch.Tensor, dim: int = 256, max_period: float = 10000
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-def rope_angles(pos: torch.Tensor, arch: ArchConfig) -> torch.Tensor:
-    """(B, L, 3) integer positions -> (B, L, head_dim/2) rotation angles (float32)."""
-    parts = []
-    for i, d in enumerate(arch.axes_dims):
-        freqs = 1.0 / (arch.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64, device=pos.device) / d))
-        parts.append(pos[..., i : i + 1].double() * freqs)
-    return torch.cat(parts, dim=-1).float()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive pairs of x (B, L, H, hd) by angles given as cos/sin (B, L, 1, hd/2)."""
-    xf = x.float().unflatten(-1, (-1, 2))
-    x0, x1 = xf[..., 0], xf[..., 1]
-    out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
-    return out.flatten(-2).to(x.dtype)
-
-
 def _attention(blk, ad: tuple, lin: Linears, x, key_mask, cos, sin, arch: ArchConfig, cudnn: bool):
     b, n, _ = x.shape
     q, k, v = lin.apply(blk.attention.qkv, ad[_QKV], x).split(arch.qkv_split, dim=-1)
@@ -237,25 +221,8 @@ def _attention(blk, ad: tuple, lin: Linears, x, key_mask, cos, sin, arch: ArchCo
         if gqa:  # the fused kernels below take equal head counts (and masked GQA has none): expand k/v
             rep = arch.n_heads // arch.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        o = _cuda_attention(q, k, v, key_mask, cudnn)
+        o = cuda_attention(q, k, v, key_mask, cudnn)
     return lin.apply(blk.attention.out, ad[_OUT], o.transpose(1, 2).reshape(b, n, -1))
-
-
-# cuDNN's fused attention first: on an H200 it ran forward + backward at the training shape 1.55× faster
-# than the flash backend (docs/benchmarks.md); the others remain as fallbacks, in PyTorch's order.
-_CUDA_SDPA = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-              SDPBackend.MATH]
-
-
-def _cuda_attention(q, k, v, key_mask, cudnn: bool):
-    if key_mask is not None:  # padding mask: only the memory-efficient kernel fuses it
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
-    if not cudnn:
-        return F.scaled_dot_product_attention(q, k, v)
-    # (B, H, N, d) contiguous, the layout cuDNN's kernel takes; it declined the transposed views
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    with sdpa_kernel(_CUDA_SDPA, set_priority=True):
-        return F.scaled_dot_product_attention(q, k, v)
 
 
 def _ffn(blk, ad: tuple, lin: Linears, x):
@@ -304,6 +271,8 @@ class ForwardOptions:
     keep_activations: dict[tuple[int, int], int] = field(default_factory=dict)
     compiled_block: Callable | None = None  # compile_block(), set by the trainer when train.compile is on
     cudnn_attention: bool = True  # on CUDA, prefer cuDNN's attention kernel (PyTorch's order otherwise)
+    # a recomputed block replays the RNG state of its first run; only needed when adapters draw (dropout)
+    recompute_rng: bool = True
     # block prefix -> module whose forward runs that block (FSDP2 units of a sharded full fine-tune,
     # train/parallel.py): called as unit(run_block, *args) so its hooks gather the block's weights first
     units: dict[str, nn.Module] = field(default_factory=dict)
@@ -393,15 +362,17 @@ def _runner(opts: ForwardOptions, lin: Linears, arch: ArchConfig, n_checkpointed
         ad = lin.block(prefix)
         cudnn = opts.cudnn_attention and x.is_cuda
         recompute = opts.checkpoint and grad and order < n_checkpointed
+        rng = recompute and opts.recompute_rng
         unit = opts.units.get(prefix)
         if unit is not None:  # through the unit's __call__: FSDP2 unshards before and reshards after
-            return unit(_run_block, fn, recompute, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn)
-        return _run_block(fn, recompute, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn)
+            return unit(_run_block, fn, recompute, rng, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn)
+        return _run_block(fn, recompute, rng, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn)
 
     return run
 
 
-def _run_block(fn, recompute: bool, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn):
-    if recompute:
-        return _checkpoint(fn, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn, use_reentrant=False)
+def _run_block(fn, recompute: bool, rng: bool, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn):
+    if recompute:  # no RNG replay or recompute check unless needed: both cost host time on every block
+        return _checkpoint(fn, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn, use_reentrant=False,
+                           preserve_rng_state=rng, determinism_check="default" if rng else "none")
     return fn(blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn)

@@ -45,6 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-attention", action="store_true", help="skip the attention-kernel comparison")
     p.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH", ""),
                    help="a ComfyUI folder for --backbone comfy and the suite's ComfyUI row (default $COMFYUI_PATH)")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="also profile 2 steps of each variant: kernel tables in the report, traces in DIR")
     p.add_argument("--json", type=Path, help="write the full report here")
     p.add_argument("--markdown", type=Path, help="write the printed tables here too")
 
@@ -114,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(report, indent=2, default=str))
 
-    report, text = run_bench(groups, comfy_path=args.comfyui, attention=not args.no_attention, on_group=save)
+    report, text = run_bench(groups, comfy_path=args.comfyui, attention=not args.no_attention, on_group=save,
+                             profile_dir=args.profile)
     save(report)
     if args.markdown:
         args.markdown.write_text(text + "\n")

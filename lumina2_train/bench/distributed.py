@@ -75,8 +75,8 @@ def run(args: argparse.Namespace) -> dict:
                           run_dir=tmp)
         trainer._setup()  # the trainer's own setup and optimizer step, minus saving (as bench/runner.py)
         built_s = time.perf_counter() - t0
-        batches = trainer.batches.iterate(DataPosition())
-        timing = measure.time_steps(lambda: trainer._optimizer_step(batches)[0], device, args.warmup, args.steps)
+        with trainer.micro_batches(DataPosition()) as feed:
+            timing = measure.time_steps(lambda: trainer._optimizer_step(feed)[0], device, args.warmup, args.steps)
     step_s, peak = mean_over_ranks([timing.step_s, timing.peak_gib], world)
     from .report import environment
 

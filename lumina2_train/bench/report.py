@@ -11,6 +11,7 @@ from importlib import metadata
 import torch
 
 from .cases import REF_BUDGET
+from .profile import profile_lines
 
 
 def environment(device: torch.device, comfy_version: str = "") -> dict:
@@ -124,6 +125,9 @@ def render(report: dict) -> str:
              f"Measured bf16 matmul rate (8192³): {report.get('matmul_tflops', 0):.0f} TFLOP/s.", ""]
     for g in report["groups"]:
         lines += group_table(g) + [""]
+        for v in g["variants"]:
+            if v.get("profile"):
+                lines += profile_lines(g["group"]["name"], v["label"], v["profile"], v["step_s"]) + [""]
     if report.get("attention"):
         lines += ["### Attention kernel, forward + backward at the training shape", "", "| kernel | ms |",
                   "|---|---|"]

@@ -23,7 +23,7 @@ from ..train import TensorCache, TensorSample
 from ..train.batches import DataPosition
 from ..train.loop import Trainer
 from ..train.step import Batch
-from . import measure, models
+from . import measure, models, profile
 from .cases import FULL_TARGETS, REF_BUDGET, TARGETS, Group, Variant
 from .report import environment, render
 
@@ -36,6 +36,7 @@ class Settings:
     config: dict
     comfy_path: str = ""  # a ComfyUI folder; '' skips ComfyUI variants
     matmul_tflops: float = 0.0
+    profile: Path | None = None  # --profile: a folder for traces; each variant is then profiled too
 
 
 def run_config(group: Group, v: Variant, budget_gib: float, out_dir: str) -> RunConfig:
@@ -130,7 +131,14 @@ def run_variant(group: Group, v: Variant, native: dict, inputs: models.Inputs, s
         trainer = Trainer(cfg, backbone, _tensor_cache(inputs), run_dir=tmp)
         trainer._setup()  # the bench drives the trainer's own setup and optimizer step, minus saving
         graphs = dyn.counters["stats"]["unique_graphs"]
-        timing = _time_trainer(trainer, group, s)
+        with trainer.micro_batches(DataPosition()) as feed:
+            def step(t=trainer) -> float:
+                return t._optimizer_step(feed)[0]
+
+            timing = measure.time_steps(step, s.device, group.warmup, group.steps)
+            prof = None if s.profile is None else profile.profile_steps(
+                step, s.device, 2, profile.trace_path(s.profile, group.name, v.label))
+            del step
         kept = dict(backbone.options.keep_activations)
         if trainer.release is not None:
             trainer.release.remove()
@@ -140,12 +148,9 @@ def run_variant(group: Group, v: Variant, native: dict, inputs: models.Inputs, s
     row = _row(v, timing, group, ref, extra, s)
     row.update(budget_gib=budget, graphs=dyn.counters["stats"]["unique_graphs"] - graphs,
                blocks_kept={f"{b}x{t}": k for (b, t), k in kept.items()})
+    if prof is not None:
+        row["profile"] = prof
     return row
-
-
-def _time_trainer(trainer: Trainer, group: Group, s: Settings) -> measure.Timing:
-    batches = trainer.batches.iterate(DataPosition())
-    return measure.time_steps(lambda: trainer._optimizer_step(batches)[0], s.device, group.warmup, group.steps)
 
 
 def _row(v: Variant, t: measure.Timing, group: Group, ref: dict | None, extra: dict, s: Settings) -> dict:
@@ -211,7 +216,7 @@ def _comfy_root(path: str) -> tuple[str, str]:
 
 
 def run_bench(groups: list[Group], *, comfy_path: str = "", attention: bool = True,
-              device: torch.device | None = None, config: dict | None = None,
+              device: torch.device | None = None, config: dict | None = None, profile_dir: Path | None = None,
               on_group: Callable[[dict], None] | None = None) -> tuple[dict, str]:
     """Run every group on fresh random full-size weights (or `config`); returns (report, printed tables).
 
@@ -219,7 +224,7 @@ def run_bench(groups: list[Group], *, comfy_path: str = "", attention: bool = Tr
     what it measured)."""
     device = device or torch.device("cuda")
     root, comfy_version = _comfy_root(comfy_path)
-    s = Settings(device, config or models.FULL_DIT, comfy_path=root)
+    s = Settings(device, config or models.FULL_DIT, comfy_path=root, profile=profile_dir)
     s.matmul_tflops = measure.matmul_tflops(device) if device.type == "cuda" else 0.0
     weights = models.random_weights(s.config, device)
     native = models.native_state(weights)

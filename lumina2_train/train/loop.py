@@ -26,7 +26,8 @@ from ..atomic import atomic_write_text
 from ..config import RunConfig
 from ..errors import CheckpointError, ConfigError, TrainingError
 from ..formats import check_fits, read_adapter_tensors, read_lora
-from .batches import BucketBatches, DataPosition, rank_slice
+from . import prefetch
+from .batches import BucketBatches, DataPosition
 from .checkpoint import (
     check_compatible,
     guard_run_folder,
@@ -48,6 +49,7 @@ from .ema import EMA
 from .evaluation import ClipScorer, holdout_indices
 from .hooks import StepInfo, TrainHooks, ValidationImages
 from .lowmem import build_low_memory, uses_low_memory_adamw
+from .memory import with_oom_advice
 from .optim import build_optimizer, build_scheduler, set_optimizer_mode
 from .outputs import TrainerOutputs
 from .parallel import (
@@ -57,8 +59,9 @@ from .parallel import (
     uses_dcp,
     wrap_step,
 )
+from .prefetch import MicroBatches, batch_preparer, step_generator
 from .speed import CheckpointPlanner, prepare_forward
-from .step import collate, micro_step_loss
+from .step import micro_step_loss
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +85,6 @@ class _State:
     losses: list[float] = field(default_factory=list)
     sigmas: list[float] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)  # {"step": k, "loss_by_sigma": {σ: loss}}
-
-
-def step_generator(seed: int, step: int, micro: int = 0) -> torch.Generator:
-    """The generator of optimizer step `step`'s micro-step `micro` (noise, σ, flips, caption dropout)."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 997 + micro)
 
 
 class Trainer(TrainerOutputs):
@@ -210,31 +208,40 @@ class Trainer(TrainerOutputs):
         log.info("resumed from %s at step %d", ck.path, ck.step)
 
     # ------------------------------------------------------------ one optimizer step
-    def _optimizer_step(self, batch_iter) -> tuple[float, float, str, float]:
+    def micro_batches(self, start: DataPosition) -> MicroBatches:
+        """The run's micro-batches from data position `start` and step `state.step`, prepared ahead on a worker
+        thread when training on CUDA from stored entries (train/prefetch.py); close it when done."""
+        t = self.cfg.train
+        cuda = self.device.type == "cuda"
+        prepare = batch_preparer(self.cache, self.timesteps, t.seed, t.caption_dropout, self.world, pin=cuda)
+        return MicroBatches(self.batches.iterate(start), prepare, self.state.step, t.grad_accum,
+                            prefetch.prefetch_depth(self.device, self.cache))
+
+    def _optimizer_step(self, feed: MicroBatches) -> tuple[float, float, str, float]:
         cfg, st = self.cfg.train, self.state
-        total_loss, sigmas, bucket = 0.0, [], (0, 0)
+        losses, sigmas, bucket = [], [], (0, 0)
         position = st.position  # committed with the step below: a failed step is redone on resume
-        world = self.world
         for micro in range(cfg.grad_accum):
             if micro:
                 self._check_interrupt()  # cancel within one step, even with long accumulation
-            position, bucket, indices = next(batch_iter)  # the global batch; this rank takes its slice
-            gen = step_generator(cfg.seed, st.step, micro)
-            torch.manual_seed(gen.initial_seed() + world.rank)  # adapter dropout draws from the global RNG
-            part = rank_slice(len(indices), world.rank, world.size) if world.is_distributed else None
-            batch = collate(self.cache, indices, bucket, gen, cfg.caption_dropout, part)
-            probe = self.planner.begin(batch)
+            ready = feed.next()  # this rank's slice of the global batch, σ and noise drawn
+            position, bucket = ready.position, ready.bucket
+            torch.manual_seed(ready.gen.initial_seed() + self.world.rank)  # adapter dropout: the global RNG
+            probe = self.planner.begin(ready.batch)
             with micro_step_context(self.step_module, self.parallel, micro == cfg.grad_accum - 1):
-                loss, sigma = micro_step_loss(self.backbone, self.adapters.as_dict(), batch, self.timesteps,
-                                              weighting=cfg.loss_weighting, gamma=cfg.min_snr_gamma, gen=gen,
+                loss, sigma = micro_step_loss(self.backbone, self.adapters.as_dict(), ready.batch, self.timesteps,
+                                              weighting=cfg.loss_weighting, gamma=cfg.min_snr_gamma, gen=ready.gen,
                                               device=self.device, dtype=self.dtype,
                                               rollout=(cfg.rollout_probability, cfg.rollout_max_offset,
-                                                       cfg.rollout_steps), forward=self.forward)
+                                                       cfg.rollout_steps), forward=self.forward,
+                                              drawn=(ready.sigma, ready.noise))
                 (loss / cfg.grad_accum).backward()
             self.planner.end(probe, self.adapters.as_dict())
-            total_loss += float(loss.detach()) / cfg.grad_accum
+            losses.append(loss.detach())
             sigmas += sigma.tolist()
+        total_loss = float(sum(losses)) / cfg.grad_accum  # one wait for the device per step, not per micro-step
         sigma_mean = sum(sigmas) / len(sigmas)
+        world = self.world
         if world.is_distributed:  # every rank sees the global mean: a NaN anywhere stops every rank
             total_loss, sigma_mean = mean_over_ranks([total_loss, sigma_mean], world)
         params = [p for p in self.adapters.parameters() if p.grad is not None]
@@ -299,7 +306,7 @@ class Trainer(TrainerOutputs):
                 self._loop()
             except BaseException as e:
                 self._save_on_failure(e)
-                advised = _with_advice(e)
+                advised = with_oom_advice(e)
                 if advised is e:
                     raise
                 raise advised from e
@@ -316,25 +323,19 @@ class Trainer(TrainerOutputs):
             self._validate()
             if every_eval:
                 self._evaluate()
-        batch_iter = self.batches.iterate(st.position)
-        hooks.on_status("training", f"step {st.step}/{total}")
-        t_start, first = time.perf_counter(), st.step
-        per_step = effective_batch_size(cfg.train, self.world)
-        while st.step < total:
-            self._check_interrupt()
-            loss, sigma, bucket, gnorm = self._optimizer_step(batch_iter)
-            elapsed = time.perf_counter() - t_start
-            rate = (st.step - first) * per_step / max(elapsed, 1e-9)
-            hooks.on_step(StepInfo(st.step, total, loss, self.scheduler.get_last_lr()[0], sigma, rate,
-                                   (total - st.step) * per_step / max(rate, 1e-9), st.position.epoch, bucket,
-                                   gnorm, _memory_gib(self.device)))
-            if every_ckpt and st.step % every_ckpt == 0 and st.step < total:
-                self.last_checkpoint = self._checkpoint()
-                self.save_lora(self.run_dir / "loras" / f"{Path(cfg.save.name).name}_step{st.step:06d}.safetensors")
-            if every_val and st.step % every_val == 0 and st.step < total:
-                self._validate()
-            if every_eval and st.step % every_eval == 0:
-                self._evaluate()
+        with self.micro_batches(st.position) as feed:  # its worker stops with the loop, however it ends
+            hooks.on_status("training", f"step {st.step}/{total}")
+            t_start, first = time.perf_counter(), st.step
+            per_step = effective_batch_size(cfg.train, self.world)
+            while st.step < total:
+                self._check_interrupt()
+                loss, sigma, bucket, gnorm = self._optimizer_step(feed)
+                elapsed = time.perf_counter() - t_start
+                rate = (st.step - first) * per_step / max(elapsed, 1e-9)
+                hooks.on_step(StepInfo(st.step, total, loss, self.scheduler.get_last_lr()[0], sigma, rate,
+                                       (total - st.step) * per_step / max(rate, 1e-9), st.position.epoch, bucket,
+                                       gnorm, _memory_gib(self.device)))
+                self._periodic(every_ckpt, every_val, every_eval)
         hooks.on_status("saving", str(self.lora_path))
         self.last_checkpoint = self._checkpoint()
         self.save_lora(self.lora_path)
@@ -345,6 +346,17 @@ class Trainer(TrainerOutputs):
                                                                   "eval": st.evals}))
         self._validate()
         barrier(self.world)  # every file is written when any rank returns
+
+    def _periodic(self, every_ckpt: int, every_val: int, every_eval: int) -> None:
+        """Checkpoint + intermediate LoRA, validation images and evaluation loss, each on its own schedule."""
+        step, total = self.state.step, self.cfg.train.steps
+        if every_ckpt and step % every_ckpt == 0 and step < total:
+            self.last_checkpoint = self._checkpoint()
+            self.save_lora(self.run_dir / "loras" / f"{Path(self.cfg.save.name).name}_step{step:06d}.safetensors")
+        if every_val and step % every_val == 0 and step < total:
+            self._validate()
+        if every_eval and step % every_eval == 0:
+            self._evaluate()
 
     def _save_on_failure(self, exc: BaseException) -> None:
         if not hasattr(self, "optimizer") or isinstance(exc, TrainingError):
@@ -365,16 +377,6 @@ class Trainer(TrainerOutputs):
             self.hooks.on_status("cancelled" if cancelled else "failed", str(self.last_checkpoint))
         except Exception as save_error:  # never hide the original exception
             log.error("could not write the resumable checkpoint: %s", save_error)
-
-
-def _with_advice(e: BaseException) -> BaseException:
-    """CUDA out-of-memory keeps its type (ComfyUI unloads models on it) with our levers added."""
-    if isinstance(e, torch.OutOfMemoryError):
-        return torch.OutOfMemoryError(
-            f"{e}\nLumina2 training ran out of GPU memory. A resumable checkpoint was written. Try a smaller "
-            "batch_size (with grad_accum to keep the effective batch), a smaller largest bucket (resolution), "
-            "checkpointing 'on', or a quantised base (model.base_precision)")
-    return e
 
 
 def _memory_gib(device: torch.device) -> float:

@@ -115,3 +115,13 @@ def refine_plan(backbone, shape: tuple[int, int, int, int], peak: int, per_block
         log.info("checkpointing auto at batch %d, %d tokens: %d blocks keep activations (measured peak %.2f GiB "
                  "with %d)", key[0], key[1], new, peak / 2**30, keep)
     return new
+
+
+def with_oom_advice(e: BaseException) -> BaseException:
+    """CUDA out-of-memory keeps its type (ComfyUI unloads models on it) with our levers added."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return torch.OutOfMemoryError(
+            f"{e}\nLumina2 training ran out of GPU memory. A resumable checkpoint was written. Try a smaller "
+            "batch_size (with grad_accum to keep the effective batch), a smaller largest bucket (resolution), "
+            "checkpointing 'on', or a quantised base (model.base_precision)")
+    return e

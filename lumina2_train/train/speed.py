@@ -27,6 +27,7 @@ def prepare_forward(backbone, cfg: RunConfig, n_buckets: int) -> None:
     t = cfg.train
     opts = backbone.options
     opts.checkpoint = t.checkpointing != "off"
+    opts.recompute_rng = cfg.adapter.dropout > 0  # the only randomness inside a block
     opts.keep_activations.clear()
     opts.units = {}  # FSDP2 units are set by train/parallel.wrap_step, per run
     fmt = cfg.model.storage_format

@@ -25,6 +25,14 @@ class Batch:
     offset: int = 0
     global_size: int = 0  # 0 = this batch is the whole batch
 
+    def pinned(self) -> Batch:
+        """The same batch in page-locked memory (its copies to the GPU can then run without blocking)."""
+        def pin(t):
+            return None if t is None else t.pin_memory()
+
+        return Batch(pin(self.latents), pin(self.cap_feats), pin(self.cap_mask), self.loss_weights, pin(self.masks),
+                     self.bucket, self.offset, self.global_size)
+
 
 def pad_captions(feats: list[torch.Tensor], length: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Right-pad (L_i, D) features to (B, max(L_max, length), D); the mask is None when nothing was padded."""
@@ -70,37 +78,50 @@ def collate(cache, indices: list[int], bucket, gen: torch.Generator, caption_dro
                  len(indices) if part is not None else 0)
 
 
+def draw_noise(batch: Batch, timesteps: recipe.TimestepSampling, gen: torch.Generator,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(σ (B,), noise like the latents) for `batch`, drawn from `gen` on the CPU for the global batch and
+    sliced to this batch's rows: the same numbers on every device and for every split."""
+    x = batch.latents
+    b = x.shape[0]
+    w_px, h_px = batch.bucket
+    n, rows = batch.global_size or b, slice(batch.offset, batch.offset + b)
+    sigma = recipe.sample_sigmas(n, timesteps, h_px, w_px, generator=gen)[rows]
+    noise = torch.randn((n, *x.shape[1:]), generator=gen)[rows]
+    return sigma, noise
+
+
 def micro_step_loss(backbone, adapters, batch: Batch, timesteps: recipe.TimestepSampling, *, weighting: str,
                     gamma: float, gen: torch.Generator, device, dtype,
                     rollout: tuple[float, float, int] | None = None,
-                    forward=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scalar loss, σ per sample) for one batch; noise and σ are drawn from `gen` on the CPU.
+                    forward=None, drawn: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scalar loss, σ per sample) for one batch; noise and σ are drawn from `gen` on the CPU (`draw_noise`),
+    unless `drawn` = (σ, noise) holds that draw already (made ahead by train/prefetch.py).
 
     `rollout` = (probability, max_offset, steps) turns on scheduled sampling (train/rollout.py).
     `forward(x_σ, σ, cap_feats, cap_mask)`: runs the model instead of `backbone.velocity(..., adapters)`
     (the trainer passes its DDP / FSDP2-wrapped step module).
     """
-    x = batch.latents.float()
-    b = x.shape[0]
-    w_px, h_px = batch.bucket
-    n, rows = batch.global_size or b, slice(batch.offset, batch.offset + b)
-    sigma = recipe.sample_sigmas(n, timesteps, h_px, w_px, generator=gen)[rows]
-    # drawn on the CPU for the global batch: the same numbers on every device and for every split
-    noise = torch.randn((n, *x.shape[1:]), generator=gen)[rows]
-    cap_mask = batch.cap_mask.to(device) if batch.cap_mask is not None else None
+    sigma, noise = drawn if drawn is not None else draw_noise(batch, timesteps, gen)
+    x = batch.latents
+    nb = device.type == "cuda" if isinstance(device, torch.device) else False  # copies from pinned memory
+    cap_mask = batch.cap_mask.to(device, non_blocking=nb) if batch.cap_mask is not None else None
     if rollout and rollout[0] > 0:  # scheduled sampling (experimental): inputs from the model's own rollout
-        x_sigma, target = _rollout(backbone, adapters, batch, x, noise, sigma, rollout, gen, device, dtype)
+        x_sigma, target = _rollout(backbone, adapters, batch, x.float(), noise, sigma, rollout, gen, device, dtype)
         x_sigma, target, sigma_d = x_sigma.to(device), target.to(device), sigma.to(device)
     else:
-        x, noise, sigma_d = x.to(device), noise.to(device), sigma.to(device)
+        x = x.to(device, non_blocking=nb).float()
+        noise, sigma_d = noise.to(device, non_blocking=nb), sigma.to(device, non_blocking=nb)
         x_sigma = recipe.add_noise(x, noise, sigma_d)
         target = recipe.velocity_target(x, noise)
+    cap = batch.cap_feats.to(device, non_blocking=nb).to(dtype)
     if forward is None:
-        pred = backbone.velocity(x_sigma.to(dtype), sigma_d, batch.cap_feats.to(device, dtype), cap_mask, adapters)
+        pred = backbone.velocity(x_sigma.to(dtype), sigma_d, cap, cap_mask, adapters)
     else:
-        pred = forward(x_sigma.to(dtype), sigma_d, batch.cap_feats.to(device, dtype), cap_mask)
+        pred = forward(x_sigma.to(dtype), sigma_d, cap, cap_mask)
     weights = recipe.loss_weights(sigma, weighting, gamma) * batch.loss_weights
-    mask = batch.masks.to(device) if batch.masks is not None else None
+    mask = batch.masks.to(device, non_blocking=nb) if batch.masks is not None else None
     loss = recipe.flow_loss(pred, target, weights.to(device), mask)
     return loss, sigma
 

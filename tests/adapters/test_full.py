@@ -29,9 +29,9 @@ def test_full_fine_tune_trains_copies_in_backward(tiny_backbone, tensor_cache, t
 
     trainer = Trainer(cfg, tiny_backbone, tensor_cache, run_dir=tmp_path / "r")
     trainer._setup()
-    batches = trainer.batches.iterate(trainer.state.position)
     before = {n: m.weight.detach().clone() for n, m in trainer.adapters.items()}
-    losses = [trainer._optimizer_step(batches)[0] for _ in range(3)]
+    with trainer.micro_batches(trainer.state.position) as feed:
+        losses = [trainer._optimizer_step(feed)[0] for _ in range(3)]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert all(p.grad is None for p in trainer.adapters.parameters())
     assert all(not torch.equal(m.weight, before[n]) for n, m in trainer.adapters.items())

@@ -39,3 +39,21 @@ def test_variant_settings_become_the_run_config(tmp_path):
     assert cfg.model.base_precision == "fp8"
     lora = run_config(Group("g"), Variant(compile=False, ckpt="on"), 0.0, str(tmp_path))
     assert lora.adapter.targets == ("attention",) and lora.adapter.rank == 16 and not lora.train.compile
+
+
+def test_profile_records_where_device_time_goes(tmp_path):
+    from lumina2_train.bench.profile import kernel_class
+
+    groups = [Group("tiny", res=64, batch=1, rank=4, caption_tokens=7, steps=1, warmup=1, reference=False,
+                    variants=(Variant("eager", compile=False, ckpt="on"),))]
+    report, text = run_bench(groups, device=torch.device("cpu"), config=dict(TINY_DIT), attention=False,
+                             profile_dir=tmp_path)
+    prof = report["groups"][0]["variants"][0]["profile"]
+    assert prof["device_ms_per_step"] > 0 and prof["kernels"]
+    assert abs(sum(prof["classes"].values()) - 1.0) < 1e-6
+    assert any(k["class"] == "matmul" for k in prof["kernels"])  # aten::mm / addmm on the CPU
+    assert json.loads((tmp_path / "tiny--eager.json").read_text())  # a chrome trace
+    assert "#### Profile: tiny / eager" in text and "| matmul |" in text
+    assert kernel_class("sm90_xmma_gemm_bf16bf16_bf16f32") == "matmul"
+    assert kernel_class("cudnn_generated_fort_native_sdpa_sm90_flash_fprop") == "attention"
+    assert kernel_class("triton_poi_fused_add_mul_0") == "fused elementwise (compiled)"

@@ -67,7 +67,7 @@ def test_heldout_items_never_train_and_eval_loss_is_logged(tiny_backbone, tensor
         seen.extend(indices)
         return real(cache, indices, *a, **k)
 
-    monkeypatch.setattr("lumina2_train.train.loop.collate", spy)
+    monkeypatch.setattr("lumina2_train.train.prefetch.collate", spy)
     evals = []
     cfg = _with_validation(run_config(tmp_path, steps=4), eval_every_n_steps=2, eval_holdout=1,
                            eval_sigmas=(0.25, 0.75))
