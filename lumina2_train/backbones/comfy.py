@@ -29,13 +29,8 @@ def _needs_cast(module: nn.Module) -> bool:
                 or getattr(module, "bias_function", None))
 
 
-def _usable(t: torch.Tensor | None) -> torch.Tensor | None:
-    """A tensor autograd may save. ComfyUI loads weights under inference mode; autograd cannot save those (nor
-    ones moved to the GPU outside it), so while grad is on they are copied per use: a transient copy with
-    activation checkpointing, a second copy of the weights held for backward without it."""
-    if t is not None and torch.is_grad_enabled() and not is_autograd_safe(t):
-        return t.detach().clone()
-    return t
+def _copy(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach().clone()
 
 
 def comfy_weight(module: nn.Module, dtype: torch.dtype, device: torch.device):
@@ -44,22 +39,37 @@ def comfy_weight(module: nn.Module, dtype: torch.dtype, device: torch.device):
         import comfy.ops
 
         out = comfy.ops.cast_bias_weight(module, dtype=dtype, device=device, bias_dtype=dtype)
-        weight, bias = out[0], out[1]  # newer ComfyUI can return a third item (an offload stream)
-    else:
-        weight = module.weight.to(device=device, dtype=dtype)
-        bias = module.bias.to(device=device, dtype=dtype) if module.bias is not None else None
-    return _usable(weight), _usable(bias)
+        return out[0], out[1]  # newer ComfyUI can return a third item (an offload stream)
+    weight = module.weight.to(device=device, dtype=dtype)
+    return weight, (module.bias.to(device=device, dtype=dtype) if module.bias is not None else None)
 
 
 class ComfyLinears(Linears):
-    """Linears whose norms also go through comfy.ops casting (fp8 norms, weight_function patches)."""
+    """Linears over ComfyUI's weights: norms also go through comfy.ops casting (fp8 norms, weight_function
+    patches), and with `copy_weights` every weight is copied per use (see `needs_weight_copies`)."""
+
+    def __init__(self, adapters, weight_fn, frozen: bool = True, copy_weights: bool = False):
+        super().__init__(adapters, weight_fn, frozen=frozen)
+        self.copy_weights = copy_weights
+
+    def _base(self, module: nn.Module, x: torch.Tensor):
+        weight, bias = super()._base(module, x)
+        return (_copy(weight), _copy(bias)) if self.copy_weights else (weight, bias)
 
     def norm(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if norm.weight is None:
             return F.rms_norm(x, (x.shape[-1],), None, norm.eps)
-        w = comfy_weight(norm, x.dtype, x.device)[0] if _needs_cast(norm) else \
-            _usable(norm.weight.to(device=x.device, dtype=x.dtype))
+        w = comfy_weight(norm, x.dtype, x.device)[0] if _needs_cast(norm) else norm.weight.to(x.device, x.dtype)
+        w = _copy(w) if self.copy_weights else w
         return F.rms_norm(x, (x.shape[-1],), w.detach() if self.frozen else w, norm.eps)
+
+
+def needs_weight_copies(tree: nn.Module) -> bool:
+    """True when autograd cannot save some of `tree`'s weights while grad is on. ComfyUI loads weights under
+    inference mode; autograd cannot save those (nor ones moved to the GPU outside it), so they are copied per
+    use: a transient copy with activation checkpointing, a second copy held for backward without it. Decided
+    once per forward, outside the compiled blocks (a per-tensor check inside them breaks their graphs)."""
+    return torch.is_grad_enabled() and not all(is_autograd_safe(t) for t in (*tree.parameters(), *tree.buffers()))
 
 
 def check_lumina2(model) -> nn.Module:
@@ -136,7 +146,7 @@ class ComfyBackbone(Backbone):
                  cap_mask: torch.Tensor | None, adapters: dict[str, nn.Module] | None = None,
                  *, frozen: bool = True) -> torch.Tensor:
         """ε − x (library convention) from ComfyUI's NextDiT weights; see Backbone.velocity."""
-        lin = ComfyLinears(adapters, self.weight_fn, frozen=frozen)
+        lin = ComfyLinears(adapters, self.weight_fn, frozen=frozen, copy_weights=needs_weight_copies(self.tree))
         return velocity(self.tree, self.arch, x_sigma, sigma, cap_feats, cap_mask, lin, self.options)
 
     @property
