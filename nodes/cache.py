@@ -38,6 +38,11 @@ class CacheLatentsText(io.ComfyNode):
                 advanced(io.Int.Input("vae_batch_size", default=_C.vae_batch_size, min=1, max=64,
                                       tooltip="Images per VAE call. 1 keeps latents bit-identical whatever the "
                                               "batch; larger is faster on a GPU.")),
+                advanced(io.Int.Input("encode_batch_size", default=_C.encode_batch_size, min=1, max=256,
+                                      optional=True,  # optional: prompts saved before it existed still run
+                                      tooltip="Captions per text-encoder call. Larger is faster on a GPU and "
+                                              "needs more memory while caching; the features do not depend on it "
+                                              "beyond the last float bits.")),
             ],
             outputs=[types.Cache.Output("cache", display_name="cache", tooltip="The cache handle, for the Train node."),
                      io.String.Output("summary", display_name="summary", tooltip="What was cached, and where.")],
@@ -46,9 +51,10 @@ class CacheLatentsText(io.ComfyNode):
 
     @classmethod
     def execute(cls, dataset, clip, vae, system_prompt: str, custom_system_prompt: str, max_caption_tokens: int,
-                vae_batch_size: int, validation=None) -> io.NodeOutput:
+                vae_batch_size: int, encode_batch_size: int = _C.encode_batch_size, validation=None) -> io.NodeOutput:
         cfg = CacheConfig(system_prompt=system_prompt, custom_system_prompt=custom_system_prompt,
-                          max_caption_tokens=max_caption_tokens, vae_batch_size=vae_batch_size)
+                          max_caption_tokens=max_caption_tokens, vae_batch_size=vae_batch_size,
+                          encode_batch_size=encode_batch_size)
         cache = comfy_data.build_comfy_cache(dataset, clip, vae, cfg, validation=validation,
                                              node_id=cls.hidden.unique_id)
         text = comfy_data.cache_summary(cache)

@@ -68,7 +68,7 @@ def _inference_linear(moved: bool) -> torch.nn.Linear:
 
 
 def test_half_converted_inference_weights_are_detected_and_copied():
-    from lumina2_train.backbones.comfy import comfy_weight
+    from lumina2_train.backbones.comfy import ComfyLinears, comfy_weight, needs_weight_copies
     from lumina2_train.comfy_bridge import is_autograd_safe
 
     for moved in (False, True):
@@ -76,8 +76,12 @@ def test_half_converted_inference_weights_are_detected_and_copied():
         assert not is_autograd_safe(lin.weight) and lin.weight.is_inference() != moved
         assert is_autograd_safe(clone_inference_tensors(lin.weight))
         x = torch.randn(2, 4, dtype=lin.weight.dtype, requires_grad=True)
-        weight, bias = comfy_weight(lin, x.dtype, x.device)  # no comfy.ops needed: nothing to cast
-        torch.nn.functional.linear(x, weight.detach(), bias.detach()).sum().backward()
-        assert torch.equal(weight, lin.weight) and x.grad is not None
+        assert needs_weight_copies(lin)  # decided once per forward, outside any compiled block
+        linears = ComfyLinears({}, comfy_weight, copy_weights=needs_weight_copies(lin))
+        linears.apply(lin, None, x).sum().backward()  # autograd saves the copies, not ComfyUI's tensors
+        weight, bias = linears._base(lin, x)
+        assert torch.equal(weight, lin.weight) and weight is not lin.weight and x.grad is not None
         with torch.no_grad():  # no copy when autograd will not save anything
+            assert not needs_weight_copies(lin)
             assert comfy_weight(lin, x.dtype, x.device)[0] is lin.weight
+    assert not needs_weight_copies(torch.nn.Linear(4, 3))  # ordinary weights are used as they are

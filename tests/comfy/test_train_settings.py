@@ -118,3 +118,13 @@ def test_tracking_and_an_offline_hub_push(pack, comfy_models, train_inputs, monk
     assert [s for s, keys in recorder.steps if isinstance(keys, list) and "train/loss" in keys] == [1, 2]
     assert (2, "lora_path") in recorder.steps and recorder.closed
     assert pack.lib("comfy_jobs").history("32")["job"]["status"] == "done"
+
+
+def test_cache_node_passes_its_text_batch_size(pack, comfy_clip, comfy_vae):
+    write_demo_dataset(pack.input / "shapes_text_batch", size_px=64)
+    dataset = pack.run("Lumina2T_LoadDataset", **pack.defaults("Lumina2T_LoadDataset", folder="shapes_text_batch",
+                                                                  resolution=64, min_size_px=0))
+    one = pack.run("Lumina2T_CacheLatentsText", dataset=dataset[0], clip=comfy_clip, vae=comfy_vae,
+                   **pack.defaults("Lumina2T_CacheLatentsText", encode_batch_size=1))[0]
+    assert one.config.encode_batch_size == 1 and len(one) > 1
+    assert pack.defaults("Lumina2T_CacheLatentsText")["encode_batch_size"] == 4
