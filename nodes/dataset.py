@@ -9,13 +9,15 @@ from ..lumina2_train.config import (
     CAPTION_STRATEGIES,
     CROP_ASPECTS,
     CROP_STYLES,
+    DUPLICATE_POLICIES,
+    FILE_POLICIES,
     RESOLUTION_TYPES,
     DataConfig,
     DatasetConfig,
     from_dict,
 )
 from . import types
-from ._api import io, ui
+from ._api import advanced, io, ui
 
 CATEGORY = "Lumina2 Trainer/1 Data"
 _D = DatasetConfig()
@@ -46,6 +48,33 @@ def bucket_inputs() -> list[io.Input]:
                      tooltip="How many times each image counts per epoch (weights this dataset)."),
         io.Int.Input("seed", default=DataConfig().seed, min=0, max=2**31 - 1, control_after_generate=False,
                      tooltip="Seed of the scan's random choices (random crops, tag shuffles)."),
+    ]
+
+
+def file_inputs() -> list[io.Input]:
+    """Advanced, optional widgets for the folder scan (ids = DatasetConfig fields; optional so that prompts saved
+    before they existed still run, with the library's defaults)."""
+    return [
+        advanced(io.Boolean.Input("recursive", default=_D.recursive, optional=True,
+                             tooltip="Also read images in sub-folders.")),
+        advanced(io.Int.Input("max_size_px", default=_D.max_size_px, min=0, max=16384, optional=True,
+                         tooltip="Images whose long side is larger are downsampled before bucketing (0 = no limit).")),
+        advanced(io.Int.Input("target_downsample_px", default=_D.target_downsample_px, min=0, max=16384, optional=True,
+                         tooltip="The long side after that downsample (0 = max_size_px).")),
+        advanced(io.Combo.Input("empty_caption", options=list(CAPTION_POLICIES), default=_D.empty_caption,
+                           optional=True, tooltip="A caption that is empty: stop with an error, skip the image, or "
+                                                  "train it with an empty caption.")),
+        advanced(io.Combo.Input("invalid_caption", options=list(FILE_POLICIES), default=_D.invalid_caption, optional=True,
+                           tooltip="A caption file that is not UTF-8 or cannot be read: error or skip (reported).")),
+        advanced(io.Combo.Input("duplicate_stem", options=list(DUPLICATE_POLICIES), default=_D.duplicate_stem,
+                           optional=True, tooltip="Images sharing one caption file (a.png and a.jpg): error, skip "
+                                                  "both, or keep both with that caption.")),
+        advanced(io.Combo.Input("bad_image", options=list(FILE_POLICIES), default=_D.bad_image, optional=True,
+                           tooltip="Zero-byte, truncated or unreadable images: error or skip (reported either way).")),
+        advanced(io.String.Input("background", default=_D.background, optional=True,
+                            tooltip="Colour transparent pixels are composited on: a name or #rrggbb.")),
+        advanced(io.Combo.Input("missing_mask", options=list(FILE_POLICIES), default=_D.missing_mask, optional=True,
+                           tooltip="With mask_strategy 'folder': an image without a mask file: error or skip.")),
     ]
 
 
@@ -88,6 +117,7 @@ class LoadDataset(io.ComfyNode):
                 io.String.Input("mask_folder", default="",
                                 tooltip="For mask_strategy 'folder': the masks, absolute or relative to ComfyUI's "
                                         "input folder."),
+                *file_inputs(),
             ],
             outputs=[types.Dataset.Output("dataset", display_name="dataset",
                                           tooltip="The scanned dataset, for 'Cache Latents & Text'."),

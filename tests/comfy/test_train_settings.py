@@ -128,3 +128,26 @@ def test_cache_node_passes_its_text_batch_size(pack, comfy_clip, comfy_vae):
                    **pack.defaults("Lumina2T_CacheLatentsText", encode_batch_size=1))[0]
     assert one.config.encode_batch_size == 1 and len(one) > 1
     assert pack.defaults("Lumina2T_CacheLatentsText")["encode_batch_size"] == 4
+
+
+def test_load_dataset_advanced_widgets_reach_the_scan(pack):
+    import shutil
+
+    folder = pack.input / "shapes_advanced"
+    write_demo_dataset(folder, size_px=64)
+    first = sorted(folder.glob("*.png"))[0]
+    (folder / "sub").mkdir()
+    shutil.copy(first, folder / "sub" / "copy.png")
+    shutil.copy(first.with_suffix(".txt"), folder / "sub" / "copy.txt")
+    (folder / "broken.png").write_bytes(b"")
+    (folder / "broken.txt").write_text("a broken file")
+
+    def scan(**widgets):
+        return pack.run("Lumina2T_LoadDataset", **pack.defaults("Lumina2T_LoadDataset", folder="shapes_advanced",
+                                                                  resolution=64, min_size_px=0, **widgets))[0]
+
+    default = scan()
+    assert "broken.png" in default.report.as_text() and default.require_usable() is default  # skipped, reported
+    assert len(scan(recursive=False)) == len(default) - 1
+    with pytest.raises(pack.lib("errors").DatasetError, match="broken.png"):
+        scan(bad_image="error").require_usable()
