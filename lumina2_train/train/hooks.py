@@ -5,7 +5,10 @@ StepInfo.as_dict() is the payload of the `lumina2t.step` websocket event (web/js
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -84,3 +87,28 @@ def combine_hooks(*hooks: TrainHooks | None) -> TrainHooks:
         merged.update(h.extra)
     callbacks = [f.name for f in fields(TrainHooks) if f.name != "extra"]  # every callback, new ones included
     return TrainHooks(**{name: fan_out(name) for name in callbacks}, extra=merged)
+
+
+@contextlib.contextmanager
+def deferred_sigint() -> Iterator[None]:
+    """Ctrl-C (SIGINT) arriving inside the block is raised as KeyboardInterrupt when the block ends, not inside it.
+
+    For the parts of a step that must happen together or not at all (an optimizer update and the step count that
+    a checkpoint saves with it): an interrupt in the middle would leave some weights or moments updated and the
+    step not counted, and the resume would apply that update twice. Only where Python's default Ctrl-C handler
+    is installed, in the main thread; elsewhere (ComfyUI's worker thread, which cancels through the hooks) the
+    block runs as is.
+    """
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+

@@ -47,7 +47,7 @@ from .distributed import (
 )
 from .ema import EMA
 from .evaluation import ClipScorer, holdout_indices
-from .hooks import StepInfo, TrainHooks, ValidationImages
+from .hooks import StepInfo, TrainHooks, ValidationImages, deferred_sigint
 from .lowmem import build_low_memory, uses_low_memory_adamw
 from .memory import with_oom_advice
 from .optim import build_optimizer, build_scheduler, set_optimizer_mode
@@ -235,7 +235,9 @@ class Trainer(TrainerOutputs):
                                               rollout=(cfg.rollout_probability, cfg.rollout_max_offset,
                                                        cfg.rollout_steps), forward=self.forward,
                                               drawn=(ready.sigma, ready.noise))
-                (loss / cfg.grad_accum).backward()
+                # with gradient release the update happens inside backward: Ctrl-C waits until it is done
+                with deferred_sigint() if self.release is not None else contextlib.nullcontext():
+                    (loss / cfg.grad_accum).backward()
             self.planner.end(probe, self.adapters.as_dict())
             losses.append(loss.detach())
             sigmas += sigma.tolist()
@@ -248,18 +250,19 @@ class Trainer(TrainerOutputs):
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         grad_norm = grad_norm_of(params, max_norm) if params else 0.0
         label = f"{bucket[0]}x{bucket[1]}"
-        if not (math.isfinite(total_loss) and math.isfinite(grad_norm)):
-            self._nonfinite(total_loss, grad_norm, label)
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        st.step += 1
-        st.position = position
-        if self.ema is not None:
-            self.ema.update(st.step)
-        st.losses.append(total_loss)
-        st.sigmas.append(sigma_mean)
+        with deferred_sigint():  # the update and the step count a checkpoint saves change together
+            if not (math.isfinite(total_loss) and math.isfinite(grad_norm)):
+                self._nonfinite(total_loss, grad_norm, label)
+            else:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            st.step += 1
+            st.position = position
+            if self.ema is not None:
+                self.ema.update(st.step)
+            st.losses.append(total_loss)
+            st.sigmas.append(sigma_mean)
         return total_loss, st.sigmas[-1], label, grad_norm
 
     def _check_interrupt(self) -> None:

@@ -17,6 +17,7 @@ from ..formats import lora_metadata, save_adapters
 from .checkpoint import CheckpointState, capture_rng, checkpoint_temp, save_checkpoint
 from .distributed import barrier, broadcast_object
 from .evaluation import heldout_loss
+from .hooks import deferred_sigint
 from .optim import set_optimizer_mode
 from .parallel import SHARDED, gathered, save_sharded
 from .validation import run_validation
@@ -42,7 +43,8 @@ class TrainerOutputs:
         if world.is_main:
             ck = CheckpointState(st.step, st.position, st.losses, tensors, optim, self.scheduler.state_dict(),
                                  capture_rng(), self._config_dict(), {"sigmas": st.sigmas, "evals": st.evals})
-            path = save_checkpoint(self.run_dir, ck, self.cfg.save.keep_last, tmp=tmp)
+            with deferred_sigint():  # Ctrl-C mid-write would surface as torch.save's RuntimeError, not as itself
+                path = save_checkpoint(self.run_dir, ck, self.cfg.save.keep_last, tmp=tmp)
             self.hooks.on_checkpoint(path, st.step)
         return broadcast_object(path, world) if collective else path
 
