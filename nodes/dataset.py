@@ -54,28 +54,28 @@ def bucket_inputs() -> list[io.Input]:
 def file_inputs() -> list[io.Input]:
     """Advanced, optional widgets for the folder scan (ids = DatasetConfig fields; optional so that prompts saved
     before they existed still run, with the library's defaults)."""
-    return [
-        advanced(io.Boolean.Input("recursive", default=_D.recursive, optional=True,
-                             tooltip="Also read images in sub-folders.")),
-        advanced(io.Int.Input("max_size_px", default=_D.max_size_px, min=0, max=16384, optional=True,
-                         tooltip="Images whose long side is larger are downsampled before bucketing (0 = no limit).")),
-        advanced(io.Int.Input("target_downsample_px", default=_D.target_downsample_px, min=0, max=16384, optional=True,
-                         tooltip="The long side after that downsample (0 = max_size_px).")),
-        advanced(io.Combo.Input("empty_caption", options=list(CAPTION_POLICIES), default=_D.empty_caption,
-                           optional=True, tooltip="A caption that is empty: stop with an error, skip the image, or "
-                                                  "train it with an empty caption.")),
-        advanced(io.Combo.Input("invalid_caption", options=list(FILE_POLICIES), default=_D.invalid_caption, optional=True,
-                           tooltip="A caption file that is not UTF-8 or cannot be read: error or skip (reported).")),
-        advanced(io.Combo.Input("duplicate_stem", options=list(DUPLICATE_POLICIES), default=_D.duplicate_stem,
-                           optional=True, tooltip="Images sharing one caption file (a.png and a.jpg): error, skip "
-                                                  "both, or keep both with that caption.")),
-        advanced(io.Combo.Input("bad_image", options=list(FILE_POLICIES), default=_D.bad_image, optional=True,
-                           tooltip="Zero-byte, truncated or unreadable images: error or skip (reported either way).")),
-        advanced(io.String.Input("background", default=_D.background, optional=True,
-                            tooltip="Colour transparent pixels are composited on: a name or #rrggbb.")),
-        advanced(io.Combo.Input("missing_mask", options=list(FILE_POLICIES), default=_D.missing_mask, optional=True,
-                           tooltip="With mask_strategy 'folder': an image without a mask file: error or skip.")),
-    ]
+    return [advanced(w) for w in (
+        io.Boolean.Input("recursive", default=_D.recursive, optional=True,
+                         tooltip="Also read images in sub-folders."),
+        io.Int.Input("max_size_px", default=_D.max_size_px, min=0, max=16384, optional=True,
+                     tooltip="Images whose long side is larger are downsampled before bucketing (0 = no limit)."),
+        io.Int.Input("target_downsample_px", default=_D.target_downsample_px, min=0, max=16384, optional=True,
+                     tooltip="The long side after that downsample (0 = max_size_px)."),
+        io.Combo.Input("empty_caption", options=list(CAPTION_POLICIES), default=_D.empty_caption, optional=True,
+                       tooltip="A caption that is empty: stop with an error, skip the image, or train it with an "
+                               "empty caption."),
+        io.Combo.Input("invalid_caption", options=list(FILE_POLICIES), default=_D.invalid_caption, optional=True,
+                       tooltip="A caption file that is not UTF-8 or cannot be read: error or skip (reported)."),
+        io.Combo.Input("duplicate_stem", options=list(DUPLICATE_POLICIES), default=_D.duplicate_stem, optional=True,
+                       tooltip="Images sharing one caption file (a.png and a.jpg): error, skip both, or keep both "
+                               "with that caption."),
+        io.Combo.Input("bad_image", options=list(FILE_POLICIES), default=_D.bad_image, optional=True,
+                       tooltip="Zero-byte, truncated or unreadable images: error or skip (reported either way)."),
+        io.String.Input("background", default=_D.background, optional=True,
+                        tooltip="Colour transparent pixels are composited on: a name or #rrggbb."),
+        io.Combo.Input("missing_mask", options=list(FILE_POLICIES), default=_D.missing_mask, optional=True,
+                       tooltip="With mask_strategy 'folder': an image without a mask file: error or skip."),
+    )]
 
 
 class LoadDataset(io.ComfyNode):

@@ -111,4 +111,3 @@ def deferred_sigint() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
     if caught:
         raise KeyboardInterrupt
-

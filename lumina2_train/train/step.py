@@ -105,7 +105,7 @@ def micro_step_loss(backbone, adapters, batch: Batch, timesteps: recipe.Timestep
     """
     sigma, noise = drawn if drawn is not None else draw_noise(batch, timesteps, gen)
     x = batch.latents
-    nb = device.type == "cuda" if isinstance(device, torch.device) else False  # copies from pinned memory
+    nb = torch.device(device).type == "cuda"  # copies from pinned memory need not block the host
     cap_mask = batch.cap_mask.to(device, non_blocking=nb) if batch.cap_mask is not None else None
     if rollout and rollout[0] > 0:  # scheduled sampling (experimental): inputs from the model's own rollout
         x_sigma, target = _rollout(backbone, adapters, batch, x.float(), noise, sigma, rollout, gen, device, dtype)
