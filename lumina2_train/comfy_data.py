@@ -169,13 +169,14 @@ def image_set_dataset(images: Sequence[torch.Tensor], captions: Sequence[str], d
 # ---------------------------------------------------------------- cache
 
 def validation_prompts(v: ValidationConfig | None) -> list[str]:
-    """Raw prompts the cache must hold for validation: every prompt and, when there are any, the negative one."""
+    """Raw prompts the cache must hold for validation: every prompt and, when there are any, a non-empty negative
+    (an empty negative uses the dropped caption, which every cache holds)."""
     if v is None:
         return []
-    from .train.validation import named_prompts
+    from .train.validation import cached_negative, named_prompts
 
     named = [p for _, p in named_prompts(v)]
-    return [*named, v.negative_prompt] if named else []
+    return [*named, *cached_negative(v.negative_prompt)] if named else []
 
 
 def progress_bar(node_id: str | None) -> Callable[[int, int], None]:

@@ -151,7 +151,10 @@ def read_adapter_tensors(source: str | Path | dict[str, torch.Tensor]) -> dict[s
 
 def lora_metadata(*, rank: int, alpha: float, step: int, config: dict | None = None, base_hash: str = "",
                   title: str = "", workflow: dict | None = None, extra: dict | None = None) -> dict[str, str]:
-    """safetensors metadata: modelspec + kohya ss_* keys + ours (lumina2t.*). All values are strings."""
+    """safetensors metadata: modelspec + kohya ss_* keys + ours (lumina2t.*). All values are strings.
+
+    `alpha` is the trained alpha, kept as `lumina2t.trained_alpha`; saving rewrites `ss_network_alpha` and
+    `lumina2t.scale_folded` to describe the file as written (`written_metadata`)."""
     md = {
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": "lumina-2/lora",
@@ -159,11 +162,11 @@ def lora_metadata(*, rank: int, alpha: float, step: int, config: dict | None = N
         "modelspec.title": title or "Lumina2 LoRA",
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(rank),
-        "ss_network_alpha": str(alpha),
+        "ss_network_alpha": str(float(alpha)),
         "ss_base_model_version": "lumina2",
         "ss_steps": str(step),
         "lumina2t.step": str(step),
-        "lumina2t.scale_folded": "true",
+        "lumina2t.trained_alpha": str(float(alpha)),
         "lumina2t.base_model_hash": base_hash,
     }
     if config is not None:
@@ -174,16 +177,46 @@ def lora_metadata(*, rank: int, alpha: float, step: int, config: dict | None = N
     return md
 
 
+def written_metadata(sd: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> dict[str, str] | None:
+    """Metadata that describes `sd` as written: `ss_network_alpha` is the file's alpha (its `.alpha` keys, or
+    the rank where alpha/rank is folded into lora_B and no alpha key is written), so a tool that trusts the
+    metadata scales by 1.0 exactly like ComfyUI; the trained alpha stays under `lumina2t.trained_alpha`."""
+    if metadata is None:
+        return None
+    md = dict(metadata)
+    downs = {k.rsplit(".", 2)[0]: int(v.shape[0]) for k, v in sd.items()
+             if k.endswith(("lora_A.weight", "lora_down.weight"))}
+    if not downs:  # LoHa/LoKr: their alpha keys are applied as written; nothing is folded
+        return md
+    alphas = {k.removesuffix(".alpha"): float(v) for k, v in sd.items() if k.endswith(".alpha")}
+    effective = {m: alphas.get(m, float(r)) for m, r in downs.items()}  # no alpha key: scale 1 (alpha = rank)
+    ranks = list(downs.values())
+    md["ss_network_dim"] = str(max(set(ranks), key=ranks.count))
+    values = set(effective.values())
+    trained = md.get("ss_network_alpha") or (str(next(iter(set(alphas.values())))) if len(set(alphas.values())) == 1
+                                              and len(alphas) == len(downs) else "")
+    if trained:
+        md.setdefault("lumina2t.trained_alpha", trained)
+    if len(values) == 1:
+        md["ss_network_alpha"] = str(values.pop())
+    else:  # one number cannot describe it: tools must read the alpha keys
+        md.pop("ss_network_alpha", None)
+    md["lumina2t.scale_folded"] = "true" if all(effective[m] == r for m, r in downs.items()) else "false"
+    return md
+
+
 def save_lora(mods: dict[str, LoraModule], path: str | Path, *, fmt: str = "comfyui", dtype: str = "bf16",
               arch: ArchConfig | None = None, metadata: dict[str, str] | None = None) -> Path:
     """Write a LoRA file atomically (temp file + rename)."""
-    return save_state_dict(lora_state_dict(mods, fmt, arch or ArchConfig()), path, dtype, metadata)
+    sd = lora_state_dict(mods, fmt, arch or ArchConfig())
+    return save_state_dict(sd, path, dtype, written_metadata(sd, metadata))
 
 
 def save_adapters(adapters, path: str | Path, *, fmt: str = "comfyui", dtype: str = "bf16",
                   arch: ArchConfig | None = None, metadata: dict[str, str] | None = None) -> Path:
     """Write any AdapterSet (LoRA, DoRA, LoHa, LoKr) atomically."""
-    return save_state_dict(adapter_state_dict(adapters, fmt, arch or ArchConfig()), path, dtype, metadata)
+    sd = adapter_state_dict(adapters, fmt, arch or ArchConfig())
+    return save_state_dict(sd, path, dtype, written_metadata(sd, metadata))
 
 
 def save_state_dict(sd: dict[str, torch.Tensor], path: str | Path, dtype: str,

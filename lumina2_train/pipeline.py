@@ -78,10 +78,10 @@ def build_training_cache(cfg: RunConfig, encoders, cache_root: Path,
     from .data import scan_dataset
 
     dataset = scan_dataset(cfg.data).require_usable()
-    from .train.validation import named_prompts
+    from .train.validation import cached_negative, named_prompts
 
     named = [p for _, p in named_prompts(cfg.validation)]
-    prompts = [*named, cfg.validation.negative_prompt] if named else []
+    prompts = [*named, *cached_negative(cfg.validation.negative_prompt)] if named else []
     return build_cache(dataset, encoders, cfg.cache, root=cache_root, extra_prompts=prompts, progress=progress)
 
 

@@ -7,7 +7,7 @@ The convention (every other module follows it; only backbones convert to a netwo
     the velocity a backbone returns is  v = dx_σ/dσ = ε − x,  and the training target is ε − x.
     Sampling integrates dx/dσ = v from σ = 1 down to σ = 0 (Euler: x ← x + (σ_next − σ)·v).
 The official Lumina code uses t = 1 − σ and predicts x − ε; ComfyUI's NextDiT takes σ and returns
-ε − x; diffusers' Lumina2Transformer2DModel takes 1 − σ and returns x − ε (RECIPE.md §2).
+ε − x; diffusers' Lumina2Transformer2DModel takes 1 − σ and returns x − ε (docs/recipe.md).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-# ---------------------------------------------------------------- prompts (RECIPE.md §4)
+# ---------------------------------------------------------------- prompts (docs/recipe.md, Text)
 
 SYSTEM_PROMPT_TEXT = {
     "superior": "You are an assistant designed to generate superior images with the superior degree of "
@@ -44,7 +44,7 @@ def format_prompt(caption: str, system_prompt: str) -> str:
 # The caption-dropout text: the whole string, system prompt included, becomes "" (official recipe).
 DROPPED_PROMPT = ""
 
-# ---------------------------------------------------------------- latents (RECIPE.md §5)
+# ---------------------------------------------------------------- latents (docs/recipe.md, Latents)
 
 LATENT_SHIFT = 0.1159
 LATENT_SCALE = 0.3611
@@ -62,7 +62,7 @@ def latent_out(z: torch.Tensor) -> torch.Tensor:
     return z / LATENT_SCALE + LATENT_SHIFT
 
 
-# ---------------------------------------------------------------- timesteps (RECIPE.md §3)
+# ---------------------------------------------------------------- timesteps (docs/recipe.md, Timesteps)
 
 SHIFT_BASE_TOKENS, SHIFT_MAX_TOKENS = 256, 4096
 SHIFT_BASE_MU, SHIFT_MAX_MU = 0.5, 1.15
@@ -113,7 +113,7 @@ def sample_sigmas(n: int, spec: TimestepSampling, height_px: int, width_px: int,
     return shift_sigma(sigma, spec.shift_for(height_px, width_px))
 
 
-# ---------------------------------------------------------------- noise, target, loss (RECIPE.md §2)
+# ---------------------------------------------------------------- noise, target, loss (docs/recipe.md, Noise, time and target)
 
 def _bcast(sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return sigma.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
@@ -163,7 +163,7 @@ def flow_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | 
     return (per if weights is None else per * weights.to(per.device)).mean()
 
 
-# ---------------------------------------------------------------- sampling (RECIPE.md §6)
+# ---------------------------------------------------------------- sampling (docs/recipe.md, Validation sampling)
 
 Velocity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 

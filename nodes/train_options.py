@@ -85,7 +85,8 @@ def _recipe_inputs() -> list[io.Input]:
         _float("static_shift", "shift_mode static: the shift.", 0.01, 100.0, 0.1),
         _combo("loss_weighting", LOSS_WEIGHTINGS, "Per-noise-level loss weights: none, min_snr, cosmap."),
         _float("min_snr_gamma", "min_snr: gamma.", 0.0, 100.0, 0.1),
-        _float("caption_dropout", "Probability of training a sample with an empty text (helps CFG).", 0.0, 1.0),
+        _float("caption_dropout", "Probability of training a sample with an empty text (helps CFG). Default 0; the "
+               "official recipe uses 0.1.", 0.0, 1.0),
         advanced(_float("rollout_probability", "Probability of reaching a sample's noise level by a short Euler "
                                                "rollout from a higher one instead of exact interpolation.", 0.0, 1.0)),
         advanced(_float("rollout_max_offset", "Rollout start: sigma + U(0, offset) x (1 - sigma).", 0.0, 1.0)),

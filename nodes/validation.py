@@ -29,15 +29,16 @@ class ConfigureValidation(io.ComfyNode):
                                 tooltip="Optional JSON file {\"name\": \"prompt\", ...} (absolute or relative to "
                                         "ComfyUI's input folder); its prompts join the ones above."),
                 io.String.Input("negative_prompt", default=_V.negative_prompt, multiline=True,
-                                tooltip="Negative prompt for classifier-free guidance (empty = unconditional)."),
+                                tooltip="Negative prompt for classifier-free guidance. Empty = the dropped caption \"\" without the "
+                                        "system prompt, as caption dropout and the official sampler use."),
                 io.Float.Input("guidance", default=_V.guidance, min=0.0, max=100.0, step=0.1,
                                tooltip="CFG scale, as KSampler's cfg (Lumina2's templates use 4)."),
                 io.Float.Input("cfg_renorm", default=_V.cfg_renorm, min=0.0, max=100.0, step=0.01,
-                               tooltip="Cap the guided prediction's norm at this times the conditional one (as "
-                                       "RenormCFG's renorm_cfg); 0 = off."),
+                               tooltip="Cap the guided velocity's norm at this times the conditional one (the official "
+                                       "renorm_cfg; ComfyUI's RenormCFG caps the x0 prediction instead); 0 = off."),
                 io.Float.Input("cfg_trunc", default=_V.cfg_trunc, min=0.0, max=1.0, step=0.01,
-                               tooltip="Apply guidance only while 1 - sigma is below this (1.0 = always; Lumina2's "
-                                       "reference uses 0.25)."),
+                               tooltip="Apply guidance only while 1 - sigma is below this (1.0 = always, as the official "
+                                       "sampler; its demo uses 0.25)."),
                 io.Int.Input("steps", default=_V.steps, min=1, max=1000, tooltip="Sampling steps (flow Euler)."),
                 io.Float.Input("shift", default=_V.shift, min=0.01, max=100.0, step=0.1,
                                tooltip="Timestep shift, as ModelSamplingAuraFlow's (6 for Lumina2)."),

@@ -173,3 +173,46 @@ def test_our_file_loads_in_diffusers_pipeline_and_matches_training_output(tmp_pa
     with torch.no_grad():
         theirs = -pipe.transformer(x, 1 - sigma, feats, torch.ones(1, 5, dtype=torch.long), return_dict=False)[0]
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
+
+
+def _metadata_delta(sd, md, module_key):
+    """ΔW as a tool that trusts the metadata computes it: lora_B @ lora_A · ss_network_alpha / ss_network_dim."""
+    up, down = sd[f"{module_key}.lora_B.weight"].float(), sd[f"{module_key}.lora_A.weight"].float()
+    return up @ down * (float(md["ss_network_alpha"]) / float(md["ss_network_dim"]))
+
+
+@pytest.mark.parametrize("fmt", ["comfyui", "diffusers"])
+def test_folded_files_say_alpha_equals_rank_and_keep_the_trained_alpha(tiny_backbone, tmp_path, fmt):
+    adapters = build_adapters(tiny_backbone, AdapterConfig(rank=4, alpha=16.0, targets=("attention",)))
+    with torch.no_grad():
+        for p in adapters.parameters():
+            p.normal_(0, 0.02)
+    path = formats.save_adapters(adapters, tmp_path / "x.safetensors", fmt=fmt, dtype="fp32", arch=tiny_backbone.arch,
+                                 metadata=formats.lora_metadata(rank=4, alpha=16.0, step=1))
+    sd, md = formats.load_state_dict(path)
+    assert (md["ss_network_dim"], md["ss_network_alpha"], md["lumina2t.trained_alpha"]) == ("4", "4.0", "16.0")
+    assert md["lumina2t.scale_folded"] == "true" and not any(k.endswith(".alpha") for k in sd)
+    key = "diffusion_model.layers.0.attention.out" if fmt == "comfyui" else "transformer.layers.0.attn.to_out.0"
+    torch.testing.assert_close(_metadata_delta(sd, md, key), adapters["layers.0.attention.out"].delta_weight())
+    fresh = build_adapters(tiny_backbone, AdapterConfig(rank=4, alpha=16.0, targets=("attention",)))
+    for name, mod in formats.read_lora(path, tiny_backbone.arch).items():  # what init_from and convert read
+        fresh[name].load_tensors(mod.down, mod.up, mod.alpha)
+        torch.testing.assert_close(fresh[name].delta_weight(), adapters[name].delta_weight())
+
+
+def test_kohya_alpha_keys_and_metadata_agree_after_conversion(tmp_path):
+    down, up = torch.randn(4, 96), torch.randn(192, 4)
+    kohya = {"lora_unet_layers_0_attention_qkv.lora_down.weight": down,
+             "lora_unet_layers_0_attention_qkv.lora_up.weight": up,
+             "lora_unet_layers_0_attention_qkv.alpha": torch.tensor(16.0)}
+    md = formats.lora_metadata(rank=4, alpha=16.0, step=1)
+    mods = formats.read_lora(kohya)
+    as_kohya = formats.save_lora(mods, tmp_path / "k.safetensors", fmt="kohya", dtype="fp32", metadata=md)
+    sd, meta = formats.load_state_dict(as_kohya)
+    assert float(sd["lora_unet_layers_0_attention_qkv.alpha"]) == float(meta["ss_network_alpha"]) == 16.0
+    assert meta["lumina2t.scale_folded"] == "false"
+    as_comfy = formats.save_lora(mods, tmp_path / "c.safetensors", dtype="fp32", metadata=meta)
+    sd, meta = formats.load_state_dict(as_comfy)
+    assert (meta["ss_network_alpha"], meta["lumina2t.trained_alpha"], meta["lumina2t.scale_folded"]) == \
+        ("4.0", "16.0", "true")
+    torch.testing.assert_close(_metadata_delta(sd, meta, "diffusion_model.layers.0.attention.qkv"), up @ down * 4)

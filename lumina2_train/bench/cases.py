@@ -1,5 +1,5 @@
 """What a bench run measures: groups (one shape, one reference step) of variants of our step, and the
-targets of issue 5. Pure data and validation; nothing here touches a GPU. No ComfyUI imports.
+speed targets (docs/benchmarks.md). Pure data and validation; nothing here touches a GPU. No ComfyUI imports.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class Variant:
     memory_budget_gib: float = 0.0  # ckpt auto: 0 = 90 % of the card, REF_BUDGET = the reference's peak
     base_precision: str = "bf16"
     backbone: str = "diffusers"
-    target_ratio: float = 0.0  # the issue's target for this row (0 = none)
+    target_ratio: float = 0.0  # the speed target for this row (0 = none)
     target_peak_gib: float = 0.0  # 0 = none, REF_BUDGET = the reference's peak
 
 
@@ -92,7 +92,7 @@ def parse_budget(text: str) -> float:
 
 
 def issue5_suite(steps: int = 10, warmup: int = 3) -> list[Group]:
-    """Every row issue 5 asks for, plus the ablations that show what each optimisation contributed."""
+    """Every row of the speed targets, plus the ablations that show what each optimisation contributed."""
     eager = Variant("eager, ckpt on", compile=False, ckpt="on")
     comp_on = Variant("compiled, ckpt on", ckpt="on")
     b4_target = Variant("compiled, ckpt auto ≤ ref peak", memory_budget_gib=REF_BUDGET, target_ratio=2.5,

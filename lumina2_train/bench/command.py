@@ -1,6 +1,6 @@
 """`python -m lumina2_train bench`: our training step against the reference step, same process, same card.
 
-One shape from the flags, or `--suite issue5` for every row of issue 5 and the ablations. Needs CUDA; the
+One shape from the flags, or `--suite issue5` for every row of the speed targets (docs/benchmarks.md) and the ablations. Needs CUDA; the
 arguments are checked first, so a wrong flag fails the same way everywhere. No ComfyUI imports (the
 ComfyUI variant imports it from --comfyui inside models.comfy_backbone).
 """

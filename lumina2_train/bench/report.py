@@ -71,7 +71,7 @@ def group_table(g: dict) -> list[str]:
 
 
 def target_rows(groups: list[dict]) -> list[str]:
-    """The issue's targets: what was asked, what was measured, met or missed (and by how much)."""
+    """The speed targets: what was asked, what was measured, met or missed (and by how much)."""
     lines = ["| target | asked | measured | met |", "|---|---|---|---|"]
     for g in groups:
         for v in g["variants"]:
@@ -100,7 +100,7 @@ def target_rows(groups: list[dict]) -> list[str]:
 
 
 def comfy_rows(groups: list[dict]) -> list[str]:
-    """ComfyUI's NextDiT against ours on the diffusers backbone, same group and settings (issue: within 10 %)."""
+    """ComfyUI's NextDiT against ours on the diffusers backbone, same group and settings (target: within 10 %)."""
     out = []
     for g in groups:
         by_label = {v["label"]: v for v in g["variants"] if "error" not in v}

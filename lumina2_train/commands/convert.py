@@ -44,8 +44,7 @@ def run(args: argparse.Namespace) -> int:
     arch = arch_from_shapes(sd)
     mods = formats.read_lora(sd, arch)
     dtype = args.dtype if args.dtype != "keep" else _dtype_of(sd)
-    md = {**metadata, "lumina2t.converted_from": source_format,
-          "lumina2t.scale_folded": "true" if args.to != "kohya" else "false"}
+    md = {**metadata, "lumina2t.converted_from": source_format}  # save_lora makes the alpha keys match the file
     formats.save_lora(mods, dst, fmt=args.to, dtype=dtype, arch=arch, metadata=md)
     log.info("%s: %d modules converted from %s to %s", dst, len(mods), source_format, args.to)
     return 0

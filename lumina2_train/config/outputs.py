@@ -14,7 +14,7 @@ class ValidationConfig:
     negative_prompt: str = ""
     guidance: float = 4.0
     cfg_renorm: float = 1.0  # 0 = off; else cap ‖guided‖ at cfg_renorm·‖cond‖ (official renorm_cfg)
-    cfg_trunc: float = 1.0  # guidance only while t = 1 − σ < cfg_trunc; 1.0 = always (official 0.25)
+    cfg_trunc: float = 1.0  # guidance only while t = 1 − σ < cfg_trunc; 1.0 = always (the official demo uses 0.25)
     guidance_rescale: float = 0.0
     disable_unconditional: bool = False
     steps: int = 20

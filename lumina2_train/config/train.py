@@ -45,7 +45,7 @@ class TrainConfig:
     static_shift: float = 3.0
     loss_weighting: str = "none"
     min_snr_gamma: float = 5.0
-    caption_dropout: float = 0.0
+    caption_dropout: float = 0.0  # off by default; the official recipe trains with 0.1 (docs/recipe.md)
     use_ema: bool = False
     ema_decay: float = 0.999
     ema_every_n_steps: int = 1

@@ -6,7 +6,7 @@ Exact keys first, then families by prefix; anything else gets the generic reason
 from __future__ import annotations
 
 _LOCAL = "this trainer reads local folders only"
-_MULTI_GPU = "multi-GPU runs use torchrun here (DESIGN.md decision 9), not accelerate settings"
+_MULTI_GPU = "multi-GPU runs use torchrun here (docs/distributed.md), not accelerate settings"
 _SPEED = "speed settings are our own (train.compile, checkpointing 'auto', docs/benchmarks.md)"
 
 REASONS: dict[str, str] = {
@@ -78,14 +78,14 @@ REASONS: dict[str, str] = {
     "save_text_encoder": "Lumina2's Gemma text encoder is never trained here",
     "text_encoder_limit": "Lumina2's Gemma text encoder is never trained here",
     "layer_freeze_strategy": "bitfit is not offered",
-    "noise_offset": "offset noise is not part of the flow-matching recipe (RECIPE.md §2)",
-    "noise_offset_probability": "offset noise is not part of the flow-matching recipe (RECIPE.md §2)",
-    "offset_noise": "offset noise is not part of the flow-matching recipe (RECIPE.md §2)",
+    "noise_offset": "offset noise is not part of the flow-matching recipe (docs/recipe.md)",
+    "noise_offset_probability": "offset noise is not part of the flow-matching recipe (docs/recipe.md)",
+    "offset_noise": "offset noise is not part of the flow-matching recipe (docs/recipe.md)",
     "input_perturbation": "input perturbation is not offered",
     "input_perturbation_steps": "input perturbation is not offered",
-    "loss_type": "the loss is plain MSE on the velocity (RECIPE.md §2)",
-    "huber_schedule": "the loss is plain MSE on the velocity (RECIPE.md §2)",
-    "huber_c": "the loss is plain MSE on the velocity (RECIPE.md §2)",
+    "loss_type": "the loss is plain MSE on the velocity (docs/recipe.md)",
+    "huber_schedule": "the loss is plain MSE on the velocity (docs/recipe.md)",
+    "huber_c": "the loss is plain MSE on the velocity (docs/recipe.md)",
     "masked_loss_probability": "masked loss is set per dataset (mask_strategy)",
     "use_soft_min_snr": "min-SNR weighting is the hard clamp (train.min_snr_gamma)",
     "soft_min_snr_sigma_data": "min-SNR weighting is the hard clamp (train.min_snr_gamma)",

@@ -242,7 +242,7 @@ def _ema_validation(ctx: Context, key: str, value: Any) -> None:
 def _flow_auto_shift(ctx: Context, key: str, value: Any) -> None:
     on = ctx.as_bool(key, value)
     if on:
-        ctx.set(key, value, "train.shift_mode", "resolution", "the same resolution-dependent shift, RECIPE.md §3")
+        ctx.set(key, value, "train.shift_mode", "resolution", "the same resolution-dependent shift, docs/recipe.md")
     elif on is not None:
         ctx.used(key, value, "off: the shift comes from flow_schedule_shift")
 

@@ -122,7 +122,7 @@ def _noise_scheduler(ctx: Context, key: str, value: Any) -> None:
     if value in ("euler", "flow_matching", "flow-euler"):
         ctx.used(key, value, "validation samples with flow Euler")
     else:
-        ctx.ignored(key, value, "validation always samples with flow Euler (RECIPE.md §6)")
+        ctx.ignored(key, value, "validation always samples with flow Euler (docs/recipe.md)")
 
 
 def _evaluation_type(ctx: Context, key: str, value: Any) -> None:

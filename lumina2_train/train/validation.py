@@ -38,11 +38,25 @@ def sampler_settings(v: ValidationConfig) -> recipe.SamplerSettings:
                                   cfg_trunc=v.cfg_trunc, guidance_rescale=v.guidance_rescale)
 
 
+def negative_features(cache, negative_prompt: str) -> torch.Tensor:
+    """The unconditional features: an empty negative is the dropped caption "" (no system prompt), as in
+    caption dropout, the official sampler and diffusers' Lumina2Pipeline; a non-empty one is formatted with
+    the system prompt like every other prompt (as ComfyUI's CLIPTextEncodeLumina2 would encode it)."""
+    if not negative_prompt.strip():
+        return cache.empty_prompt_features()
+    return cache.prompt_features(negative_prompt)
+
+
+def cached_negative(negative_prompt: str) -> list[str]:
+    """The negative prompt as a raw prompt the cache must hold: none when it is empty (always cached)."""
+    return [negative_prompt] if negative_prompt.strip() else []
+
+
 def sample_latents(backbone, adapters, cache, v: ValidationConfig, prompts: list[str], *, device,
                    dtype) -> torch.Tensor:
     """One latent per prompt, each from noise seeded by (v.seed + prompt index)."""
     settings = sampler_settings(v)
-    uncond_feats = None if v.disable_unconditional else cache.prompt_features(v.negative_prompt)
+    uncond_feats = None if v.disable_unconditional else negative_features(cache, v.negative_prompt)
 
     def velocity(x, sigma, feats, mask):
         return backbone.velocity(x, sigma, feats, mask, adapters).float()

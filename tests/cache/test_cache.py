@@ -262,3 +262,18 @@ def test_leftovers_of_a_killed_run_are_removed_and_partial_entries_never_trusted
     assert not stale.exists() and live.exists() and all(p.read_bytes() == b"half" for p in foreign)
     assert again.images == 1  # the truncated entry was not trusted: encoded again
     assert read_entry(path, cache.latent_keys[0][0])[0]["latent"].shape[0] == 16
+
+
+def test_an_empty_validation_negative_needs_no_system_prompt_entry(photo_data, encoders, tmp_path):
+    """The run's cache holds "" (dropped caption) for an empty negative, never "SYSTEM <Prompt Start> "."""
+    from lumina2_train.comfy_data import validation_prompts
+    from lumina2_train.config import ValidationConfig
+    from lumina2_train.train.validation import negative_features
+
+    v = ValidationConfig(prompts=("a validation prompt",), negative_prompt="")
+    cache = build_cache(scan_dataset(photo_data), encoders, CFG, root=tmp_path / "c", extra_prompts=validation_prompts(v))
+    joined = format_prompt("", cache.system_prompt)
+    assert joined not in encoders.texts and "" in encoders.texts
+    direct = encoders.inner.text_encoder().encode([""], 256)[0]
+    torch.testing.assert_close(negative_features(cache, v.negative_prompt), direct, rtol=0, atol=1e-5)
+    assert validation_prompts(dataclasses.replace(v, negative_prompt="blurry")) == ["a validation prompt", "blurry"]
