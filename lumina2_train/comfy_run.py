@@ -250,6 +250,9 @@ def save_lora_file(lora: dict[str, torch.Tensor], name: str, *, fmt: str, dtype:
     Plain LoRA converts between every format; LoHa, LoKr and DoRA files, and a full fine-tune's `.diff` patches
     (a full-rank LoRA, as large as the trained weights), are written in ComfyUI's layout only.
     """
+    from . import formats
+    from .backbones.nextdit import ArchConfig
+    from .consumers import arch_from_shapes
     from .formats import SAVE_DTYPES, detect_format, lora_metadata, read_lora, save_lora, save_state_dict
 
     if dtype not in SAVE_DTYPES:
@@ -267,10 +270,12 @@ def save_lora_file(lora: dict[str, torch.Tensor], name: str, *, fmt: str, dtype:
                               "patches, which only the comfyui layout holds. Choose 'comfyui' (a full fine-tune's "
                               "model file is already in models/diffusion_models)")
         detect_format(sd.keys())
+        formats.warn_consumers(fmt, False, (), ArchConfig())
         return save_state_dict(sd, path, dtype, {"modelspec.architecture": "lumina-2/lora"})
     mods = read_lora(sd)
     rank = max((m.down.shape[0] for m in mods.values()), default=0)
-    return save_lora(mods, path, fmt=fmt, dtype=dtype,
+    arch = arch_from_shapes({n: (m.up.shape[0], m.down.shape[1]) for n, m in mods.items()})  # the model's widths
+    return save_lora(mods, path, fmt=fmt, dtype=dtype, arch=arch,
                      metadata=lora_metadata(rank=rank, alpha=float(rank), step=0, title=path.stem))
 
 

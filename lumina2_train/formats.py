@@ -4,9 +4,10 @@ What we write by default ('comfyui'), per adapted native module `<m>` (e.g. `lay
     diffusion_model.<m>.lora_A.weight   (rank, in)    the down projection
     diffusion_model.<m>.lora_B.weight   (out, rank)   the up projection with alpha/rank folded in
 and no `.alpha` key, so ComfyUI applies scale 1.0 and ΔW = lora_B @ lora_A exactly as trained. The fused qkv is
-never split. ComfyUI's LoRA loader maps every key; when every block carries attention, FFN and adaLN adapters
-(targets 'all'), diffusers' `Lumina2Pipeline.load_lora_weights` loads the same file too (its converter accepts
-only that layout and no alpha keys). Why alpha is folded rather than written: docs/architecture.md.
+never split. ComfyUI's LoRA loader maps every key. diffusers' `Lumina2Pipeline.load_lora_weights` loads the same
+file when its modules are block modules of a 2B-width model: the block modules its converter also needs are
+written as zero pairs (consumers.py; listed in the metadata, dropped by our readers). Why alpha is folded
+rather than written: docs/architecture.md. Which file loads where: docs/nodes.md.
 
 Also written: 'kohya' (`lora_unet_<m with _>.lora_down/lora_up/alpha`, unscaled up) and 'diffusers'
 (`transformer.<diffusers name>.lora_A/lora_B`, qkv split into to_q/to_k/to_v, scale folded).
@@ -15,21 +16,24 @@ Read: all of the above, ComfyUI-style `lora_up/lora_down(+alpha)`, and diffusion
 
 from __future__ import annotations
 
-import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from . import consumers
 from .atomic import atomic_save_safetensors
 from .backbones.nextdit import ArchConfig
 from .errors import FormatError
+from .file_metadata import lora_metadata, written_metadata
 from .keys import QKV_PARTS, diffusers_to_native, native_to_diffusers
 
 COMFY_PREFIX = "diffusion_model."
 KOHYA_PREFIX = "lora_unet_"
 DIFFUSERS_PREFIX = "transformer."
+log = logging.getLogger(__name__)
 SAVE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _KOHYA_NAME = re.compile(
     r"^(?:(layers|noise_refiner|context_refiner)_(\d+)_(attention_qkv|attention_out|feed_forward_w[123]|"
@@ -109,9 +113,21 @@ def diffusers_state_dict(mods: dict[str, LoraModule], arch: ArchConfig) -> dict[
     return sd
 
 
+def with_zero_pairs(mods: dict[str, LoraModule], arch: ArchConfig) -> dict[str, LoraModule]:
+    """`mods` plus zero pairs (ΔW = 0) for the block modules diffusers' converter needs (docs/nodes.md); at the
+    most common trained rank, so that every diffusers version scales every module by 1.0."""
+    missing = consumers.diffusers_fill(mods, arch)
+    if not missing:
+        return mods
+    ranks = [m.down.shape[0] for m in mods.values()]
+    rank = max(set(ranks), key=ranks.count)
+    return {**mods, **{name: LoraModule(torch.zeros(rank, in_f), torch.zeros(out_f, rank))
+                       for name, (out_f, in_f) in missing.items()}}
+
+
 def lora_state_dict(mods: dict[str, LoraModule], fmt: str, arch: ArchConfig) -> dict[str, torch.Tensor]:
     if fmt == "comfyui":
-        return comfyui_state_dict(mods)
+        return comfyui_state_dict(with_zero_pairs(mods, arch))
     if fmt == "kohya":
         return kohya_state_dict(mods)
     if fmt == "diffusers":
@@ -149,74 +165,28 @@ def read_adapter_tensors(source: str | Path | dict[str, torch.Tensor]) -> dict[s
     return out
 
 
-def lora_metadata(*, rank: int, alpha: float, step: int, config: dict | None = None, base_hash: str = "",
-                  title: str = "", workflow: dict | None = None, extra: dict | None = None) -> dict[str, str]:
-    """safetensors metadata: modelspec + kohya ss_* keys + ours (lumina2t.*). All values are strings.
-
-    `alpha` is the trained alpha, kept as `lumina2t.trained_alpha`; saving rewrites `ss_network_alpha` and
-    `lumina2t.scale_folded` to describe the file as written (`written_metadata`)."""
-    md = {
-        "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": "lumina-2/lora",
-        "modelspec.implementation": "https://github.com/Alpha-VLLM/Lumina-Image-2.0",
-        "modelspec.title": title or "Lumina2 LoRA",
-        "ss_network_module": "networks.lora",
-        "ss_network_dim": str(rank),
-        "ss_network_alpha": str(float(alpha)),
-        "ss_base_model_version": "lumina2",
-        "ss_steps": str(step),
-        "lumina2t.step": str(step),
-        "lumina2t.trained_alpha": str(float(alpha)),
-        "lumina2t.base_model_hash": base_hash,
-    }
-    if config is not None:
-        md["lumina2t.config"] = json.dumps(config, sort_keys=True)
-    if workflow is not None:
-        md["lumina2t.workflow"] = json.dumps(workflow)
-    md.update({k: str(v) for k, v in (extra or {}).items()})
-    return md
-
-
-def written_metadata(sd: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> dict[str, str] | None:
-    """Metadata that describes `sd` as written: `ss_network_alpha` is the file's alpha (its `.alpha` keys, or
-    the rank where alpha/rank is folded into lora_B and no alpha key is written), so a tool that trusts the
-    metadata scales by 1.0 exactly like ComfyUI; the trained alpha stays under `lumina2t.trained_alpha`."""
-    if metadata is None:
-        return None
-    md = dict(metadata)
-    downs = {k.rsplit(".", 2)[0]: int(v.shape[0]) for k, v in sd.items()
-             if k.endswith(("lora_A.weight", "lora_down.weight"))}
-    if not downs:  # LoHa/LoKr: their alpha keys are applied as written; nothing is folded
-        return md
-    alphas = {k.removesuffix(".alpha"): float(v) for k, v in sd.items() if k.endswith(".alpha")}
-    effective = {m: alphas.get(m, float(r)) for m, r in downs.items()}  # no alpha key: scale 1 (alpha = rank)
-    ranks = list(downs.values())
-    md["ss_network_dim"] = str(max(set(ranks), key=ranks.count))
-    values = set(effective.values())
-    trained = md.get("ss_network_alpha") or (str(next(iter(set(alphas.values())))) if len(set(alphas.values())) == 1
-                                              and len(alphas) == len(downs) else "")
-    if trained:
-        md.setdefault("lumina2t.trained_alpha", trained)
-    if len(values) == 1:
-        md["ss_network_alpha"] = str(values.pop())
-    else:  # one number cannot describe it: tools must read the alpha keys
-        md.pop("ss_network_alpha", None)
-    md["lumina2t.scale_folded"] = "true" if all(effective[m] == r for m, r in downs.items()) else "false"
-    return md
-
-
 def save_lora(mods: dict[str, LoraModule], path: str | Path, *, fmt: str = "comfyui", dtype: str = "bf16",
               arch: ArchConfig | None = None, metadata: dict[str, str] | None = None) -> Path:
     """Write a LoRA file atomically (temp file + rename)."""
-    sd = lora_state_dict(mods, fmt, arch or ArchConfig())
+    arch = arch or ArchConfig()
+    sd = lora_state_dict(mods, fmt, arch)
+    warn_consumers(fmt, True, mods, arch)
     return save_state_dict(sd, path, dtype, written_metadata(sd, metadata))
 
 
 def save_adapters(adapters, path: str | Path, *, fmt: str = "comfyui", dtype: str = "bf16",
                   arch: ArchConfig | None = None, metadata: dict[str, str] | None = None) -> Path:
     """Write any AdapterSet (LoRA, DoRA, LoHa, LoKr) atomically."""
-    sd = adapter_state_dict(adapters, fmt, arch or ArchConfig())
+    arch = arch or ArchConfig()
+    sd = adapter_state_dict(adapters, fmt, arch)
+    warn_consumers(fmt, all(type(m).__name__ == "LoRA" for _, m in adapters.items()), adapters.names, arch)
     return save_state_dict(sd, path, dtype, written_metadata(sd, metadata))
+
+
+def warn_consumers(fmt: str, plain_lora: bool, names, arch: ArchConfig) -> None:
+    """Log, at save time, where the file being written will not load (docs/nodes.md, 'Which file loads where')."""
+    for message in consumers.save_warnings(fmt, plain_lora, names, arch):
+        log.warning("%s", message)
 
 
 def save_state_dict(sd: dict[str, torch.Tensor], path: str | Path, dtype: str,
@@ -283,6 +253,8 @@ def _collect(pairs: dict[str, dict[str, torch.Tensor]], source: str) -> dict[str
         if down is None or up is None:
             raise FormatError(f"{source}: module '{name}' has {sorted(parts)} but needs both a down "
                               "(lora_A/lora_down) and an up (lora_B/lora_up) weight")
+        if not (down.any() or up.any()):
+            continue  # a zero pair (ΔW = 0), as written for diffusers' converter: not a trained module
         alpha = parts.get("alpha")
         out[name] = LoraModule(down.float(), up.float(), None if alpha is None else float(alpha))
     return out

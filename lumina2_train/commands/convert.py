@@ -45,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
     mods = formats.read_lora(sd, arch)
     dtype = args.dtype if args.dtype != "keep" else _dtype_of(sd)
     md = {**metadata, "lumina2t.converted_from": source_format}  # save_lora makes the alpha keys match the file
+    from ..consumers import arch_from_shapes as widths_of
+
+    arch = widths_of({n: (m.up.shape[0], m.down.shape[1]) for n, m in mods.items()})  # the model's widths
     formats.save_lora(mods, dst, fmt=args.to, dtype=dtype, arch=arch, metadata=md)
     log.info("%s: %d modules converted from %s to %s", dst, len(mods), source_format, args.to)
     return 0
