@@ -36,6 +36,26 @@ def training_mode() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def comfy_training_state() -> Iterator[None]:
+    """ComfyUI's own "training" flag for the block, where the running ComfyUI has one.
+
+    [newer] `comfy.model_management.in_training` makes ComfyUI's models (e.g. the Lumina forward) skip the fused
+    inference-only kernels; ComfyUI's trainer sets it around its loop. The previous value is restored; a ComfyUI
+    without the attribute is left without it."""
+    import comfy.model_management as mm
+
+    if not hasattr(mm, "in_training"):
+        yield
+        return
+    before = mm.in_training
+    mm.in_training = True
+    try:
+        yield
+    finally:
+        mm.in_training = before
+
+
 def is_autograd_safe(t: torch.Tensor) -> bool:
     """False for a tensor made under inference mode, including one that Module.to() later moved or cast
     outside it: `is_inference()` is False for those, yet autograd cannot save them ("Inference tensors do not
@@ -219,5 +239,5 @@ def apply_lora_to_model(model, lora: dict[str, torch.Tensor] | str | Path, stren
     return patched
 
 
-__all__ = ["apply_lora_to_model", "clone_inference_tensors", "comfy_hooks", "compile_status", "is_autograd_safe",
-           "preview_grid", "training_mode"]
+__all__ = ["apply_lora_to_model", "clone_inference_tensors", "comfy_hooks", "comfy_training_state", "compile_status",
+           "is_autograd_safe", "preview_grid", "training_mode"]

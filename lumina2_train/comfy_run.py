@@ -172,7 +172,7 @@ def train_in_comfy(model, cache, cfg: RunConfig, *, lora_name: str, node_id: str
         a resumable checkpoint.
     """
     from .backbones.comfy import ComfyBackbone
-    from .comfy_bridge import apply_lora_to_model, comfy_hooks, compile_status, training_mode
+    from .comfy_bridge import apply_lora_to_model, comfy_hooks, comfy_training_state, compile_status, training_mode
     from .comfy_jobs import finish_job, job_hooks, reporting_stop, start_job
     from .locks import training_lock
     from .pipeline import default_run_dir
@@ -186,7 +186,7 @@ def train_in_comfy(model, cache, cfg: RunConfig, *, lora_name: str, node_id: str
     with reporting_stop(hooks, job, run_dir, cfg.save.output_dir), training_lock(f"Train node {node_id}"):
         hooks.on_status("loading", "the MODEL onto the training device")
         backbone = ComfyBackbone.from_model_patcher(model)
-        with training_mode(), _publishing(cfg, run_dir) as publish:
+        with training_mode(), comfy_training_state(), _publishing(cfg, run_dir) as publish:
             trainer = Trainer(cfg, backbone, cache, combine_hooks(hooks, publish), run_dir=run_dir,
                               lora_path=lora_path, decode=_decoder(vae), workflow=workflow)
             result = trainer.run()

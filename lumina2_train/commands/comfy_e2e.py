@@ -75,10 +75,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(comfyui: Path, python: str, base: Path, port: int) -> tuple[subprocess.Popen, Path]:
+def start_server(comfyui: Path, python: str, base: Path, port: int,
+                 extra_args: tuple[str, ...] = ()) -> tuple[subprocess.Popen, Path]:
+    """ComfyUI's main.py on the CPU, bound to 127.0.0.1:`port`, with `base` as its base directory; `extra_args`
+    are passed on (e.g. `--front-end-root DIR`, a frontend served from a folder)."""
     log_path = base / "server.log"
     cmd = [python, str(comfyui / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-           "--base-directory", str(base), "--disable-auto-launch"]
+           "--base-directory", str(base), "--disable-auto-launch", *extra_args]
     log.info("starting ComfyUI: %s", " ".join(cmd))
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=str(comfyui), stdout=out, stderr=subprocess.STDOUT,
