@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from ..errors import Lumina2TrainError
-from .cases import BACKBONES, BASES, CKPT, MODES, SUITES, TARGETS, Group, Variant, parse_budget
+from .cases import ACTIVATIONS, BACKBONES, BASES, CKPT, COMPUTES, MODES, SUITES, TARGETS, Group, Variant, parse_budget
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-budget", default="ref",
                    help="GiB for --ckpt auto; 'ref' = the reference step's measured peak, 0 = 90 %% of the card")
     p.add_argument("--base-precision", default="bf16", choices=BASES, help="storage of the frozen base")
+    p.add_argument("--base-compute", default="bf16", choices=COMPUTES,
+                   help="the frozen base's block GEMMs: bf16 (exact) or fp8 (model.base_compute)")
+    p.add_argument("--saved-activations", default="bf16", choices=ACTIVATIONS,
+                   help="what kept blocks store for backward (train.saved_activations)")
     p.add_argument("--backbone", default="diffusers", choices=BACKBONES,
                    help="'comfy' runs our step on ComfyUI's NextDiT class (needs --comfyui)")
     p.add_argument("--no-compile", action="store_true", help="eager instead of regional torch.compile")
@@ -61,7 +65,8 @@ def groups_from_args(args: argparse.Namespace) -> list[Group]:
         except ValueError as e:
             raise BenchError(str(e)) from None
         v = Variant(label=_label(args), compile=not args.no_compile, ckpt=args.ckpt, memory_budget_gib=budget,
-                    base_precision=args.base_precision, backbone=args.backbone)
+                    base_precision=args.base_precision, backbone=args.backbone, base_compute=args.base_compute,
+                    saved_activations=args.saved_activations)
         groups = [Group(f"{args.res}² batch {args.batch}, {args.mode}", res=args.res, batch=args.batch,
                         rank=args.rank, targets=args.targets, mode=args.mode, caption_tokens=args.caption_tokens,
                         steps=args.steps, warmup=args.warmup, reference=not args.no_reference, variants=(v,))]
@@ -92,6 +97,10 @@ def _label(args: argparse.Namespace) -> str:
         parts.append(f"≤ {args.memory_budget} GiB" if args.memory_budget != "ref" else "≤ ref peak")
     if args.base_precision != "bf16":
         parts.append(f"{args.base_precision} base")
+    if args.base_compute != "bf16":
+        parts.append(f"{args.base_compute} compute")
+    if args.saved_activations != "bf16":
+        parts.append(f"{args.saved_activations} activations")
     if args.backbone == "comfy":
         parts.insert(0, "ComfyUI NextDiT")
     return ", ".join(parts)

@@ -47,8 +47,9 @@ def run_config(group: Group, v: Variant, budget_gib: float, out_dir: str) -> Run
     train = TrainConfig(steps=1_000_000, batch_size=group.batch, lr=1e-5 if full else 1e-4, precision="bf16",
                         checkpointing=v.ckpt, compile=v.compile, memory_budget_gib=budget_gib,
                         max_grad_norm=0.0 if full else 1.0, optimizer_states="8bit" if full else "fp32",
-                        optimizer_in_backward=full, seed=0)
-    model = ModelConfig(base_precision="no_change" if v.base_precision == "bf16" else v.base_precision)
+                        optimizer_in_backward=full, seed=0, saved_activations=v.saved_activations)
+    model = ModelConfig(base_precision="no_change" if v.base_precision == "bf16" else v.base_precision,
+                        base_compute=v.base_compute)
     return RunConfig(model=model, adapter=adapter, train=train, save=SaveConfig(output_dir=out_dir)).validate(
         need_data=False)
 
