@@ -31,6 +31,7 @@ class Variant:
     memory_budget_gib: float = 0.0  # ckpt auto: 0 = 90 % of the card, REF_BUDGET = the reference's peak
     base_precision: str = "bf16"
     backbone: str = "diffusers"
+    split_lengths: bool = False  # train.split_caption_lengths (mixed caption lengths: one forward per length)
     target_ratio: float = 0.0  # the target for this row (0 = none)
     target_peak_gib: float = 0.0  # 0 = none, REF_BUDGET = the reference's peak
 
@@ -46,6 +47,7 @@ class Group:
     targets: str = "attn"
     mode: str = "lora"
     caption_tokens: int = 256
+    caption_lengths: tuple[int, ...] = ()  # per-sample caption tokens (cycled over the batch); () = all caption_tokens
     steps: int = 10
     warmup: int = 3
     reference: bool = True
@@ -59,6 +61,9 @@ class Group:
                                 ("--warmup", self.warmup, 1), ("--caption-tokens", self.caption_tokens, 1)):
             if value < lo:
                 out.append(f"{flag} must be >= {lo} (got {value})")
+        if any(not 1 <= n <= self.caption_tokens for n in self.caption_lengths):
+            out.append(f"--caption-lengths must lie in 1..--caption-tokens {self.caption_tokens} "
+                       f"(got {list(self.caption_lengths)})")
         if self.targets not in TARGETS:
             out.append(f"--targets '{self.targets}' is unknown; choose one of {', '.join(TARGETS)}")
         if self.mode not in MODES:
