@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from lumina2_train.locks import BusyError, lock_path, output_lock, training_lock
+from lumina2_train.storage.locks import BusyError, lock_path, output_lock, training_lock
 from lumina2_train.train import train_lora
 
 HOLD = """
