@@ -16,7 +16,7 @@ from lumina2_train.train import train_lora
 
 HOLD = """
 import os, signal, sys, time
-from lumina2_train.locks import output_lock
+from lumina2_train.storage.locks import output_lock
 with output_lock(sys.argv[1]):
     print("held", flush=True)
     if sys.argv[2] == "kill":
