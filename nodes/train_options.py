@@ -107,6 +107,8 @@ def _recipe_inputs() -> list[io.Input]:
                                                 "and max_grad_norm 0).")),
         advanced(_bool("group_by_caption_length", "Within a bucket, batch captions of equal length first (no "
                                                   "attention padding). Changes the batch order only.")),
+        advanced(_bool("split_caption_lengths", "A batch of mixed caption lengths runs one unmasked forward per "
+                                                "length instead of a masked one (same loss, faster kernel).")),
         advanced(_combo("scale_lr", ("none", "linear", "sqrt"), "Scale lr by the effective batch size (batch_size "
                                                                  "x grad_accum x processes): none, linear or sqrt.")),
     ]

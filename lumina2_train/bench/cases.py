@@ -35,6 +35,7 @@ class Variant:
     backbone: str = "diffusers"
     base_compute: str = "bf16"
     saved_activations: str = "bf16"
+    split_lengths: bool = False  # train.split_caption_lengths (mixed caption lengths: one forward per length)
     target_ratio: float = 0.0  # the target for this row (0 = none)
     target_peak_gib: float = 0.0  # 0 = none, REF_BUDGET = the reference's peak
 
@@ -50,6 +51,7 @@ class Group:
     targets: str = "attn"
     mode: str = "lora"
     caption_tokens: int = 256
+    caption_lengths: tuple[int, ...] = ()  # per-sample caption tokens (cycled over the batch); () = all caption_tokens
     steps: int = 10
     warmup: int = 3
     reference: bool = True
@@ -63,6 +65,9 @@ class Group:
                                 ("--warmup", self.warmup, 1), ("--caption-tokens", self.caption_tokens, 1)):
             if value < lo:
                 out.append(f"{flag} must be >= {lo} (got {value})")
+        if any(not 1 <= n <= self.caption_tokens for n in self.caption_lengths):
+            out.append(f"--caption-lengths must lie in 1..--caption-tokens {self.caption_tokens} "
+                       f"(got {list(self.caption_lengths)})")
         if self.targets not in TARGETS:
             out.append(f"--targets '{self.targets}' is unknown; choose one of {', '.join(TARGETS)}")
         if self.mode not in MODES:

@@ -69,6 +69,9 @@ class TrainConfig:
     # Within a bucket, batch samples of equal caption length first (attention needs no padding mask); only
     # the leftovers mix lengths. Changes the batch order, not what a batch computes.
     group_by_caption_length: bool = True
+    # a batch of mixed caption lengths runs one unmasked forward per length instead of one masked forward
+    # (train/lengths.py): the same loss, no padding-mask attention kernel
+    split_caption_lengths: bool = False
     # lr × f(batch_size × grad_accum × processes): none | linear | sqrt (train/distributed.py; logged)
     scale_lr: str = "none"
 
