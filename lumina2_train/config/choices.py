@@ -32,6 +32,9 @@ TEXT_NUMERICS = ("comfyui", "transformers")  # model.text_encoder_numerics (enco
 CHECKPOINTING = ("on", "off", "auto")
 OPTIMIZER_STATES = ("fp32", "8bit")
 BASE_PRECISIONS = ("no_change", "fp8", "int8", "int8-torchao", "fp8-torchao")
+# compute of the frozen base's block GEMMs: exact bf16, fp8 tensor cores, or the same fp8 maths emulated (tests)
+BASE_COMPUTES = ("bf16", "fp8", "fp8_emulated")
+SAVED_ACTIVATIONS = ("bf16", "fp8")  # what blocks that keep their activations store for backward
 SAVE_DTYPES = ("bf16", "fp16", "fp32")
 LORA_FORMATS = ("comfyui", "kohya", "diffusers")
 NONFINITE_POLICIES = ("stop", "skip")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from .choices import (
     ADAPTER_KINDS,
+    BASE_COMPUTES,
     BASE_PRECISIONS,
     LORA_INITS,
     PRECISIONS,
@@ -31,6 +32,9 @@ class ModelConfig:
     dtype: str = "bf16"  # compute dtype of the frozen base
     base_precision: str = "no_change"  # storage of the frozen base: fp8 | int8 (backbones/quant.py), *-torchao
     quantize_via: str = "accelerator"  # cpu | accelerator
+    # the frozen base's block GEMMs: bf16 (exact) | fp8 (e4m3 tensor cores, row-wise scales; opt-in, changes
+    # the numbers slightly: docs/benchmarks.md) | fp8_emulated (the same maths on any device, slow; tests)
+    base_compute: str = "bf16"
 
     @property
     def storage_format(self) -> str:
@@ -43,6 +47,7 @@ class ModelConfig:
         out = _choice(f"{at}.dtype", self.dtype, PRECISIONS)
         out += _choice(f"{at}.base_precision", self.base_precision, BASE_PRECISIONS)
         out += _choice(f"{at}.quantize_via", self.quantize_via, ("cpu", "accelerator"))
+        out += _choice(f"{at}.base_compute", self.base_compute, BASE_COMPUTES)
         out += _choice(f"{at}.text_encoder_numerics", self.text_encoder_numerics, TEXT_NUMERICS)
         return out
 

@@ -19,8 +19,8 @@ import torch
 
 from ..config.choices import TEXT_NUMERICS
 from ..errors import ModelError
-from ..fingerprint import json_fingerprint, tensor_fingerprint
 from ..recipe import LATENT_CHANNELS, latent_in, latent_out
+from ..storage.fingerprint import json_fingerprint, tensor_fingerprint
 from . import EncoderProvider
 from .files import check_text_encoder_file, check_vae_file, text_encoder_file_dtype
 
