@@ -29,7 +29,7 @@ def unique_run_dir(output_dir: str | Path, name: str) -> Path:
     Raises:
         PathError: `name` is not a safe name (absolute, '..', reserved, ...; see paths.py).
     """
-    from .paths import new_run_folder, relative_parts
+    from .storage.paths import new_run_folder, relative_parts
 
     return new_run_folder(output_dir, relative_parts(name, "save.name")[-1])
 
@@ -111,7 +111,8 @@ def run_training(cfg: RunConfig, *, run_dir: Path | None = None, hooks: TrainHoo
     check_available(cfg.train, device.type)
     check_trackers(cfg)
     run_dir = dist.broadcast_object((run_dir or default_run_dir(cfg)) if world.is_main else None, world)
-    encoders = HFEncoders.from_paths(cfg.model.text_encoder, cfg.model.vae, cfg.model.tokenizer, device=device)
+    encoders = HFEncoders.from_paths(cfg.model.text_encoder, cfg.model.vae, cfg.model.tokenizer, device=device,
+                                     numerics=cfg.model.text_encoder_numerics)
     cache_root = Path(cfg.cache.dir) if cfg.cache.dir else Path(cfg.save.output_dir) / "cache"
     if not world.is_main:
         dist.barrier(world)  # rank 0 encodes what is missing first
@@ -131,7 +132,7 @@ def run_training(cfg: RunConfig, *, run_dir: Path | None = None, hooks: TrainHoo
     finally:
         encoders.release()
     if cfg.hub.push and world.is_main:
-        from .hub import push_run
+        from .publish.hub import push_run
 
         push_run(cfg, result)
     return result
@@ -140,7 +141,7 @@ def run_training(cfg: RunConfig, *, run_dir: Path | None = None, hooks: TrainHoo
 def _train_with_trackers(cfg: RunConfig, backbone, cache, hooks: TrainHooks | None, *, run_dir: Path,
                          **kwargs) -> TrainResult:
     """train_lora with the tracker and hub-checkpoint hooks of the config added to `hooks`."""
-    from .hub import hub_hooks
+    from .publish.hub import hub_hooks
     from .train import combine_hooks
     from .train.distributed import current_world
     from .train.trackers import tracker_hooks

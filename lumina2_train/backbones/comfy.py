@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..comfy_bridge import is_autograd_safe, training_mode
+from ..comfyui.bridge import is_autograd_safe, training_mode
 from ..errors import ModelError
 from . import Backbone, family
 from .nextdit import ArchConfig, Linears, velocity
@@ -48,8 +48,8 @@ class ComfyLinears(Linears):
     """Linears over ComfyUI's weights: norms also go through comfy.ops casting (fp8 norms, weight_function
     patches), and with `copy_weights` every weight is copied per use (see `needs_weight_copies`)."""
 
-    def __init__(self, adapters, weight_fn, frozen: bool = True, copy_weights: bool = False):
-        super().__init__(adapters, weight_fn, frozen=frozen)
+    def __init__(self, adapters, weight_fn, frozen: bool = True, copy_weights: bool = False, compute: str = "bf16"):
+        super().__init__(adapters, weight_fn, frozen=frozen, compute=compute)
         self.copy_weights = copy_weights
 
     def _base(self, module: nn.Module, x: torch.Tensor):
@@ -103,6 +103,29 @@ def check_nextdit(model) -> nn.Module:
     return tree
 
 
+def training_clone(model):
+    """A clone of MODEL `model` whose weights load fully onto the device, for training over them.
+
+    [newer] A dynamic-VRAM MODEL (`is_dynamic()`, on by default on GPUs) keeps its weights where ComfyUI streams
+    them from per forward, not in the module; its plain clone is dynamic too. `clone(disable_dynamic=True)` gives
+    an ordinary ModelPatcher over a module of its own, rebuilt from the loaded file with the same patches, so
+    training reads the real weights and the shared dynamic model is not touched (ComfyUI's own trainer avoids
+    the dynamic weights as well). Feature-detected: older ComfyUI has no dynamic models.
+    """
+    is_dynamic = getattr(model, "is_dynamic", None)
+    if not (callable(is_dynamic) and is_dynamic()):
+        return model.clone()
+    try:
+        clone = model.clone(disable_dynamic=True)
+    except (TypeError, RuntimeError) as e:  # no such argument, or a MODEL ComfyUI cannot rebuild
+        raise ModelError(f"model: this dynamic-VRAM MODEL cannot be turned into a fully loaded copy for training "
+                         f"({type(e).__name__}: {e}). Start ComfyUI with --disable-dynamic-vram") from e
+    if getattr(clone, "is_dynamic", lambda: False)():
+        raise ModelError("model: ComfyUI returned a dynamic-VRAM clone for training. Start ComfyUI with "
+                         "--disable-dynamic-vram")
+    return clone
+
+
 def arch_from_nextdit(tree: nn.Module) -> ArchConfig:
     """ArchConfig read from a ComfyUI NextDiT module (shapes and each norm's own eps)."""
     blocks = list(tree.layers) + list(tree.noise_refiner)
@@ -142,7 +165,7 @@ class ComfyBackbone(Backbone):
         import comfy.model_management as mm
 
         check_nextdit(model)
-        patcher = model.clone()
+        patcher = training_clone(model)
         with training_mode():
             mm.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
         tree = patcher.model.diffusion_model
@@ -154,7 +177,8 @@ class ComfyBackbone(Backbone):
                  cap_mask: torch.Tensor | None, adapters: dict[str, nn.Module] | None = None,
                  *, frozen: bool = True) -> torch.Tensor:
         """ε − x (library convention) from ComfyUI's NextDiT weights; see Backbone.velocity."""
-        lin = ComfyLinears(adapters, self.weight_fn, frozen=frozen, copy_weights=needs_weight_copies(self.tree))
+        lin = ComfyLinears(adapters, self.weight_fn, frozen=frozen, copy_weights=needs_weight_copies(self.tree),
+                           compute=self.options.base_compute)
         return velocity(self.tree, self.arch, x_sigma, sigma, cap_feats, cap_mask, lin, self.options)
 
     @property
@@ -165,4 +189,4 @@ class ComfyBackbone(Backbone):
         return cast if cast is not None else self.tree.x_embedder.weight.dtype
 
 
-__all__ = ["LUMINA2_DIM", "ComfyBackbone", "arch_from_nextdit", "check_nextdit", "comfy_weight"]
+__all__ = ["LUMINA2_DIM", "ComfyBackbone", "arch_from_nextdit", "check_nextdit", "comfy_weight", "training_clone"]

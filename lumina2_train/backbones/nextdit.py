@@ -21,135 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from . import fp8
+from .arch import ArchConfig  # noqa: E402,F401  (re-exported: one import path for callers)
 from .attention import apply_rope, cuda_attention, rope_angles
-
-
-@dataclass(frozen=True)
-class ArchConfig:
-    """Shapes of a NextDiT (full Lumina2 2B by default)."""
-
-    dim: int = 2304
-    n_layers: int = 26
-    n_refiner_layers: int = 2
-    n_heads: int = 24
-    n_kv_heads: int = 8
-    ffn_hidden: int = 9216
-    cap_feat_dim: int = 2304
-    patch_size: int = 2
-    in_channels: int = 16
-    axes_dims: tuple[int, int, int] = (32, 32, 32)
-    axes_lens: tuple[int, int, int] = (300, 512, 512)
-    norm_eps: float = 1e-5
-    qk_norm_eps: float | None = 1e-5
-    rope_theta: float = 10000.0
-    # the family member (backbones/family.py): "zimage" = z_image_modulation (adaLN from a 256-wide time
-    # embedding, no SiLU before the blocks' adaLN), learned pad tokens, time × time_scale
-    family: str = "lumina2"
-    time_scale: float = 1.0  # the network's time input is (1 − σ) × time_scale
-    pad_tokens_multiple: int | None = None  # captions and images padded to a multiple, with learned tokens
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-    @property
-    def t_dim(self) -> int:
-        """Width of the timestep MLP's hidden layer (and its output for Lumina2)."""
-        return min(self.dim, 1024)
-
-    @property
-    def is_zimage(self) -> bool:
-        return self.family == "zimage"
-
-    @property
-    def adaln_dim(self) -> int:
-        """Width of the time embedding the adaLN layers read (Z-Image: 256)."""
-        return min(self.dim, 256) if self.is_zimage else self.t_dim
-
-    @property
-    def qkv_split(self) -> tuple[int, int, int]:
-        """Rows of the fused qkv weight: q, k, v (2304, 768, 768 for Lumina2 2B)."""
-        kv = self.n_kv_heads * self.head_dim
-        return (self.n_heads * self.head_dim, kv, kv)
-
-
-# ---------------------------------------------------------------- the module tree with native names
-
-class _Attention(nn.Module):
-    def __init__(self, a: ArchConfig):
-        super().__init__()
-        self.qkv = nn.Linear(a.dim, sum(a.qkv_split), bias=False)
-        self.out = nn.Linear(a.dim, a.dim, bias=False)
-        self.q_norm = nn.RMSNorm(a.head_dim, eps=a.qk_norm_eps)
-        self.k_norm = nn.RMSNorm(a.head_dim, eps=a.qk_norm_eps)
-
-
-class _FeedForward(nn.Module):
-    def __init__(self, a: ArchConfig):
-        super().__init__()
-        self.w1 = nn.Linear(a.dim, a.ffn_hidden, bias=False)
-        self.w2 = nn.Linear(a.ffn_hidden, a.dim, bias=False)
-        self.w3 = nn.Linear(a.dim, a.ffn_hidden, bias=False)
-
-
-class _Block(nn.Module):
-    def __init__(self, a: ArchConfig, modulation: bool):
-        super().__init__()
-        self.modulation = modulation
-        self.attention = _Attention(a)
-        self.feed_forward = _FeedForward(a)
-        for name in ("attention_norm1", "attention_norm2", "ffn_norm1", "ffn_norm2"):
-            setattr(self, name, nn.RMSNorm(a.dim, eps=a.norm_eps))
-        if modulation:
-            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(a.t_dim, 4 * a.dim))
-
-
-class _FinalLayer(nn.Module):
-    def __init__(self, a: ArchConfig):
-        super().__init__()
-        self.norm_final = nn.LayerNorm(a.dim, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(a.dim, a.patch_size**2 * a.in_channels)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(a.t_dim, a.dim))
-
-
-class _TimestepEmbedder(nn.Module):
-    def __init__(self, a: ArchConfig):
-        super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(256, a.t_dim), nn.SiLU(), nn.Linear(a.t_dim, a.t_dim))
-
-
-class NativeNextDiT(nn.Module):
-    """A parameter container laid out exactly like ComfyUI's NextDiT (its state dict loads as is)."""
-
-    def __init__(self, arch: ArchConfig):
-        super().__init__()
-        self.arch = arch
-        self.x_embedder = nn.Linear(arch.patch_size**2 * arch.in_channels, arch.dim)
-        self.t_embedder = _TimestepEmbedder(arch)
-        self.cap_embedder = nn.Sequential(nn.RMSNorm(arch.cap_feat_dim, eps=arch.norm_eps),
-                                          nn.Linear(arch.cap_feat_dim, arch.dim))
-        self.noise_refiner = nn.ModuleList(_Block(arch, True) for _ in range(arch.n_refiner_layers))
-        self.context_refiner = nn.ModuleList(_Block(arch, False) for _ in range(arch.n_refiner_layers))
-        self.layers = nn.ModuleList(_Block(arch, True) for _ in range(arch.n_layers))
-        self.final_layer = _FinalLayer(arch)
-
-
-def linear_names(arch: ArchConfig) -> list[str]:
-    """Every adaptable Linear of a NextDiT, by native name, in a stable order."""
-    def block(prefix: str, modulation: bool) -> list[str]:
-        names = [f"{prefix}.attention.qkv", f"{prefix}.attention.out",
-                 f"{prefix}.feed_forward.w1", f"{prefix}.feed_forward.w2", f"{prefix}.feed_forward.w3"]
-        return names + ([f"{prefix}.adaLN_modulation.1"] if modulation else [])
-
-    out = ["x_embedder", "t_embedder.mlp.0", "t_embedder.mlp.2", "cap_embedder.1"]
-    for i in range(arch.n_refiner_layers):
-        out += block(f"noise_refiner.{i}", True)
-    for i in range(arch.n_refiner_layers):
-        out += block(f"context_refiner.{i}", False)
-    for i in range(arch.n_layers):
-        out += block(f"layers.{i}", True)
-    return out + ["final_layer.linear", "final_layer.adaLN_modulation.1"]
-
+from .tree import NativeNextDiT, linear_names  # noqa: E402,F401
 
 # ---------------------------------------------------------------- the forward
 
@@ -164,13 +39,18 @@ class Linears:
 
     `weight_fn(module, dtype, device)` returns (weight, bias) ready for F.linear; ComfyUI's backbone passes
     one that goes through comfy.ops' casting (fp8 storage, offloaded weights), backbones/quant.py one that
-    dequantises an fp8/int8 base.
+    dequantises an fp8/int8 base. `compute` 'fp8' / 'fp8_emulated' (model.base_compute) runs the frozen base
+    GEMMs of the blocks' token Linears (qkv, out, w1, w2, w3) in fp8 while grad is on (backbones/fp8.py);
+    adapters, adaLN, embedders and every no-grad forward (validation, sampling) stay in the exact dtype.
     """
 
-    def __init__(self, adapters: dict[str, nn.Module] | None = None, weight_fn=None, frozen: bool = True):
+    def __init__(self, adapters: dict[str, nn.Module] | None = None, weight_fn=None, frozen: bool = True,
+                 compute: str = "bf16"):
         self.adapters = adapters or {}
         self.weight_fn = weight_fn or _plain_weight
         self.frozen = frozen  # base weights are detached: no gradient ever reaches (or is stored on) them
+        self.fp8_base = compute != "bf16" and frozen and torch.is_grad_enabled()
+        self.emulate = compute == "fp8_emulated"
 
     def norm(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
         w = norm.weight
@@ -195,6 +75,12 @@ class Linears:
         weight, bias = self._base(module, x)
         y = F.linear(x, weight, bias)
         return y if adapter is None else y + adapter(x)
+
+    def tokens(self, module: nn.Module, adapter: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
+        """`apply` for a block's token Linears: the frozen base GEMMs in fp8 when `compute` asks for it."""
+        if not self.fp8_base or (adapter is not None and getattr(adapter, "replaces_weight", False)):
+            return self.apply(module, adapter, x)
+        return fp8.token_linear(self, module, adapter, x)
 
     def _base(self, module: nn.Module, x: torch.Tensor):
         weight, bias = self.weight_fn(module, x.dtype, x.device)
@@ -222,7 +108,7 @@ def timestep_features(t: torch.Tensor, dim: int = 256, max_period: float = 10000
 
 def _attention(blk, ad: tuple, lin: Linears, x, key_mask, cos, sin, arch: ArchConfig, cudnn: bool):
     b, n, _ = x.shape
-    q, k, v = lin.apply(blk.attention.qkv, ad[_QKV], x).split(arch.qkv_split, dim=-1)
+    q, k, v = lin.tokens(blk.attention.qkv, ad[_QKV], x).split(arch.qkv_split, dim=-1)
     q = lin.norm(blk.attention.q_norm, q.view(b, n, arch.n_heads, arch.head_dim))
     k = lin.norm(blk.attention.k_norm, k.view(b, n, arch.n_kv_heads, arch.head_dim))
     v = v.view(b, n, arch.n_kv_heads, arch.head_dim)
@@ -237,13 +123,13 @@ def _attention(blk, ad: tuple, lin: Linears, x, key_mask, cos, sin, arch: ArchCo
             rep = arch.n_heads // arch.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         o = cuda_attention(q, k, v, key_mask, cudnn)
-    return lin.apply(blk.attention.out, ad[_OUT], o.transpose(1, 2).reshape(b, n, -1))
+    return lin.tokens(blk.attention.out, ad[_OUT], o.transpose(1, 2).reshape(b, n, -1))
 
 
 def _ffn(blk, ad: tuple, lin: Linears, x):
     ff = blk.feed_forward
-    h = F.silu(lin.apply(ff.w1, ad[_W1], x)) * lin.apply(ff.w3, ad[_W3], x)
-    return lin.apply(ff.w2, ad[_W2], h)
+    h = F.silu(lin.tokens(ff.w1, ad[_W1], x)) * lin.tokens(ff.w3, ad[_W3], x)
+    return lin.tokens(ff.w2, ad[_W2], h)
 
 
 def block_forward(blk, ad: tuple, lin: Linears, arch: ArchConfig, x, key_mask, cos, sin, temb,
@@ -291,6 +177,11 @@ class ForwardOptions:
     # block prefix -> module whose forward runs that block (FSDP2 units of a sharded full fine-tune,
     # train/parallel.py): called as unit(run_block, *args) so its hooks gather the block's weights first
     units: dict[str, nn.Module] = field(default_factory=dict)
+    # model.base_compute: 'bf16' (exact), 'fp8' or 'fp8_emulated' for the blocks' frozen token Linears (Linears)
+    base_compute: str = "bf16"
+    # train.saved_activations 'fp8': a fp8.PackedActivations whose hooks store what blocks that keep their
+    # activations save for backward (None: as autograd saves it)
+    packer: object | None = None
 
     def kept(self, batch: int, tokens: int) -> int:
         return self.keep_activations.get((batch, tokens), 0) if self.checkpoint else 0
@@ -379,15 +270,19 @@ def _runner(opts: ForwardOptions, lin: Linears, arch: ArchConfig, n_checkpointed
         recompute = opts.checkpoint and grad and order < n_checkpointed
         rng = recompute and opts.recompute_rng
         unit = opts.units.get(prefix)
+        packer = opts.packer if (grad and not recompute) else None
         if unit is not None:  # through the unit's __call__: FSDP2 unshards before and reshards after
-            return unit(_run_block, fn, recompute, rng, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn)
-        return _run_block(fn, recompute, rng, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn)
+            return unit(_run_block, fn, recompute, rng, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn, packer)
+        return _run_block(fn, recompute, rng, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn, packer)
 
     return run
 
 
-def _run_block(fn, recompute: bool, rng: bool, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn):
+def _run_block(fn, recompute: bool, rng: bool, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn, packer=None):
     if recompute:  # no RNG replay or recompute check unless needed: both cost host time on every block
         return _checkpoint(fn, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn, use_reentrant=False,
                            preserve_rng_state=rng, determinism_check="default" if rng else "none")
+    if packer is not None:  # a kept block: what it saves for backward is stored in fp8 (fp8.PackedActivations)
+        with packer.hooks():
+            return fn(blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn)
     return fn(blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn)

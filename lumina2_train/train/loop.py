@@ -22,10 +22,10 @@ import torch
 
 from .. import recipe
 from ..adapters import AdapterSet, build_adapters
-from ..atomic import atomic_write_text
 from ..config import RunConfig
 from ..errors import CheckpointError, ConfigError, TrainingError
-from ..formats import check_fits, read_adapter_tensors, read_lora
+from ..files.formats import check_fits, read_adapter_tensors, read_lora
+from ..storage.atomic import atomic_write_text
 from . import prefetch
 from .batches import BucketBatches, DataPosition
 from .checkpoint import (
@@ -234,7 +234,7 @@ class Trainer(TrainerOutputs):
                                               device=self.device, dtype=self.dtype,
                                               rollout=(cfg.rollout_probability, cfg.rollout_max_offset,
                                                        cfg.rollout_steps), forward=self.forward,
-                                              drawn=(ready.sigma, ready.noise))
+                                              drawn=(ready.sigma, ready.noise), split_lengths=cfg.split_caption_lengths)
                 # with gradient release the update happens inside backward: Ctrl-C waits until it is done
                 with deferred_sigint() if self.release is not None else contextlib.nullcontext():
                     (loss / cfg.grad_accum).backward()

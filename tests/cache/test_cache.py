@@ -244,7 +244,7 @@ def test_leftovers_of_a_killed_run_are_removed_and_partial_entries_never_trusted
     import subprocess
     import sys
 
-    from lumina2_train.locks import owner_token
+    from lumina2_train.storage.locks import owner_token
 
     dataset = scan_dataset(photo_data)
     cache = build_cache(dataset, encoders, CFG, root=tmp_path / "c")
@@ -266,7 +266,7 @@ def test_leftovers_of_a_killed_run_are_removed_and_partial_entries_never_trusted
 
 def test_an_empty_validation_negative_needs_no_system_prompt_entry(photo_data, encoders, tmp_path):
     """The run's cache holds "" (dropped caption) for an empty negative, never "SYSTEM <Prompt Start> "."""
-    from lumina2_train.comfy_data import validation_prompts
+    from lumina2_train.comfyui.data import validation_prompts
     from lumina2_train.config import ValidationConfig
     from lumina2_train.train.validation import negative_features
 

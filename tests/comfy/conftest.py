@@ -171,11 +171,27 @@ def pack(comfy, tmp_path_factory) -> SimpleNamespace:
 
 
 def run_node(pack, node_id: str, *, unique_id: str = "1", extra_pnginfo=None, **inputs):
-    """Execute one of our nodes the way ComfyUI does: a class clone with hidden inputs, under inference mode."""
-    hidden = pack.module.nodes._api.io.Hidden
-    cls = pack.nodes[node_id].PREPARE_CLASS_CLONE({hidden.unique_id: unique_id, hidden.extra_pnginfo: extra_pnginfo})
+    """Execute one of our nodes through ComfyUI's own execution path, as a server runs a prompt's node:
+    `execution.get_input_data` (the declared inputs, the hidden ones the schema asks for, V3 data) and
+    `execution._async_map_node_over_list` (the class clone, the locked execute), under inference mode. Undeclared
+    inputs are dropped as ComfyUI drops them; a value is passed as a constant widget/link value would be."""
+    import asyncio
+    import inspect
+
+    import execution
+
+    cls = pack.nodes[node_id]
+    input_data, missing, v3 = execution.get_input_data(inputs, cls, unique_id,
+                                                       extra_data={"extra_pnginfo": extra_pnginfo})
+    assert not missing, f"{node_id}: inputs given as links: {sorted(missing)}"
+    params = inspect.signature(execution._async_map_node_over_list).parameters
+    # the third item of get_input_data: `hidden_inputs` [0.3.64], the whole `v3_data` [newer]
+    extra = {"v3_data" if "v3_data" in params else "hidden_inputs": v3}
     with torch.inference_mode():
-        return cls.EXECUTE_NORMALIZED(**inputs)
+        results = asyncio.run(execution._async_map_node_over_list("test", unique_id, cls, input_data, cls.FUNCTION,
+                                                                  allow_interrupt=True, **extra))
+    assert len(results) == 1, f"{node_id}: {len(results)} results (a list input ran the node more than once)"
+    return results[0]
 
 
 def defaults(pack, node_id: str, **overrides) -> dict:

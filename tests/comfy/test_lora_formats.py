@@ -1,5 +1,5 @@
 """Which file loads where, in a real ComfyUI (docs/nodes.md, "Which file loads where"; the diffusers and kohya rows
-are in tests/test_file_consumers.py). The tiny ComfyUI model has Lumina2's real widths (2304, FFN 9216, 2+2
+are in tests/files/test_file_consumers.py). The tiny ComfyUI model has Lumina2's real widths (2304, FFN 9216, 2+2
 refiners) and 1 layer, so the default file here also carries the zero pairs written for diffusers."""
 
 import json
@@ -11,7 +11,7 @@ import torch
 from lumina2_train.adapters import build_adapters
 from lumina2_train.backbones.comfy import ComfyBackbone
 from lumina2_train.config import TARGET_PRESETS, AdapterConfig
-from lumina2_train.formats import load_state_dict, save_adapters
+from lumina2_train.files.formats import load_state_dict, save_adapters
 
 pytestmark = pytest.mark.comfy
 

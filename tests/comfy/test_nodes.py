@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lumina2_train.comfy_workflow import FRONTEND_ONLY, node_types
+from lumina2_train.comfyui.workflow import FRONTEND_ONLY, node_types
 from lumina2_train.config import SaveConfig, TrainConfig
 
 pytestmark = pytest.mark.comfy
@@ -83,6 +83,14 @@ def test_advanced_train_node_exposes_every_train_and_save_option(pack):
     # widget defaults are the config's defaults (compared as dicts: the pack holds its own copy of the library)
     assert dataclasses.asdict(cfg) == dataclasses.asdict(TrainConfig())
     assert dataclasses.asdict(options.save_from_widgets(defaults)) == dataclasses.asdict(SaveConfig())
+    # model.base_compute: a widget too, after saved_activations and the save options (older workflows keep the
+    # places of their widget values)
+    ids = [i.id for i in schema.inputs]
+    assert ids.index("save_ema") < ids.index("saved_activations") == ids.index("base_compute") - 1
+    assert options.model_from_widgets(defaults).base_compute == "bf16"
+    assert options.model_from_widgets({**defaults, "base_compute": "fp8"}).base_compute == "fp8"
+    train_widgets = {k: v for k, v in defaults.items() if k in train_fields}
+    assert options.train_from_widgets({**train_widgets, "base_compute": "fp8"}) == cfg
 
 
 def test_seeds_have_no_control_widget_and_the_train_nodes_output_the_samples_last(pack):
@@ -110,7 +118,7 @@ def test_example_workflow_uses_registered_nodes_and_validates(pack, comfy, comfy
             models = node["properties"]["models"]
             assert models and all(m["url"].startswith("https://huggingface.co/Comfy-Org/Lumina_Image_2.0_Repackaged/")
                                   and m["name"] in node["widgets_values"] for m in models)
-    from lumina2_train.commands.comfy_e2e import tiny_prompt
+    from lumina2_train.comfyui.e2e import tiny_prompt
 
     names = {k: Path(v).name for k, v in comfy_models.items() if k in ("diffusion_model", "text_encoder", "vae")}
     prompt = tiny_prompt(workflow, _object_info(comfy), names, steps=2)
@@ -125,7 +133,7 @@ def test_bad_inputs_are_refused_when_queued(pack, comfy, comfy_models):
     """validate_inputs: a missing dataset folder and an unsafe LoRA name fail validation, before anything runs."""
     import execution
 
-    from lumina2_train.commands.comfy_e2e import tiny_prompt
+    from lumina2_train.comfyui.e2e import tiny_prompt
 
     workflow = json.loads(WORKFLOWS[-1].read_text(encoding="utf-8"))  # "Train a LoRA and sample with it"
     names = {k: Path(v).name for k, v in comfy_models.items() if k in ("diffusion_model", "text_encoder", "vae")}

@@ -1,0 +1,115 @@
+"""Which program loads which LoRA file, and the zero-filled pairs that let diffusers load our default file.
+
+diffusers' Lumina2 loader (`Lumina2Pipeline.load_lora_weights`; its converter
+`_convert_non_diffusers_lumina2_lora_to_diffusers`, as read in diffusers 0.42.1) reads a
+`diffusion_model.<module>.lora_A/lora_B` file only when:
+  - for each block kind in the file (noise_refiner, context_refiner, layers), blocks 0..n−1 all carry
+    attention.qkv, attention.out, feed_forward.w1/w2/w3 and (not context_refiner, which has none)
+    adaLN_modulation.1: it counts the block indices and pops every one of those keys (KeyError otherwise);
+  - no other key is left (final layer, embedders: ValueError);
+  - the fused qkv splits as 2304/768/768 rows (hard-coded: the 2B model's widths).
+We therefore write the missing block modules as zero pairs (ΔW = 0 exactly, the trained rank so that every
+diffusers version gives each module scale 1.0) and say so in the metadata (`lumina2t.zero_filled`); our
+readers drop all-zero pairs. What still cannot load is warned about at save time. Pure names and shapes;
+no tensors, no ComfyUI imports.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..backbones.nextdit import ArchConfig
+
+DIFFUSERS_QKV_SPLIT = (2304, 768, 768)  # diffusers' converter splits every qkv LoRA so
+BLOCK_MODULES = ("attention.qkv", "attention.out", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3",
+                 "adaLN_modulation.1")
+_BLOCK = re.compile(r"^(layers|noise_refiner|context_refiner)\.(\d+)\.(.+)$")
+
+COMFYUI_IGNORES_DIFFUSERS = (
+    "ComfyUI does not load a 'diffusers'-format Lumina2 LoRA: its LoRA loader (0.3.64 and 0.33.0) maps no "
+    "'transformer.<...>.attn.to_q' names of this model, so every key is skipped ('lora key not loaded'). For "
+    "ComfyUI save the 'comfyui' format, which diffusers loads too (docs/nodes.md, 'Which file loads where')")
+DIFFUSERS_IGNORES_LYCORIS = (
+    "diffusers cannot load this file: its Lumina2 loader reads plain lora_A/lora_B pairs only (LoHa and LoKr "
+    "fail in its converter, DoRA's dora_scale is dropped). ComfyUI loads it (docs/nodes.md, 'Which file loads "
+    "where')")
+
+
+def block_modules(kind: str) -> tuple[str, ...]:
+    """The modules diffusers' converter expects in every block of `kind`."""
+    return BLOCK_MODULES[:-1] if kind == "context_refiner" else BLOCK_MODULES
+
+
+def module_shape(rest: str, arch: ArchConfig) -> tuple[int, int]:
+    """(out, in) of a block module (`attention.qkv`, ...) of a NextDiT with these shapes."""
+    return {"attention.qkv": (sum(arch.qkv_split), arch.dim), "attention.out": (arch.dim, arch.dim),
+            "feed_forward.w1": (arch.ffn_hidden, arch.dim), "feed_forward.w2": (arch.dim, arch.ffn_hidden),
+            "feed_forward.w3": (arch.ffn_hidden, arch.dim),
+            "adaLN_modulation.1": (4 * arch.dim, arch.t_dim)}[rest]
+
+
+def diffusers_problems(names, arch: ArchConfig) -> list[str]:
+    """Why a 'comfyui' LoRA on these modules cannot load in diffusers even with zero-filled pairs ([] = it can)."""
+    names = list(names)
+    outside = sorted(n for n in names if not _in_converter_set(n))
+    problems = []
+    if outside:
+        shown = ", ".join(outside[:3]) + (f" and {len(outside) - 3} more" if len(outside) > 3 else "")
+        problems.append(f"its converter reads block modules only, not {shown} (targets 'final'/'embedders')")
+    if tuple(arch.qkv_split) != DIFFUSERS_QKV_SPLIT:
+        problems.append(f"its converter splits qkv as {'/'.join(map(str, DIFFUSERS_QKV_SPLIT))} rows (the 2B "
+                        f"model's widths); this model's are {'/'.join(map(str, arch.qkv_split))}")
+    return problems
+
+
+def diffusers_fill(names, arch: ArchConfig) -> dict[str, tuple[int, int]]:
+    """Block modules missing for diffusers' converter -> their (out, in); {} when filling cannot help."""
+    names = set(names)
+    if diffusers_problems(names, arch):
+        return {}
+    last: dict[str, int] = {}
+    for name in names:
+        kind, idx, _ = _BLOCK.match(name).groups()
+        last[kind] = max(last.get(kind, -1), int(idx))
+    return {f"{kind}.{i}.{rest}": module_shape(rest, arch) for kind, n in sorted(last.items())
+            for i in range(n + 1) for rest in block_modules(kind) if f"{kind}.{i}.{rest}" not in names}
+
+
+def arch_from_shapes(shapes: dict[str, tuple[int, int]]) -> ArchConfig:
+    """The shapes a file's modules imply ({native name: (out, in)}), for writing without the model at hand
+    (convert, the Save LoRA node). q rows = dim, k = v rows (Lumina2's GQA); widths the file does not show
+    come from the 2B model (ArchConfig's defaults)."""
+    default = ArchConfig()
+    dims = {rest: shape for name, shape in shapes.items() if (m := _BLOCK.match(name)) for rest in [m.group(3)]}
+    if "attention.qkv" in dims:
+        dim, kv = dims["attention.qkv"][1], (dims["attention.qkv"][0] - dims["attention.qkv"][1]) // 2
+    else:
+        dim = next((dims[r][1] for r in ("attention.out", "feed_forward.w1", "feed_forward.w3") if r in dims),
+                   default.dim)
+        kv = default.qkv_split[1] if dim == default.dim else dim
+    ffn = dims["feed_forward.w1"][0] if "feed_forward.w1" in dims else \
+        dims["feed_forward.w2"][1] if "feed_forward.w2" in dims else default.ffn_hidden
+    if (dim, kv) == (default.dim, default.qkv_split[1]):
+        return ArchConfig(ffn_hidden=ffn)
+    return ArchConfig(dim=dim, n_heads=dim, n_kv_heads=kv, ffn_hidden=ffn)  # head_dim 1 gives the (q, kv, kv) split
+
+
+def save_warnings(fmt: str, plain_lora: bool, names, arch: ArchConfig) -> list[str]:
+    """What a user must know about where the file about to be written loads."""
+    if fmt == "diffusers":
+        return [COMFYUI_IGNORES_DIFFUSERS]
+    if fmt != "comfyui":
+        return []
+    if not plain_lora:
+        return [DIFFUSERS_IGNORES_LYCORIS]
+    problems = diffusers_problems(names, arch)
+    if not problems:
+        return []
+    return ["diffusers' Lumina2Pipeline.load_lora_weights cannot load this file: " + "; ".join(problems) +
+            ". ComfyUI loads it; for diffusers, convert it with `python -m lumina2_train convert IN OUT --to "
+            "diffusers` (docs/cli.md)"]
+
+
+def _in_converter_set(name: str) -> bool:
+    m = _BLOCK.match(name)
+    return bool(m) and m.group(3) in block_modules(m.group(1))
