@@ -133,7 +133,7 @@ def issue5_suite(steps: int = 10, warmup: int = 3) -> list[Group]:
 
 
 def issue14_suite(steps: int = 10, warmup: int = 3) -> list[Group]:
-    """The targets of issue 14 (fp8 compute, compressed activations) and the chain of what each adds."""
+    """The fp8 targets (fp8 compute, compressed activations; docs/benchmarks.md) and the chain of what each adds."""
     exact = Variant("compiled, ckpt auto ≤ ref peak, bf16 exact", memory_budget_gib=REF_BUDGET, target_ratio=2.0,
                     target_peak_gib=REF_BUDGET)
     fp8 = replace(exact, label="compiled, ckpt auto ≤ ref peak, fp8 compute", base_compute="fp8", target_ratio=0.0)
