@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..comfy_bridge import is_autograd_safe, training_mode
+from ..comfyui.bridge import is_autograd_safe, training_mode
 from ..errors import ModelError
-from . import Backbone
+from . import Backbone, family
 from .nextdit import ArchConfig, Linears, velocity
 
 LUMINA2_DIM = 2304
@@ -72,8 +72,12 @@ def needs_weight_copies(tree: nn.Module) -> bool:
     return torch.is_grad_enabled() and not all(is_autograd_safe(t) for t in (*tree.parameters(), *tree.buffers()))
 
 
-def check_lumina2(model) -> nn.Module:
-    """The NextDiT of ComfyUI MODEL `model`; ModelError when `model` is not a Lumina-Image-2.0 MODEL."""
+def check_nextdit(model) -> nn.Module:
+    """The NextDiT of ComfyUI MODEL `model`; ModelError when it is not a NextDiT family member we train.
+
+    The member is read from the module's own state-dict keys (backbones/family.py, as ComfyUI's detection
+    reads a file); options a newer ComfyUI sets that the keys do not show are checked against the member's.
+    """
     import comfy.model_base
 
     base = getattr(model, "model", None)
@@ -81,17 +85,21 @@ def check_lumina2(model) -> nn.Module:
         raise ModelError(f"model: not a ComfyUI MODEL (got {type(model).__name__}). {_FIX}")
     lumina2 = getattr(comfy.model_base, "Lumina2", None)
     if lumina2 is None or not isinstance(base, lumina2):
-        raise ModelError(f"model: this MODEL is a {type(base).__name__}, not Lumina2. {_FIX}")
+        raise ModelError(f"model: this MODEL is a {type(base).__name__}, not Lumina2 or Z-Image. {_FIX}")
     tree = getattr(base, "diffusion_model", None)
-    dim = getattr(tree, "dim", None)
-    if type(tree).__name__ != "NextDiT" or dim != LUMINA2_DIM:
-        what = "a Z-Image model" if dim == 3840 else f"a {type(tree).__name__} of width {dim}"
-        raise ModelError(f"model: this MODEL is {what}, not Lumina-Image-2.0 (NextDiT of width 2304). {_FIX}")
-    # [newer] ComfyUI's NextDiT also serves Z-Image: refuse its variants even at width 2304.
-    if float(getattr(tree, "time_scale", 1.0)) != 1.0 or getattr(tree, "pad_tokens_multiple", None) is not None \
-            or getattr(tree, "z_image_modulation", False):
-        raise ModelError(f"model: this NextDiT uses Z-Image options (time_scale, pad tokens or Z-Image "
-                         f"modulation), not Lumina-Image-2.0's. {_FIX}")
+    if type(tree).__name__ == "NextDiTPixelSpace":
+        raise family.refusal("model", dict(family.UNSUPPORTED_KEYS)["dec_net.cond_embed.weight"])
+    if type(tree).__name__ != "NextDiT" or not hasattr(tree, "state_dict"):
+        raise ModelError(f"model: this MODEL's network is a {type(tree).__name__}, not a NextDiT. {_FIX}")
+    member = family.detect_family(tree.state_dict(keep_vars=True).keys(), "model")
+    expected = family.family_options(member)
+    for option in ("time_scale", "pad_tokens_multiple"):
+        got, want = getattr(tree, option, expected[option]), expected[option]
+        if (got is None) != (want is None) or (got is not None and float(got) != float(want)):
+            raise family.refusal("model", f"a {family.NAMES[member]} NextDiT with {option}={got} (its "
+                                          f"weights say {want})")
+    if member not in family.SUPPORTED:
+        raise family.refusal("model", family.NAMES[member])
     return tree
 
 
@@ -133,7 +141,7 @@ class ComfyBackbone(Backbone):
         """
         import comfy.model_management as mm
 
-        check_lumina2(model)
+        check_nextdit(model)
         patcher = model.clone()
         with training_mode():
             mm.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
@@ -157,4 +165,4 @@ class ComfyBackbone(Backbone):
         return cast if cast is not None else self.tree.x_embedder.weight.dtype
 
 
-__all__ = ["LUMINA2_DIM", "ComfyBackbone", "arch_from_nextdit", "check_lumina2", "comfy_weight"]
+__all__ = ["LUMINA2_DIM", "ComfyBackbone", "arch_from_nextdit", "check_nextdit", "comfy_weight"]

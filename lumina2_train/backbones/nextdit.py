@@ -42,6 +42,11 @@ class ArchConfig:
     norm_eps: float = 1e-5
     qk_norm_eps: float | None = 1e-5
     rope_theta: float = 10000.0
+    # the family member (backbones/family.py): "zimage" = z_image_modulation (adaLN from a 256-wide time
+    # embedding, no SiLU before the blocks' adaLN), learned pad tokens, time × time_scale
+    family: str = "lumina2"
+    time_scale: float = 1.0  # the network's time input is (1 − σ) × time_scale
+    pad_tokens_multiple: int | None = None  # captions and images padded to a multiple, with learned tokens
 
     @property
     def head_dim(self) -> int:
@@ -49,7 +54,17 @@ class ArchConfig:
 
     @property
     def t_dim(self) -> int:
+        """Width of the timestep MLP's hidden layer (and its output for Lumina2)."""
         return min(self.dim, 1024)
+
+    @property
+    def is_zimage(self) -> bool:
+        return self.family == "zimage"
+
+    @property
+    def adaln_dim(self) -> int:
+        """Width of the time embedding the adaLN layers read (Z-Image: 256)."""
+        return min(self.dim, 256) if self.is_zimage else self.t_dim
 
     @property
     def qkv_split(self) -> tuple[int, int, int]:
