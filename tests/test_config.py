@@ -85,3 +85,47 @@ def test_lycoris_and_dora_need_the_comfyui_format_before_training(adapter, what)
 def test_a_full_fine_tune_cannot_start_from_an_adapter_file():
     with pytest.raises(ConfigError, match="adapter.init_from is set but kind is 'full'"):
         _cfg(adapter=AdapterConfig(kind="full", init_from="x.safetensors")).validate()
+
+
+def _float_paths(obj, at=""):
+    """(dotted path, setter) for every float setting of a dataclass tree, found from the fields themselves."""
+    import dataclasses
+
+    out = []
+    for f in dataclasses.fields(obj):
+        value, path = getattr(obj, f.name), f"{at}.{f.name}" if at else f.name
+
+        def put(new, _f=f.name, _obj=obj):
+            return dataclasses.replace(_obj, **{_f: new})
+
+        if dataclasses.is_dataclass(value):
+            out += [(p, lambda v, s=s, put=put, value=value: put(s(v))) for p, s in _float_paths(value, path)]
+        elif isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+            out += [(p, lambda v, s=s, put=put, value=value: put((s(v),) + value[1:]))
+                    for p, s in _float_paths(value[0], f"{path}[0]")]
+        elif isinstance(value, tuple) and value and isinstance(value[0], float):
+            out.append((f"{path}[0]", lambda v, put=put, value=value: put((v,) + value[1:])))
+        elif isinstance(value, float):
+            out.append((path, lambda v, put=put: put(v)))
+    return out
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+def test_every_float_setting_refuses_nan_and_infinity_by_its_dotted_field(bad):
+    """Fails before the fix: NaN passed every range check (every comparison with NaN is False) and inf passed
+    the one-sided ones, so a run started and failed inside torch."""
+    paths = _float_paths(_cfg())
+    assert len(paths) >= 25 and "train.lr" in dict(paths) and "data.datasets[0].loss_weight" in dict(paths)
+    for path, put in paths:
+        with pytest.raises(ConfigError) as e:
+            put(bad).validate()
+        hits = [p for p in e.value.problems if p.startswith(f"{path} must be a finite number")]
+        assert len(hits) == 1, (path, e.value.problems)  # named once, by its dotted field
+
+
+def test_nan_from_a_toml_file_is_refused(tmp_path):
+    (tmp_path / "run.toml").write_text('[train]\nlr = nan\n[validation]\nguidance = inf\n[[data.datasets]]\n'
+                                       'path = "."\n')
+    with pytest.raises(ConfigError, match=r"train.lr must be a finite number \(got nan\)") as e:
+        load_run_config(tmp_path / "run.toml").validate()
+    assert any(p.startswith("validation.guidance must be a finite number (got inf)") for p in e.value.problems)

@@ -43,11 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     from ..errors import Lumina2TrainError
 
+    log = logging.getLogger("lumina2_train")
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except Lumina2TrainError as e:
-        logging.getLogger("lumina2_train").error("error: %s", e)
+        log.error("error: %s", e)
         return 2
+    except KeyboardInterrupt:  # the run has already said what it kept (the resumable checkpoint, if any)
+        log.error("stopped by Ctrl-C. A training run continues from its checkpoint with: python -m lumina2_train "
+                  "train CONFIG --resume RUN_FOLDER (docs/cli.md)")
+        return INTERRUPTED
+
+
+INTERRUPTED = 130  # the shell's status for a process stopped by SIGINT (128 + 2)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 CAPTION_STRATEGIES = ("textfile", "filename", "jsonl", "csv", "instance")
@@ -47,9 +49,31 @@ def _choice(at: str, value: Any, options: tuple | dict) -> list[str]:
 
 
 def _range(at: str, value: float, lo: float | None = None, hi: float | None = None) -> list[str]:
+    if isinstance(value, float) and not math.isfinite(value):
+        return [_not_finite(at, value)]
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         lims = f">= {lo}" if hi is None else (f"<= {hi}" if lo is None else f"between {lo} and {hi}")
         return [f"{at} must be {lims} (got {value})"]
+    return []
+
+
+def _not_finite(at: str, value: float) -> str:
+    return f"{at} must be a finite number (got {value}); write a number (TOML nan/inf and JSON NaN/Infinity are refused)"
+
+
+def nonfinite_errors(obj: Any, at: str) -> list[str]:
+    """Every float setting of the dataclass tree `obj` that is NaN or infinite, by dotted field path.
+
+    Generic over the fields (nested sections, tuples of sections or of floats), so a float setting added
+    later is covered without a line of its own. `_range` words its message the same way, so a caller that
+    joins both can drop the repeats.
+    """
+    if dataclasses.is_dataclass(obj):
+        return [e for f in dataclasses.fields(obj) for e in nonfinite_errors(getattr(obj, f.name), f"{at}.{f.name}")]
+    if isinstance(obj, (tuple, list)):
+        return [e for i, v in enumerate(obj) for e in nonfinite_errors(v, f"{at}[{i}]")]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return [_not_finite(at, obj)]
     return []
 
 

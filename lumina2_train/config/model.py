@@ -79,9 +79,6 @@ class AdapterConfig:
         if self.kind == "full" and self.init_from:
             out.append(f"{at}.init_from is set but kind is 'full': a full fine-tune starts from the model it is "
                        "given; load a fine-tuned model file as that model instead, or clear init_from")
-        if self.kind == "full" and self.init_from:
-            out.append(f"{at}.init_from is set but kind is 'full': a full fine-tune starts from the model it is "
-                       "given; load a fine-tuned model file as that model instead, or clear init_from")
         if self.blocks != "all":
             try:
                 parse_block_spec(self.blocks, 10_000)

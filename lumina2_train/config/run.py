@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .choices import nonfinite_errors
 from .data import CacheConfig, DataConfig
 from .model import AdapterConfig, ModelConfig
 from .outputs import HubConfig, SaveConfig, TrackingConfig, ValidationConfig
@@ -34,11 +35,14 @@ class RunConfig:
     hub: HubConfig = field(default_factory=HubConfig)
 
     def errors(self) -> list[str]:
-        return (self.data.errors("data") + self.model.errors("model") + self.cache.errors("cache")
-                + self.adapter.errors("adapter") + self.train.errors("train")
-                + self.validation.errors("validation") + self.save.errors("save")
-                + self.tracking.errors("tracking") + self.hub.errors("hub") + self._format_errors()
-                + self._compute_errors())
+        """Every problem of the tree, each once: the sections' own checks, then any non-finite float setting."""
+        found = (self.data.errors("data") + self.model.errors("model") + self.cache.errors("cache")
+                 + self.adapter.errors("adapter") + self.train.errors("train")
+                 + self.validation.errors("validation") + self.save.errors("save")
+                 + self.tracking.errors("tracking") + self.hub.errors("hub") + self._format_errors()
+                 + self._compute_errors())
+        found += [e for f in dataclasses.fields(self) for e in nonfinite_errors(getattr(self, f.name), f.name)]
+        return list(dict.fromkeys(found))  # a ranged float reports its NaN in both checks, in the same words
 
     def _compute_errors(self) -> list[str]:
         if self.model.base_compute == "fp8" and self.train.precision != "bf16":

@@ -48,6 +48,13 @@ def list_images(root: Path, *, recursive: bool, bad_image_policy: str) -> Listin
             if entry.name.startswith("."):
                 continue
             path = Path(entry.path)
+            if not is_utf8_name(entry.name):
+                skip = _name_problem(path, is_error)
+                if skip is None:
+                    ignored += 1
+                else:
+                    skipped.append(skip)
+                continue
             try:
                 st = os.stat(path)  # follows symlinks
             except OSError as e:
@@ -70,6 +77,35 @@ def list_images(root: Path, *, recursive: bool, bad_image_policy: str) -> Listin
                 ignored += 1
     images.sort(key=lambda p: p.relative_to(root).as_posix())
     return Listing(tuple(images), tuple(skipped), ignored)
+
+
+def is_utf8_name(name: str) -> bool:
+    """False for a name that the file system gave as bytes that are not UTF-8 (Python holds those as lone
+    surrogates, which cannot be encoded into the report, the cache keys or a seed string)."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def printable_path(path: str | Path) -> str:
+    """A path as text that can always be printed and stored: undecodable bytes written as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _name_problem(path: Path, is_error: bool) -> Skipped | None:
+    """A Skipped entry for an image or folder whose name is not UTF-8 (other such files are only counted)."""
+    try:
+        is_folder = path.is_dir()
+    except OSError:
+        is_folder = False
+    if not (is_folder or is_image_name(path)):
+        return None
+    what = "folder" if is_folder else "file"
+    return Skipped(printable_path(path), f"{what} name is not valid UTF-8 ({os.fsencode(path.name)!r}), so it "
+                   f"cannot be used{' (nothing inside it was scanned)' if is_folder else ''}. Rename it using "
+                   "UTF-8 characters (for example with convmv).", "bad_image", is_error)
 
 
 def _inode(path: Path) -> tuple[int, int]:

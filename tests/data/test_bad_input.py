@@ -101,6 +101,37 @@ def test_unreadable_file(tmp_path, write_image, make_dataset):
         locked.chmod(0o644)
 
 
+def _odd(folder: Path, name: bytes) -> Path:
+    """`folder`/`name` for a name that is not UTF-8 (Python holds its bytes as lone surrogates)."""
+    return folder / os.fsdecode(name)
+
+
+@pytest.mark.parametrize("policy", ["skip", "error"])
+def test_file_and_folder_names_that_are_not_utf8_are_reported_not_fatal(tmp_path, write_image, make_dataset,
+                                                                        policy, capsys):
+    """Fails before the fix: one such name crashed the whole scan with UnicodeEncodeError (the crop seed)."""
+    try:
+        write_image(_odd(tmp_path, b"caf\xe9.png"), caption="latin-1 name")
+        write_image(_odd(tmp_path, b"dir\xff") / "inner.png", caption="inside an odd folder")
+    except (UnicodeEncodeError, OSError) as e:  # a file system that only takes UTF-8 names (not Linux ext4/tmpfs)
+        pytest.skip(f"this file system refuses non-UTF-8 names ({e})")
+    _odd(tmp_path, b"notes\xe9.txt").write_text("not an image: only counted")
+    write_image(tmp_path / "ok.png")
+    h = scan(make_dataset(tmp_path, bad_image=policy))
+    assert [Path(p).name for p in h.report.used] == ["ok.png"]
+    file_skip, dir_skip = only_skip(h, "caf\\xe9.png"), only_skip(h, "dir\\xff")
+    assert "file name is not valid UTF-8 (b'caf\\xe9.png')" in file_skip.reason and "Rename it" in file_skip.reason
+    assert "folder name is not valid UTF-8 (b'dir\\xff')" in dir_skip.reason
+    assert file_skip.kind == "bad_image" and file_skip.is_error == (policy == "error")
+    json.dumps(h.report.as_dict(), ensure_ascii=False).encode("utf-8")  # every reported path is printable text
+    h.report.as_text().encode("utf-8")
+    if policy == "error":
+        with pytest.raises(DatasetError, match=r"caf\\xe9\.png: file name is not valid UTF-8"):
+            h.require_usable()
+    else:
+        h.require_usable()
+
+
 # ---------------------------------------------------------------- captions
 
 

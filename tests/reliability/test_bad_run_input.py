@@ -1,0 +1,88 @@
+"""Bad input to a whole run (CLI and pipeline) on tiny real models: every problem is a message naming the field
+and the file, found before a model loads; Ctrl-C ends with its message and status 130, no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lumina2_train.config import RunConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """Tiny diffusers-layout models and a captioned dataset of two images, written once."""
+    from lumina2_train.tiny import write_tiny_diffusers
+
+    from ..conftest import _write_image
+
+    base = tmp_path_factory.mktemp("bad_run")
+    models = write_tiny_diffusers(base / "models", seed=0)
+    for i in range(2):
+        _write_image(base / "data" / f"img{i}.png", (64, 64), caption=f"a picture number {i}", seed=i)
+    return {"models": models, "data": base / "data"}
+
+
+def run_dict(tiny_run, out: Path, **sections) -> dict:
+    """A run config (as a dict) on the tiny models, writing under `out`; `sections` update single keys."""
+    m = tiny_run["models"]
+    d = {"data": {"datasets": [{"path": str(tiny_run["data"]), "resolution": 64, "min_size_px": 32}]},
+         "model": {k: str(m[k]) for k in ("transformer", "text_encoder", "tokenizer", "vae")} | {"dtype": "fp32"},
+         "adapter": {"rank": 4, "alpha": 4.0},
+         "train": {"steps": 2, "batch_size": 1, "precision": "fp32", "checkpointing": "off"},
+         "save": {"output_dir": str(out / "runs"), "name": "bad"},
+         "cache": {"dir": str(out / "cache")}}
+    for key, value in sections.items():
+        section, _, name = key.partition("__")
+        d.setdefault(section, {})[name] = value
+    return d
+
+
+def run_config(tiny_run, out: Path, **sections) -> RunConfig:
+    return RunConfig.from_dict(run_dict(tiny_run, out, **sections))
+
+
+def nothing_cached(out: Path) -> bool:
+    """True when no cache entry was written: the run stopped before any encoder ran."""
+    cache = out / "cache"
+    return not cache.exists() or not any(p.is_file() for p in cache.rglob("*.safetensors"))
+
+
+def cli_env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+
+def test_ctrl_c_ends_with_its_message_and_status_130_without_a_traceback(tiny_run, tmp_path):
+    """Fails before the fix: the KeyboardInterrupt re-raised after the checkpoint reached the top of the CLI and
+    printed a traceback (status 1)."""
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps(run_dict(tiny_run, tmp_path, train__steps=100000, save__every_n_steps=1,
+                                       save__keep_last=1)))
+    child = subprocess.Popen([sys.executable, "-m", "lumina2_train", "train", str(cfg)], cwd=tmp_path,
+                             env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list((tmp_path / "runs").glob("bad*/checkpoints/step_*")):
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.2)
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" in err  # the run's own line names what stopped it
+    assert "resumable checkpoint at" in err and "stopped by Ctrl-C" in err and "--resume" in err
