@@ -1,8 +1,8 @@
-"""The Lumina2 NextDiT forward, written once over any module tree that uses the native names
-(ComfyUI's `NextDiT`, or `NativeNextDiT` built here from diffusers weights).
+"""The NextDiT forward (Lumina-Image-2.0 and Z-Image), written once over any module tree that uses the
+native names (ComfyUI's `NextDiT`, or `NativeNextDiT` of arch.py built from diffusers weights).
 
 Native names (official code, ComfyUI, kohya): `layers.N.attention.qkv|out`, `layers.N.feed_forward.w1|w2|w3`,
-`layers.N.adaLN_modulation.1`, the same under `noise_refiner.N` / `context_refiner.N` (no adaLN there),
+`layers.N.adaLN_modulation.1` (Z-Image: `.0`, arch.block_linears), the same under `noise_refiner.N` / `context_refiner.N` (no adaLN there),
 `final_layer.linear`, `final_layer.adaLN_modulation.1`, `x_embedder`, `t_embedder.mlp.0|2`, `cap_embedder.1`.
 
 The forward never writes the tree's parameters and never adds modules or hooks to it: adapters are
@@ -21,141 +21,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from .arch import (  # noqa: F401  (re-exported: the forward's public names)
+    BLOCK_LINEARS,
+    ZIMAGE_BLOCK_LINEARS,
+    ArchConfig,
+    NativeNextDiT,
+    block_linears,
+    linear_names,
+)
 from .attention import apply_rope, cuda_attention, rope_angles
+from .sequence import lumina2_positions, zimage_sequence
 
-
-@dataclass(frozen=True)
-class ArchConfig:
-    """Shapes of a NextDiT (full Lumina2 2B by default)."""
-
-    dim: int = 2304
-    n_layers: int = 26
-    n_refiner_layers: int = 2
-    n_heads: int = 24
-    n_kv_heads: int = 8
-    ffn_hidden: int = 9216
-    cap_feat_dim: int = 2304
-    patch_size: int = 2
-    in_channels: int = 16
-    axes_dims: tuple[int, int, int] = (32, 32, 32)
-    axes_lens: tuple[int, int, int] = (300, 512, 512)
-    norm_eps: float = 1e-5
-    qk_norm_eps: float | None = 1e-5
-    rope_theta: float = 10000.0
-    # the family member (backbones/family.py): "zimage" = z_image_modulation (adaLN from a 256-wide time
-    # embedding, no SiLU before the blocks' adaLN), learned pad tokens, time × time_scale
-    family: str = "lumina2"
-    time_scale: float = 1.0  # the network's time input is (1 − σ) × time_scale
-    pad_tokens_multiple: int | None = None  # captions and images padded to a multiple, with learned tokens
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-    @property
-    def t_dim(self) -> int:
-        """Width of the timestep MLP's hidden layer (and its output for Lumina2)."""
-        return min(self.dim, 1024)
-
-    @property
-    def is_zimage(self) -> bool:
-        return self.family == "zimage"
-
-    @property
-    def adaln_dim(self) -> int:
-        """Width of the time embedding the adaLN layers read (Z-Image: 256)."""
-        return min(self.dim, 256) if self.is_zimage else self.t_dim
-
-    @property
-    def qkv_split(self) -> tuple[int, int, int]:
-        """Rows of the fused qkv weight: q, k, v (2304, 768, 768 for Lumina2 2B)."""
-        kv = self.n_kv_heads * self.head_dim
-        return (self.n_heads * self.head_dim, kv, kv)
-
-
-# ---------------------------------------------------------------- the module tree with native names
-
-class _Attention(nn.Module):
-    def __init__(self, a: ArchConfig):
-        super().__init__()
-        self.qkv = nn.Linear(a.dim, sum(a.qkv_split), bias=False)
-        self.out = nn.Linear(a.dim, a.dim, bias=False)
-        self.q_norm = nn.RMSNorm(a.head_dim, eps=a.qk_norm_eps)
-        self.k_norm = nn.RMSNorm(a.head_dim, eps=a.qk_norm_eps)
-
-
-class _FeedForward(nn.Module):
-    def __init__(self, a: ArchConfig):
-        super().__init__()
-        self.w1 = nn.Linear(a.dim, a.ffn_hidden, bias=False)
-        self.w2 = nn.Linear(a.ffn_hidden, a.dim, bias=False)
-        self.w3 = nn.Linear(a.dim, a.ffn_hidden, bias=False)
-
-
-class _Block(nn.Module):
-    def __init__(self, a: ArchConfig, modulation: bool):
-        super().__init__()
-        self.modulation = modulation
-        self.attention = _Attention(a)
-        self.feed_forward = _FeedForward(a)
-        for name in ("attention_norm1", "attention_norm2", "ffn_norm1", "ffn_norm2"):
-            setattr(self, name, nn.RMSNorm(a.dim, eps=a.norm_eps))
-        if modulation:
-            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(a.t_dim, 4 * a.dim))
-
-
-class _FinalLayer(nn.Module):
-    def __init__(self, a: ArchConfig):
-        super().__init__()
-        self.norm_final = nn.LayerNorm(a.dim, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(a.dim, a.patch_size**2 * a.in_channels)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(a.t_dim, a.dim))
-
-
-class _TimestepEmbedder(nn.Module):
-    def __init__(self, a: ArchConfig):
-        super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(256, a.t_dim), nn.SiLU(), nn.Linear(a.t_dim, a.t_dim))
-
-
-class NativeNextDiT(nn.Module):
-    """A parameter container laid out exactly like ComfyUI's NextDiT (its state dict loads as is)."""
-
-    def __init__(self, arch: ArchConfig):
-        super().__init__()
-        self.arch = arch
-        self.x_embedder = nn.Linear(arch.patch_size**2 * arch.in_channels, arch.dim)
-        self.t_embedder = _TimestepEmbedder(arch)
-        self.cap_embedder = nn.Sequential(nn.RMSNorm(arch.cap_feat_dim, eps=arch.norm_eps),
-                                          nn.Linear(arch.cap_feat_dim, arch.dim))
-        self.noise_refiner = nn.ModuleList(_Block(arch, True) for _ in range(arch.n_refiner_layers))
-        self.context_refiner = nn.ModuleList(_Block(arch, False) for _ in range(arch.n_refiner_layers))
-        self.layers = nn.ModuleList(_Block(arch, True) for _ in range(arch.n_layers))
-        self.final_layer = _FinalLayer(arch)
-
-
-def linear_names(arch: ArchConfig) -> list[str]:
-    """Every adaptable Linear of a NextDiT, by native name, in a stable order."""
-    def block(prefix: str, modulation: bool) -> list[str]:
-        names = [f"{prefix}.attention.qkv", f"{prefix}.attention.out",
-                 f"{prefix}.feed_forward.w1", f"{prefix}.feed_forward.w2", f"{prefix}.feed_forward.w3"]
-        return names + ([f"{prefix}.adaLN_modulation.1"] if modulation else [])
-
-    out = ["x_embedder", "t_embedder.mlp.0", "t_embedder.mlp.2", "cap_embedder.1"]
-    for i in range(arch.n_refiner_layers):
-        out += block(f"noise_refiner.{i}", True)
-    for i in range(arch.n_refiner_layers):
-        out += block(f"context_refiner.{i}", False)
-    for i in range(arch.n_layers):
-        out += block(f"layers.{i}", True)
-    return out + ["final_layer.linear", "final_layer.adaLN_modulation.1"]
-
-
-# ---------------------------------------------------------------- the forward
-
-# Local names of the adaptable Linears inside one block, in the order `Linears.block` returns their adapters.
-BLOCK_LINEARS = ("attention.qkv", "attention.out", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3",
-                 "adaLN_modulation.1")
 _QKV, _OUT, _W1, _W2, _W3, _ADALN = range(len(BLOCK_LINEARS))
 
 
@@ -178,12 +54,12 @@ class Linears:
             w = (w.detach() if self.frozen else w).to(device=x.device, dtype=x.dtype)
         return F.rms_norm(x, (x.shape[-1],), w, norm.eps)
 
-    def block(self, prefix: str) -> tuple:
-        """The adapters (or None) of block `prefix`'s Linears, in BLOCK_LINEARS order.
+    def block(self, prefix: str, names: tuple[str, ...] = BLOCK_LINEARS) -> tuple:
+        """The adapters (or None) of block `prefix`'s Linears, in `names` order (block_linears(arch)).
 
         The block function receives these instead of names, so one compiled block serves every layer.
         """
-        return tuple(self.adapters.get(f"{prefix}.{n}") for n in BLOCK_LINEARS)
+        return tuple(self.adapters.get(f"{prefix}.{n}") for n in names)
 
     def apply(self, module: nn.Module, adapter: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
         if adapter is not None and getattr(adapter, "replaces_weight", False):
@@ -258,7 +134,10 @@ def block_forward(blk, ad: tuple, lin: Linears, arch: ArchConfig, x, key_mask, c
         x = x + lin.norm(blk.attention_norm2, _attention(blk, ad, lin, lin.norm(blk.attention_norm1, x),
                                                          key_mask, cos, sin, arch, cudnn))
         return x + lin.norm(blk.ffn_norm2, _ffn(blk, ad, lin, lin.norm(blk.ffn_norm1, x)))
-    mod = lin.apply(blk.adaLN_modulation[1], ad[_ADALN], F.silu(temb))
+    if arch.is_zimage:  # z_image_modulation: the time embedding enters the Linear without a SiLU
+        mod = lin.apply(blk.adaLN_modulation[0], ad[_ADALN], temb)
+    else:
+        mod = lin.apply(blk.adaLN_modulation[1], ad[_ADALN], F.silu(temb))
     scale_msa, gate_msa, scale_mlp, gate_mlp = mod.unsqueeze(1).chunk(4, dim=-1)
     a = _attention(blk, ad, lin, lin.norm(blk.attention_norm1, x) * (1 + scale_msa), key_mask, cos, sin, arch,
                    cudnn)
@@ -296,15 +175,33 @@ class ForwardOptions:
         return self.keep_activations.get((batch, tokens), 0) if self.checkpoint else 0
 
 
-def _positions(cap_len: torch.Tensor, L: int, h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Caption token i -> (i, 0, 0); image token (r, c) -> (cap_len, r, c), per sample."""
-    b = cap_len.shape[0]
-    cap_pos = torch.zeros(b, L, 3, dtype=torch.int64, device=device)
-    cap_pos[..., 0] = torch.arange(L, device=device)
-    rows = torch.arange(h, device=device).repeat_interleave(w)
-    cols = torch.arange(w, device=device).repeat(h)
-    img_pos = torch.stack([cap_len[:, None].expand(b, h * w), rows.expand(b, -1), cols.expand(b, -1)], dim=-1)
-    return cap_pos, img_pos
+@dataclass
+class _Tokens:
+    """The embedded sequences the blocks run on (one family's padding and positions applied)."""
+
+    cap: torch.Tensor  # (B, Lc, D)
+    cap_mask: torch.Tensor | None  # (B, Lc) bool key mask, None when nothing is masked
+    img: torch.Tensor  # (B, Ni, D); the first h·w are the image's patches
+    pos: torch.Tensor  # (B, Lc + Ni, 3) rope positions
+
+
+def _tokens(tree, arch: ArchConfig, lin: Linears, x_sigma, cap_feats, cap_mask) -> _Tokens:
+    b, c, hh, ww = x_sigma.shape
+    p = arch.patch_size
+    h, w = hh // p, ww // p
+    cap = lin("cap_embedder.1", tree.cap_embedder[1], lin.norm(tree.cap_embedder[0], cap_feats.to(x_sigma.dtype)))
+    L = cap.shape[1]
+    if cap_mask is not None and bool(cap_mask.all()):
+        cap_mask = None
+    cap_len = torch.full((b,), L, device=x_sigma.device) if cap_mask is None else cap_mask.long().sum(1)
+    img = x_sigma.view(b, c, h, p, w, p).permute(0, 2, 4, 3, 5, 1).reshape(b, h * w, p * p * c)
+    img = lin("x_embedder", tree.x_embedder, img)
+    if arch.pad_tokens_multiple is not None:
+        seq = zimage_sequence(tree, arch.pad_tokens_multiple, cap, cap_len, img, h, w)
+        return _Tokens(seq.cap, seq.cap_mask, seq.img, torch.cat([seq.cap_pos, seq.img_pos], dim=1))
+    cap_pos, img_pos = lumina2_positions(cap_len, L, h, w, x_sigma.device)
+    key_mask = None if cap_mask is None else cap_mask.bool()
+    return _Tokens(cap, key_mask, img, torch.cat([cap_pos, img_pos], dim=1))
 
 
 def velocity(tree: nn.Module, arch: ArchConfig, x_sigma: torch.Tensor, sigma: torch.Tensor,
@@ -315,7 +212,7 @@ def velocity(tree: nn.Module, arch: ArchConfig, x_sigma: torch.Tensor, sigma: to
     Args:
         x_sigma: (B, 16, h, w) noisy latents in the scaled space; h, w multiples of the patch size.
         sigma: (B,) noise levels in [0, 1].
-        cap_feats: (B, L, cap_feat_dim) Gemma features, captions left-aligned.
+        cap_feats: (B, L, cap_feat_dim) text-encoder features, captions left-aligned.
         cap_mask: (B, L) 1 = token, 0 = padding; None when every caption fills L.
     Returns:
         (B, 16, h, w) velocity in x_sigma's dtype.
@@ -325,27 +222,18 @@ def velocity(tree: nn.Module, arch: ArchConfig, x_sigma: torch.Tensor, sigma: to
     p = arch.patch_size
     h, w = hh // p, ww // p
     dtype = x_sigma.dtype
-    t = 1.0 - sigma.float()  # Lumina's own time: t = 0 noise, t = 1 data
+    t = (1.0 - sigma.float()) * arch.time_scale  # the network's own time: 0 noise, time_scale data
     temb = lin("t_embedder.mlp.2", tree.t_embedder.mlp[2],
                F.silu(lin("t_embedder.mlp.0", tree.t_embedder.mlp[0], timestep_features(t).to(dtype))))
-    cap = lin("cap_embedder.1", tree.cap_embedder[1], lin.norm(tree.cap_embedder[0], cap_feats.to(dtype)))
-    L = cap.shape[1]
-    if cap_mask is not None and bool(cap_mask.all()):
-        cap_mask = None
-    key_mask = None if cap_mask is None else cap_mask.bool()
-    cap_len = torch.full((b,), L, device=x_sigma.device) if cap_mask is None else cap_mask.long().sum(1)
-
-    img = x_sigma.view(b, c, h, p, w, p).permute(0, 2, 4, 3, 5, 1).reshape(b, h * w, p * p * c)
-    img = lin("x_embedder", tree.x_embedder, img)
-
-    cap_pos, img_pos = _positions(cap_len, L, h, w, x_sigma.device)
-    angles = rope_angles(torch.cat([cap_pos, img_pos], dim=1), arch).unsqueeze(2)
+    tok = _tokens(tree, arch, lin, x_sigma, cap_feats, cap_mask)
+    L, key_mask = tok.cap.shape[1], tok.cap_mask
+    angles = rope_angles(tok.pos, arch).unsqueeze(2)
     cos, sin = angles.cos(), angles.sin()
     cos_c, sin_c, cos_i, sin_i = cos[:, :L], sin[:, :L], cos[:, L:], sin[:, L:]
 
     n_blocks = len(tree.context_refiner) + len(tree.noise_refiner) + len(tree.layers)
-    run = _runner(opts, lin, arch, n_blocks - opts.kept(b, L + h * w))
-    order = 0
+    run = _runner(opts, lin, arch, n_blocks - opts.kept(b, L + tok.img.shape[1]))
+    cap, img, order = tok.cap, tok.img, 0
     for i, blk in enumerate(tree.context_refiner):
         cap = run(blk, f"context_refiner.{i}", cap, key_mask, cos_c, sin_c, None, order)
         order += 1
@@ -354,15 +242,14 @@ def velocity(tree: nn.Module, arch: ArchConfig, x_sigma: torch.Tensor, sigma: to
         order += 1
 
     hidden = torch.cat([cap, img], dim=1)
-    joint_mask = None if key_mask is None else torch.cat(
-        [key_mask, key_mask.new_ones(b, h * w)], dim=1)
+    joint_mask = None if key_mask is None else torch.cat([key_mask, key_mask.new_ones(b, img.shape[1])], dim=1)
     for i, blk in enumerate(tree.layers):
         hidden = run(blk, f"layers.{i}", hidden, joint_mask, cos, sin, temb, order)
         order += 1
 
     fl = tree.final_layer
     scale = lin("final_layer.adaLN_modulation.1", fl.adaLN_modulation[1], F.silu(temb))
-    out = F.layer_norm(hidden[:, L:], (arch.dim,), eps=1e-6) * (1 + scale.unsqueeze(1))
+    out = F.layer_norm(hidden[:, L:L + h * w], (arch.dim,), eps=1e-6) * (1 + scale.unsqueeze(1))
     out = lin("final_layer.linear", fl.linear, out)
     out = out.view(b, h, w, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, hh, ww)
     return -out  # the network predicts x − ε (official convention); the library's velocity is ε − x
@@ -371,10 +258,11 @@ def velocity(tree: nn.Module, arch: ArchConfig, x_sigma: torch.Tensor, sigma: to
 def _runner(opts: ForwardOptions, lin: Linears, arch: ArchConfig, n_checkpointed: int):
     """run(block, prefix, x, ...) for the block at position `order`; the first `n_checkpointed` recompute."""
     grad = torch.is_grad_enabled()
+    names = block_linears(arch)
     fn = opts.compiled_block if (opts.compiled_block is not None and grad) else block_forward
 
     def run(blk, prefix, x, mask, cos, sin, temb, order):
-        ad = lin.block(prefix)
+        ad = lin.block(prefix, names)
         cudnn = opts.cudnn_attention and x.is_cuda
         recompute = opts.checkpoint and grad and order < n_checkpointed
         rng = recompute and opts.recompute_rng
