@@ -29,7 +29,7 @@ def unique_run_dir(output_dir: str | Path, name: str) -> Path:
     Raises:
         PathError: `name` is not a safe name (absolute, '..', reserved, ...; see paths.py).
     """
-    from .paths import new_run_folder, relative_parts
+    from .storage.paths import new_run_folder, relative_parts
 
     return new_run_folder(output_dir, relative_parts(name, "save.name")[-1])
 
@@ -131,7 +131,7 @@ def run_training(cfg: RunConfig, *, run_dir: Path | None = None, hooks: TrainHoo
     finally:
         encoders.release()
     if cfg.hub.push and world.is_main:
-        from .hub import push_run
+        from .publish.hub import push_run
 
         push_run(cfg, result)
     return result
@@ -140,7 +140,7 @@ def run_training(cfg: RunConfig, *, run_dir: Path | None = None, hooks: TrainHoo
 def _train_with_trackers(cfg: RunConfig, backbone, cache, hooks: TrainHooks | None, *, run_dir: Path,
                          **kwargs) -> TrainResult:
     """train_lora with the tracker and hub-checkpoint hooks of the config added to `hooks`."""
-    from .hub import hub_hooks
+    from .publish.hub import hub_hooks
     from .train import combine_hooks
     from .train.distributed import current_world
     from .train.trackers import tracker_hooks

@@ -22,8 +22,8 @@ class Lumina2TrainExtension(ComfyExtension):
 
 
 def register_routes() -> bool:
-    """GET /lumina2t/history for the live loss chart (lumina2_train/comfy_jobs.py)."""
-    from ..lumina2_train.comfy_jobs import register_routes as register
+    """GET /lumina2t/history for the live loss chart (lumina2_train/comfyui/jobs.py)."""
+    from ..lumina2_train.comfyui.jobs import register_routes as register
 
     return register()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..lumina2_train import comfy_run
+from ..lumina2_train.comfyui import train as comfy_run
 from ..lumina2_train.config import LORA_FORMATS, SAVE_DTYPES
 from ._api import io, ui
 

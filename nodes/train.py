@@ -8,9 +8,10 @@ models/loras (LoraLoaderModelOnly lists it at once); checkpoints and previews to
 
 from __future__ import annotations
 
-from ..lumina2_train import comfy_bridge, comfy_run
+from ..lumina2_train.comfyui import bridge as comfy_bridge
+from ..lumina2_train.comfyui import train as comfy_run
 from ..lumina2_train.config import HubConfig, RunConfig, SaveConfig, TrackingConfig, TrainConfig, ValidationConfig
-from ..lumina2_train.paths import name_problem
+from ..lumina2_train.storage.paths import name_problem
 from . import types
 from ._api import io, ui
 from .train_options import advanced_train_inputs, save_from_widgets, train_from_widgets

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..lumina2_train import comfy_data
+from ..lumina2_train.comfyui import data as comfy_data
 from ..lumina2_train.config import ValidationConfig
 from ..lumina2_train.errors import ConfigError
 from . import types

@@ -1,16 +1,78 @@
-"""The library never imports ComfyUI at import time (STYLE.md rule 2)."""
+"""Where ComfyUI may be imported (docs/architecture.md, "Boundaries").
 
+Rule: only `lumina2_train/comfyui/`, `nodes/`, `lumina2_train/backbones/comfy.py`, `lumina2_train/encoders/comfy.py`
+and `lumina2_train/tiny/comfy_*.py` import ComfyUI's modules, and inside `lumina2_train/` only inside functions, so
+that `import lumina2_train` (and any of its modules) loads no ComfyUI module.
+"""
+
+import ast
 import subprocess
 import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+COMFY_MODULES = {"comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "server", "nodes",
+                 "execution", "latent_preview", "node_helpers", "comfy_config", "app", "utils"}
+ALLOWED = ("lumina2_train/comfyui/", "nodes/", "lumina2_train/backbones/comfy.py", "lumina2_train/encoders/comfy.py",
+           "lumina2_train/tiny/comfy_")
+
+
+def _comfy_imports(tree: ast.AST) -> list[tuple[int, str, bool]]:
+    """(line, module, at module level) for every absolute import of a ComfyUI module."""
+    found = []
+
+    def walk(node, at_top):
+        for child in ast.iter_child_nodes(node):
+            inner = at_top and not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if isinstance(child, ast.Import):
+                names = [a.name for a in child.names]
+            elif isinstance(child, ast.ImportFrom) and child.level == 0:
+                names = [child.module or ""]
+            else:
+                names = []
+            found.extend((child.lineno, n, at_top) for n in names if n.split(".")[0] in COMFY_MODULES)
+            walk(child, inner)
+
+    walk(tree, True)
+    return found
+
+
+def _modules() -> list[Path]:
+    files = [REPO / "__init__.py", *(REPO / "lumina2_train").rglob("*.py"), *(REPO / "nodes").rglob("*.py")]
+    assert len(files) > 100, "the walk found too few modules"
+    return files
+
+
+def test_only_the_comfyui_glue_imports_comfyui_and_the_library_only_inside_functions():
+    wrong, checked = [], 0
+    for path in _modules():
+        rel = path.relative_to(REPO).as_posix()
+        for line, name, at_top in _comfy_imports(ast.parse(path.read_text(), rel)):
+            checked += 1
+            if not rel.startswith(ALLOWED):
+                wrong.append(f"{rel}:{line}: imports {name} (only the ComfyUI glue may; move the code there)")
+            elif rel.startswith("lumina2_train/") and at_top:
+                wrong.append(f"{rel}:{line}: imports {name} at import time (import it inside the function)")
+    assert checked > 10, "no ComfyUI import found at all: the walk is broken"
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_checker_sees_function_local_and_module_level_imports():
+    tree = ast.parse("import os\nimport comfy.sd\ndef f():\n    from server import PromptServer\n"
+                     "    import folder_paths as fp\nfrom .nodes import x\nfrom nodes import NODE_CLASS_MAPPINGS\n")
+    assert _comfy_imports(tree) == [(2, "comfy.sd", True), (4, "server", False), (5, "folder_paths", False),
+                                    (7, "nodes", True)]
 
 
 def test_importing_the_library_loads_no_comfyui_module():
+    names = sorted(".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+                   for p in (REPO / "lumina2_train").rglob("*.py") if p.name != "__main__.py")
     code = (
-        "import sys, lumina2_train, lumina2_train.config, lumina2_train.recipe, lumina2_train.formats, "
-        "lumina2_train.train, lumina2_train.backbones.diffusers, lumina2_train.cli, lumina2_train.pipeline\n"
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'comfy_api', 'comfy_extras', "
-        "'folder_paths', 'server', 'nodes', 'execution')]\n"
+        "import importlib, sys\n"
+        f"for name in {names!r}:\n"
+        "    importlib.import_module(name)\n"
+        f"bad = [m for m in sys.modules if m.split('.')[0] in {sorted(COMFY_MODULES)!r}]\n"
         "print(bad); sys.exit(1 if bad else 0)"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stdout + r.stderr

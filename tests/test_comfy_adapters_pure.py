@@ -1,24 +1,10 @@
-"""The ComfyUI adapters without ComfyUI: import boundary, inference-mode helpers, the tiny ComfyUI-layout shapes."""
+"""The ComfyUI adapters without ComfyUI (the import boundary: tests/test_boundary.py): inference-mode helpers, the tiny ComfyUI-layout shapes."""
 
-import subprocess
-import sys
 from collections import namedtuple
 
 import torch
 
-from lumina2_train.comfy_bridge import clone_inference_tensors, training_mode
-
-
-def test_the_comfyui_adapters_import_no_comfyui_module():
-    code = (
-        "import sys, lumina2_train.comfy_bridge, lumina2_train.backbones.comfy, lumina2_train.encoders.comfy, "
-        "lumina2_train.tiny.comfy_layout\n"
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'comfy_api', 'comfy_extras', "
-        "'folder_paths', 'server', 'nodes', 'execution')]\n"
-        "print(bad); sys.exit(1 if bad else 0)"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
+from lumina2_train.comfyui.bridge import clone_inference_tensors, training_mode
 
 
 def test_training_mode_leaves_inference_mode_and_enables_grad():
@@ -69,7 +55,7 @@ def _inference_linear(moved: bool) -> torch.nn.Linear:
 
 def test_half_converted_inference_weights_are_detected_and_copied():
     from lumina2_train.backbones.comfy import ComfyLinears, comfy_weight, needs_weight_copies
-    from lumina2_train.comfy_bridge import is_autograd_safe
+    from lumina2_train.comfyui.bridge import is_autograd_safe
 
     for moved in (False, True):
         lin = _inference_linear(moved)

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lumina2_train import comfy_jobs
-from lumina2_train.comfy_data import folder_fingerprint, match_captions, write_image_set
-from lumina2_train.comfy_run import lora_file, resume_folder
-from lumina2_train.comfy_workflow import WorkflowError, ui_to_api, widget_names
+from lumina2_train.comfyui import jobs as comfy_jobs
+from lumina2_train.comfyui.data import folder_fingerprint, match_captions, write_image_set
+from lumina2_train.comfyui.train import lora_file, resume_folder
+from lumina2_train.comfyui.workflow import WorkflowError, ui_to_api, widget_names
 from lumina2_train.errors import ConfigError, DatasetError
 from lumina2_train.train import StepInfo
 
@@ -73,7 +73,7 @@ def test_example_workflows_are_ui_workflows_with_thumbnails():
 
 
 def test_tiny_workflow_swaps_the_models_in_the_ui_format():
-    from lumina2_train.commands.comfy_e2e import tiny_workflow
+    from lumina2_train.comfyui.e2e import tiny_workflow
 
     info = {"Lumina2T_TrainLoRA": {"input": {"required": {
         "lora_name": ["STRING", {}], "steps": ["INT", {}], "seed": ["INT", {"control_after_generate": False}],
@@ -226,7 +226,7 @@ def test_web_scripts_parse():
 
 
 def test_inference_tensors_wrapped_outside_inference_mode_are_not_autograd_safe():
-    from lumina2_train.comfy_bridge import is_autograd_safe
+    from lumina2_train.comfyui.bridge import is_autograd_safe
 
     with torch.inference_mode():
         w = torch.randn(3, 3)

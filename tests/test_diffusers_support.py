@@ -1,7 +1,7 @@
 """Which of our files diffusers loads (issue 6: "...and in diffusers where diffusers supports the format").
 
-- Plain LoRA: yes (tests/test_formats.py, the same native-named file through Lumina2Pipeline.load_lora_weights).
-- Full fine-tune: yes, the run folder's diffusers `transformer/` (tests/test_fullmodel.py).
+- Plain LoRA: yes (tests/files/test_formats.py, the same native-named file through Lumina2Pipeline.load_lora_weights).
+- Full fine-tune: yes, the run folder's diffusers `transformer/` (tests/files/test_fullmodel.py).
 - LoHa, LoKr, DoRA: no. diffusers' Lumina2 LoRA converter knows only lora_A/lora_B pairs (a LoHa or LoKr file
   fails inside it) and drops `dora_scale` with a warning (a DoRA file then loads as a plain LoRA: wrong output).
   So we refuse to write them in the 'diffusers' format, with a FormatError that says which format holds them.
@@ -15,7 +15,7 @@ from lumina2_train.adapters import build_adapters
 from lumina2_train.backbones.diffusers import DiffusersBackbone
 from lumina2_train.config import TARGET_PRESETS, AdapterConfig
 from lumina2_train.errors import FormatError
-from lumina2_train.formats import save_adapters
+from lumina2_train.files.formats import save_adapters
 from lumina2_train.tiny import NATIVE_WIDTH_DIT, make_tiny_transformer
 
 KINDS = {

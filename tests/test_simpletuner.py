@@ -1,6 +1,6 @@
 """SimpleTuner import: each mapped key changes the setting it names (so the test fails if it were ignored),
 ignored keys carry a reason, and bad input fails with the key named. No model is loaded here; the end-to-end
-run of the quickstart example is tests/commands/test_simpletuner_run.py."""
+run of the quickstart example is tests/cli/test_simpletuner_run.py."""
 
 import json
 import re

@@ -64,6 +64,6 @@ class Backbone:
 
     def base_fingerprint(self) -> str:
         """A short hash of the base weights (recorded in checkpoints and LoRA metadata)."""
-        from ..fingerprint import tensor_fingerprint
+        from ..storage.fingerprint import tensor_fingerprint
 
         return tensor_fingerprint(self.tree.state_dict())

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..comfy_bridge import is_autograd_safe, training_mode
+from ..comfyui.bridge import is_autograd_safe, training_mode
 from ..errors import ModelError
 from . import Backbone, family
 from .nextdit import ArchConfig, Linears, velocity

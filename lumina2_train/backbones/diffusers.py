@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError
-from ..keys import diffusers_state_to_native
+from ..files.keys import diffusers_state_to_native
 from . import Backbone, family
 from .nextdit import ArchConfig, NativeNextDiT
 

@@ -32,7 +32,7 @@ def load_backbone(path: str | Path, dtype: str = "bf16", device: str | torch.dev
     if p.is_dir():
         bb = DiffusersBackbone.from_pretrained(p, DTYPES[dtype])
     else:
-        from ..formats import load_state_dict
+        from ..files.formats import load_state_dict
 
         sd, _ = load_state_dict(p)
         if any(k.startswith(ALL_IN_ONE_PREFIX) for k in sd):

@@ -1,14 +1,12 @@
 """The bench's models: full-size Lumina2 with seeded random weights (nothing is downloaded), the reference
 steps (diffusers + PEFT LoRA, and a plain full fine-tune) and our backbones over the same weights.
-Imports diffusers and PEFT (only the bench and tests need them); ComfyUI only inside `comfy_backbone`.
+Imports diffusers and PEFT (only the bench and tests need them); never ComfyUI (see lumina2_train/comfyui/bench.py).
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +14,7 @@ import torch.nn.functional as F
 from .. import recipe
 from ..backbones import Backbone
 from ..backbones.diffusers import DiffusersBackbone, arch_from_diffusers_config, native_tree_from_state
-from ..keys import diffusers_state_to_native
+from ..files.keys import diffusers_state_to_native
 from .cases import PEFT_TARGETS, TARGETS, Group
 
 # Lumina-Image-2.0's transformer config (diffusers layout): 2,609,769,152 parameters
@@ -73,28 +71,10 @@ def diffusers_backbone(config: dict, native: dict[str, torch.Tensor], device) ->
 
 
 def comfy_backbone(config: dict, native: dict[str, torch.Tensor], device, comfy_path: str) -> Backbone:
-    """ComfyUI's own NextDiT class (comfy.ops layers) holding the same weights, wrapped by ComfyBackbone."""
-    root = str(Path(comfy_path).resolve())
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    import comfy.ldm.lumina.model as lumina
-    import comfy.ops
+    """ComfyUI's own NextDiT class holding the same weights (built in lumina2_train/comfyui/bench.py)."""
+    from ..comfyui.bench import comfy_backbone as build
 
-    from ..backbones.comfy import ComfyBackbone, arch_from_nextdit, comfy_weight
-
-    tree = lumina.NextDiT(
-        patch_size=config["patch_size"], in_channels=config["in_channels"], dim=config["hidden_size"],
-        n_layers=config["num_layers"], n_refiner_layers=config["num_refiner_layers"],
-        n_heads=config["num_attention_heads"], n_kv_heads=config["num_kv_heads"], multiple_of=config["multiple_of"],
-        ffn_dim_multiplier=config["ffn_dim_multiplier"], norm_eps=config["norm_eps"], qk_norm=True,
-        cap_feat_dim=config["cap_feat_dim"], axes_dims=list(config["axes_dim_rope"]),
-        axes_lens=list(config["axes_lens"]), image_model="lumina2", device=device, dtype=torch.bfloat16,
-        operations=comfy.ops.disable_weight_init)
-    sd = {k: v.to(device) for k, v in native.items()}
-    sd["norm_final.weight"] = torch.ones(config["hidden_size"], dtype=torch.bfloat16, device=device)
-    tree.load_state_dict(sd, strict=True)
-    tree.requires_grad_(False)
-    return ComfyBackbone(tree.eval(), arch_from_nextdit(tree), weight_fn=comfy_weight, kind="comfy")
+    return build(config, native, device, comfy_path)
 
 
 @dataclass

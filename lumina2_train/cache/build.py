@@ -15,8 +15,8 @@ from ..config import CacheConfig
 from ..data import DataItem, DatasetHandle, prepare_pixels
 from ..encoders import EncoderProvider, LatentEncoder, TextEncoder
 from ..errors import CacheError, ConfigError
-from ..fingerprint import json_fingerprint
 from ..recipe import DROPPED_PROMPT, LATENT_CHANNELS, format_prompt, system_prompt_text
+from ..storage.fingerprint import json_fingerprint
 from .handle import CacheHandle
 from .store import LATENTS, TEXTS, entry_path, has_entry, latent_key, text_key, tidy, write_entry
 

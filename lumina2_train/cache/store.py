@@ -16,9 +16,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from ..atomic import DiskFullError, atomic_write, error_errno, remove_stale_temps
 from ..data import DataItem
 from ..errors import CacheError
+from ..storage.atomic import DiskFullError, atomic_write, error_errno, remove_stale_temps
 
 # Bump when the pixel pipeline (decode, resize, crop) or the feature layout changes: old entries go stale.
 LATENT_FORMAT = 1

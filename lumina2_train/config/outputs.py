@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..paths import name_problem
+from ..storage.paths import name_problem
 from .choices import LORA_FORMATS, SAVE_DTYPES, _choice, _range
 
 

@@ -13,7 +13,7 @@ import torch
 
 from .. import recipe
 from ..errors import ModelError
-from ..fingerprint import tensor_fingerprint
+from ..storage.fingerprint import tensor_fingerprint
 
 GEMMA2_KEY = "gemma2_2b"  # the tokenizer/encoder name ComfyUI's Lumina2 text encoder uses
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError
-from ..fingerprint import json_fingerprint, tensor_fingerprint
 from ..recipe import LATENT_CHANNELS, latent_in, latent_out
+from ..storage.fingerprint import json_fingerprint, tensor_fingerprint
 from . import EncoderProvider
 from .files import check_text_encoder_file, check_vae_file
 

@@ -22,9 +22,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..atomic import disk_full_error, fsync_dir, is_disk_full, remove_stale_temps, save_torch, temp_prefix
 from ..errors import CheckpointError
-from ..locks import output_lock
+from ..storage.atomic import disk_full_error, fsync_dir, is_disk_full, remove_stale_temps, save_torch, temp_prefix
+from ..storage.locks import output_lock
 from .batches import DataPosition
 
 log = logging.getLogger(__name__)

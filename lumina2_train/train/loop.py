@@ -22,10 +22,10 @@ import torch
 
 from .. import recipe
 from ..adapters import AdapterSet, build_adapters
-from ..atomic import atomic_write_text
 from ..config import RunConfig
 from ..errors import CheckpointError, ConfigError, TrainingError
-from ..formats import check_fits, read_adapter_tensors, read_lora
+from ..files.formats import check_fits, read_adapter_tensors, read_lora
+from ..storage.atomic import atomic_write_text
 from . import prefetch
 from .batches import BucketBatches, DataPosition
 from .checkpoint import (

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..formats import lora_metadata, save_adapters
+from ..files.formats import lora_metadata, save_adapters
 from .checkpoint import CheckpointState, capture_rng, checkpoint_temp, save_checkpoint
 from .distributed import barrier, broadcast_object
 from .evaluation import heldout_loss
@@ -75,7 +75,7 @@ class TrainerOutputs:
                            extra={"lumina2t.system_prompt": getattr(self.cache, "system_prompt", ""),
                                   **_network_metadata(a)})
         if a.kind == "full":  # the whole fine-tuned DiT, a file ComfyUI's UNETLoader opens
-            from ..fullmodel import save_diffusion_model
+            from ..files.fullmodel import save_diffusion_model
 
             md["modelspec.architecture"] = "lumina-2"
             return save_diffusion_model(self.adapters, self.backbone, path, dtype=self.cfg.save.dtype, metadata=md)
@@ -84,7 +84,7 @@ class TrainerOutputs:
 
     def save_diffusers(self, folder: Path) -> Path:
         """A full fine-tune as a diffusers transformer folder (the EMA weights when save.save_ema)."""
-        from ..fullmodel import save_diffusers_transformer
+        from ..files.fullmodel import save_diffusers_transformer
 
         with gathered(self.step_module, self.parallel):
             if not self.world.is_main:

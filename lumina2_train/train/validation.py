@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 
 from .. import recipe
-from ..atomic import atomic_write
 from ..config import ValidationConfig
 from ..errors import ConfigError
+from ..storage.atomic import atomic_write
 from .hooks import ValidationImages
 
 

@@ -11,7 +11,7 @@ from lumina2_train.backbones import Backbone
 from lumina2_train.backbones.diffusers import native_tree_from_state
 from lumina2_train.config import AdapterConfig
 from lumina2_train.errors import FormatError
-from lumina2_train.formats import adapter_state_dict, read_adapter_tensors, save_adapters
+from lumina2_train.files.formats import adapter_state_dict, read_adapter_tensors, save_adapters
 from lumina2_train.train import train_lora
 
 KINDS = {

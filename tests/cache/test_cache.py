@@ -244,7 +244,7 @@ def test_leftovers_of_a_killed_run_are_removed_and_partial_entries_never_trusted
     import subprocess
     import sys
 
-    from lumina2_train.locks import owner_token
+    from lumina2_train.storage.locks import owner_token
 
     dataset = scan_dataset(photo_data)
     cache = build_cache(dataset, encoders, CFG, root=tmp_path / "c")

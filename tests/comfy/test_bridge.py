@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lumina2_train.comfy_bridge import comfy_hooks, compile_status, preview_grid
+from lumina2_train.comfyui.bridge import comfy_hooks, compile_status, preview_grid
 from lumina2_train.train import StepInfo, ValidationImages
 
 pytestmark = pytest.mark.comfy

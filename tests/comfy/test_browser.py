@@ -66,8 +66,8 @@ def ui(comfy_path, tmp_path_factory):
         pytest.skip("no Chromium: install Debian's chromium (or set LUMINA2T_CHROMIUM to a Chrome/Chromium binary)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="no Playwright: pip install playwright (the Python "
                                    "package only; the system Chromium is used, no browser download)")
-    from lumina2_train.commands import comfy_e2e as e2e
-    from lumina2_train.commands.comfy_client import ComfyClient
+    from lumina2_train.comfyui import e2e as e2e
+    from lumina2_train.comfyui.client import ComfyClient
 
     base = tmp_path_factory.mktemp("browser")
     models = e2e.prepare_base(base)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lumina2_train.comfy_workflow import FRONTEND_ONLY, node_types
+from lumina2_train.comfyui.workflow import FRONTEND_ONLY, node_types
 from lumina2_train.config import SaveConfig, TrainConfig
 
 pytestmark = pytest.mark.comfy
@@ -110,7 +110,7 @@ def test_example_workflow_uses_registered_nodes_and_validates(pack, comfy, comfy
             models = node["properties"]["models"]
             assert models and all(m["url"].startswith("https://huggingface.co/Comfy-Org/Lumina_Image_2.0_Repackaged/")
                                   and m["name"] in node["widgets_values"] for m in models)
-    from lumina2_train.commands.comfy_e2e import tiny_prompt
+    from lumina2_train.comfyui.e2e import tiny_prompt
 
     names = {k: Path(v).name for k, v in comfy_models.items() if k in ("diffusion_model", "text_encoder", "vae")}
     prompt = tiny_prompt(workflow, _object_info(comfy), names, steps=2)
@@ -125,7 +125,7 @@ def test_bad_inputs_are_refused_when_queued(pack, comfy, comfy_models):
     """validate_inputs: a missing dataset folder and an unsafe LoRA name fail validation, before anything runs."""
     import execution
 
-    from lumina2_train.commands.comfy_e2e import tiny_prompt
+    from lumina2_train.comfyui.e2e import tiny_prompt
 
     workflow = json.loads(WORKFLOWS[-1].read_text(encoding="utf-8"))  # "Train a LoRA and sample with it"
     names = {k: Path(v).name for k, v in comfy_models.items() if k in ("diffusion_model", "text_encoder", "vae")}

@@ -86,7 +86,7 @@ def test_train_node_outputs_and_file(pack, trained, comfy_models):
     assert "3 steps" in ui["text"][0] and ui["images"]  # summary + the last validation grid
     values = [v for n, v in trained["progress"] if n == "7"]  # every step, plus the validation previews
     assert [v for v in values if v > 0][:3] == [1, 2, 3] and values[-1] == 3
-    job = pack.lib("comfy_jobs").history("7")["job"]
+    job = pack.lib("comfyui.jobs").history("7")["job"]
     assert job["status"] == "done" and [s["step"] for s in job["steps"]] == [1, 2, 3] and job["lora"] == path
 
 
@@ -135,7 +135,7 @@ def test_cancel_leaves_a_checkpoint_and_resume_continues_the_step_count(pack, co
                                                                   lora_name="unit/cancel", steps=6))
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
-    jobs = pack.lib("comfy_jobs")
+    jobs = pack.lib("comfyui.jobs")
     job = jobs.history("9")["job"]
     assert job["status"] == "cancelled" and [s["step"] for s in job["steps"]] == [1, 2]
     assert job["checkpoint"].endswith("cancel/checkpoints/step_00000002")

@@ -117,7 +117,7 @@ def test_tracking_and_an_offline_hub_push(pack, comfy_models, train_inputs, monk
     assert (run_dir / "README.md").is_file() and "hf upload me/tiny-lora" in str(err.value)
     assert [s for s, keys in recorder.steps if isinstance(keys, list) and "train/loss" in keys] == [1, 2]
     assert (2, "lora_path") in recorder.steps and recorder.closed
-    assert pack.lib("comfy_jobs").history("32")["job"]["status"] == "done"
+    assert pack.lib("comfyui.jobs").history("32")["job"]["status"] == "done"
 
 
 def test_cache_node_passes_its_text_batch_size(pack, comfy_clip, comfy_vae):

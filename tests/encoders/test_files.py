@@ -84,7 +84,7 @@ def test_train_config_runs_on_one_all_in_one_file(comfy_files, tmp_path):
     from safetensors.torch import load_file
 
     from lumina2_train.backbones.diffusers import DiffusersBackbone
-    from lumina2_train.cli import main
+    from lumina2_train.cli.main import main
     from lumina2_train.demo import write_demo_dataset
     from lumina2_train.tiny import make_tiny_transformer
 

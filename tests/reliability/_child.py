@@ -134,8 +134,8 @@ def _files(folder: Path) -> list[str]:
 
 def diskfull_train(disk: Path, mode: str, reference: Path) -> dict:
     """2 steps, then the disk fills: step 3's checkpoint fails; then space comes back and the run resumes."""
-    from lumina2_train import formats
-    from lumina2_train.atomic import DiskFullError
+    from lumina2_train.files import formats
+    from lumina2_train.storage.atomic import DiskFullError
     from lumina2_train.train.checkpoint import load_checkpoint
 
     report: dict = {"mode": mode}

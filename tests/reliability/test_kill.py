@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from lumina2_train import formats
-from lumina2_train.locks import pid_alive
+from lumina2_train.files import formats
+from lumina2_train.storage.locks import pid_alive
 from lumina2_train.train.checkpoint import list_checkpoints, load_checkpoint
 
 CHILD = Path(__file__).with_name("_child.py")

@@ -11,12 +11,12 @@ import time
 
 import pytest
 
-from lumina2_train.locks import BusyError, lock_path, output_lock, training_lock
+from lumina2_train.storage.locks import BusyError, lock_path, output_lock, training_lock
 from lumina2_train.train import train_lora
 
 HOLD = """
 import os, signal, sys, time
-from lumina2_train.locks import output_lock
+from lumina2_train.storage.locks import output_lock
 with output_lock(sys.argv[1]):
     print("held", flush=True)
     if sys.argv[2] == "kill":

@@ -8,8 +8,8 @@ import threading
 import pytest
 import torch
 
-from lumina2_train import paths
-from lumina2_train.paths import PathError
+from lumina2_train.storage import paths
+from lumina2_train.storage.paths import PathError
 
 HOSTILE = {
     "../evil": "uses '..'",

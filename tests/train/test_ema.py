@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from lumina2_train.formats import read_lora
+from lumina2_train.files.formats import read_lora
 from lumina2_train.train import Trainer, train_lora
 from lumina2_train.train.ema import EMA
 

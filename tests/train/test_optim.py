@@ -82,7 +82,7 @@ def test_unknown_optimizer_is_a_config_error():
 def test_schedulefree_exports_its_averaged_weights(tiny_backbone, tensor_cache, run_config, tmp_path):
     import dataclasses
 
-    from lumina2_train.formats import read_lora
+    from lumina2_train.files.formats import read_lora
     from lumina2_train.train import Trainer
 
     cfg = run_config(tmp_path, steps=3, optimizer="adamw_schedulefree", lr=1e-2, caption_dropout=0.0)

@@ -4,7 +4,7 @@ import json
 
 from safetensors import safe_open
 
-from lumina2_train.cli import main
+from lumina2_train.cli.main import main
 
 
 def test_demo_writes_a_native_lora_and_the_two_pngs(tmp_path):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable
 
-from .errors import Lumina2TrainError
+from ..errors import Lumina2TrainError
 
 FRONTEND_ONLY = frozenset({"Note", "MarkdownNote"})  # never sent to the server
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})

@@ -25,8 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import formats
     from ..errors import FormatError
+    from ..files import formats
 
     src, dst = Path(args.input), Path(args.output)
     if dst.suffix != ".safetensors":

@@ -13,9 +13,9 @@ import logging
 import os
 from pathlib import Path
 
-from .config import RunConfig
-from .errors import HubError, OptionalDependencyError
-from .train.hooks import TrainHooks
+from ..config import RunConfig
+from ..errors import HubError, OptionalDependencyError
+from ..train.hooks import TrainHooks
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def _front_matter(cfg: RunConfig, samples: list[tuple[str, str]]) -> list[str]:
 
 
 def _settings_table(cfg: RunConfig, step: int) -> list[str]:
-    from .recipe import system_prompt_text
+    from ..recipe import system_prompt_text
 
     a, t, c = cfg.adapter, cfg.train, cfg.cache
     adapter = "full fine-tune" if a.kind == "full" else f"{a.kind}, rank {a.rank}, alpha {a.alpha:g}"
@@ -80,7 +80,7 @@ def model_card(cfg: RunConfig, *, lora_file: str, step: int, samples: list[tuple
         lora_file: the weights file's name in the repository.
         samples: (prompt, path relative to the card) of the final validation images.
     """
-    from .train.validation import named_prompts
+    from ..train.validation import named_prompts
 
     title = cfg.hub.model_id.split("/")[-1] if cfg.hub.model_id else Path(cfg.save.name).name
     prompts = [p for _, p in named_prompts(cfg.validation)]
@@ -105,7 +105,7 @@ def model_card(cfg: RunConfig, *, lora_file: str, step: int, samples: list[tuple
 
 def write_model_card(cfg: RunConfig, result) -> Path:
     """Write README.md into the run folder of a TrainResult; returns its path."""
-    from .atomic import atomic_write_text
+    from ..storage.atomic import atomic_write_text
 
     run_dir = Path(result.run_dir)
     samples = []

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import Lumina2TrainError
+from ..errors import Lumina2TrainError
 from .locks import TEMP_MARK, owner_alive, owner_token
 
 log = logging.getLogger(__name__)

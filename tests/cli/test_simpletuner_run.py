@@ -7,7 +7,7 @@ import logging
 
 from safetensors import safe_open
 
-from lumina2_train.cli import main
+from lumina2_train.cli.main import main
 from lumina2_train.demo import write_demo_dataset
 from lumina2_train.tiny import write_tiny_diffusers
 

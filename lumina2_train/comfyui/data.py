@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from .config import CacheConfig, DataConfig, DatasetConfig, ValidationConfig
-from .errors import ConfigError, DatasetError
+from ..config import CacheConfig, DataConfig, DatasetConfig, ValidationConfig
+from ..errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
 OUTPUT_SUBFOLDER = "lumina2_train"  # under ComfyUI's output folder: run folders (checkpoints, samples), cache
@@ -71,7 +71,7 @@ def folder_fingerprint(*paths: str | Path) -> str:
 
 def scan_folder_dataset(ds: DatasetConfig, seed: int = 0):
     """scan_dataset over one folder whose path is absolute or relative to ComfyUI's input folder."""
-    from .data import scan_dataset
+    from ..data import scan_dataset
 
     folder = input_folder(ds.path) if ds.path.strip() else Path("")
     if not ds.path.strip() or not folder.is_dir():
@@ -157,7 +157,7 @@ def image_set_dataset(images: Sequence[torch.Tensor], captions: Sequence[str], d
     """A DatasetHandle for IMAGE batches + captions, via a content-addressed folder under ComfyUI's temp folder."""
     import folder_paths
 
-    from .data import scan_dataset
+    from ..data import scan_dataset
 
     folder = write_image_set(images, captions, Path(folder_paths.get_temp_directory()) / IMAGE_SETS)
     # images that other nodes chose are all used: no size filter; an empty caption trains as unconditional
@@ -172,7 +172,7 @@ def validation_prompts(v: ValidationConfig | None) -> list[str]:
     """Raw prompts the cache must hold for validation: every prompt and, when there are any, the negative one."""
     if v is None:
         return []
-    from .train.validation import named_prompts
+    from ..train.validation import named_prompts
 
     named = [p for _, p in named_prompts(v)]
     return [*named, v.negative_prompt] if named else []
@@ -201,8 +201,8 @@ def build_comfy_cache(dataset, clip, vae, cfg: CacheConfig, *, validation: Valid
     Raises:
         ConfigError, DatasetError, ModelError (not Gemma2 / not the Flux VAE), CacheError.
     """
-    from .cache import build_cache
-    from .encoders.comfy import ComfyEncoders
+    from ..cache import build_cache
+    from ..encoders.comfy import ComfyEncoders
 
     errors = cfg.errors("cache")
     if errors:

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import Lumina2TrainError
+from ..errors import Lumina2TrainError
 
 TEMP_MARK = "l2t"  # our temporary files are named .<name>.l2t-<owner>-<random>.tmp (see atomic.py)
 UNREADABLE_LOCK_GRACE_S = 30.0  # an empty or garbled lock younger than this may still be being written

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_save_safetensors
-from .backbones.nextdit import ArchConfig
+from ..backbones.nextdit import ArchConfig
+from ..storage.atomic import atomic_save_safetensors
 from .formats import COMFY_PREFIX, SAVE_DTYPES
 from .keys import native_state_to_diffusers
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .train.hooks import StepInfo, TrainHooks
+from ..train.hooks import StepInfo, TrainHooks
 
 ROUTE = "/lumina2t/history"
 MAX_JOBS = 16

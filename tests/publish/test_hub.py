@@ -7,7 +7,7 @@ import pytest
 
 from lumina2_train.config import DataConfig, DatasetConfig, HubConfig, SaveConfig, ValidationConfig
 from lumina2_train.errors import HubError
-from lumina2_train.hub import hub_hooks, model_card, push_run, write_model_card
+from lumina2_train.publish.hub import hub_hooks, model_card, push_run, write_model_card
 from lumina2_train.train import train_lora
 
 

@@ -9,10 +9,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lumina2_train import formats
 from lumina2_train.adapters import build_adapters
-from lumina2_train.cli import main
+from lumina2_train.cli.main import main
 from lumina2_train.config import AdapterConfig
+from lumina2_train.files import formats
 
 
 @pytest.fixture

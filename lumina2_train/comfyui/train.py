@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from .config import RunConfig
-from .errors import ConfigError
+from ..config import RunConfig
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 LORA_SUFFIX = ".safetensors"
@@ -52,7 +52,7 @@ def lora_file(loras_root: Path, name: str, *, what: str = "lora_name") -> Path:
     Raises:
         PathError (a ConfigError): the name is absolute, uses '..', leads outside through a link, ... (paths.py).
     """
-    from .paths import lora_file as confined_lora_file
+    from ..storage.paths import lora_file as confined_lora_file
 
     base = confined_lora_file(loras_root, name.strip(), what=what)
     stem, candidate, n = base.name[: -len(LORA_SUFFIX)], base, 1
@@ -67,8 +67,8 @@ def resume_folder(output_root: Path, resume_from: str) -> str:
     it; a resumed run writes there), resolved to its newest complete checkpoint. '' when not resuming."""
     if not resume_from.strip():
         return ""
-    from .paths import resume_folder as confined_resume_folder
-    from .train.checkpoint import resolve_checkpoint
+    from ..storage.paths import resume_folder as confined_resume_folder
+    from ..train.checkpoint import resolve_checkpoint
 
     return str(resolve_checkpoint(confined_resume_folder(output_root, resume_from.strip(), what="resume_from")))
 
@@ -92,7 +92,7 @@ def comfy_diffusion_models_root() -> Path:
 
 def check_cached_prompts(cache, cfg: RunConfig) -> None:
     """Every validation prompt (and the negative one) must be in the cache: the Train node has no text encoder."""
-    from .comfy_data import validation_prompts
+    from .data import validation_prompts
 
     missing = []
     for prompt in validation_prompts(cfg.validation):
@@ -110,7 +110,7 @@ def check_cached_prompts(cache, cfg: RunConfig) -> None:
 def prepare_config(cfg: RunConfig, cache, lora_name: str) -> tuple[RunConfig, Path]:
     """(validated RunConfig with the cache's data and ComfyUI's folders filled in, the file to write: a LoRA in
     models/loras, or a full fine-tune's diffusion model in models/diffusion_models)."""
-    from .comfy_data import output_root
+    from .data import output_root
 
     out = output_root()
     full = cfg.adapter.kind == "full"
@@ -124,8 +124,8 @@ def prepare_config(cfg: RunConfig, cache, lora_name: str) -> tuple[RunConfig, Pa
     check_cached_prompts(cache, cfg)
     import comfy.model_management as mm
 
-    from .train.optim import check_available
-    from .train.trackers import check_trackers
+    from ..train.optim import check_available
+    from ..train.trackers import check_trackers
 
     check_available(cfg.train, mm.get_torch_device().type)
     check_trackers(cfg)  # a missing tensorboard / wandb fails here, before any model loads
@@ -137,7 +137,7 @@ def prepare_config(cfg: RunConfig, cache, lora_name: str) -> tuple[RunConfig, Pa
 def _decoder(vae):
     if vae is None:
         return None
-    from .encoders.comfy import ComfyEncoders
+    from ..encoders.comfy import ComfyEncoders
 
     latents = ComfyEncoders(vae=vae).latent_encoder()
     return lambda z: latents.decode(z).float().cpu()
@@ -171,12 +171,12 @@ def train_in_comfy(model, cache, cfg: RunConfig, *, lora_name: str, node_id: str
         local file is written; ComfyUI's InterruptProcessingException on cancel and torch.OutOfMemoryError, after
         a resumable checkpoint.
     """
-    from .backbones.comfy import ComfyBackbone
-    from .comfy_bridge import apply_lora_to_model, comfy_hooks, compile_status, training_mode
-    from .comfy_jobs import finish_job, job_hooks, reporting_stop, start_job
-    from .locks import training_lock
-    from .pipeline import default_run_dir
-    from .train import Trainer, combine_hooks
+    from ..backbones.comfy import ComfyBackbone
+    from ..pipeline import default_run_dir
+    from ..storage.locks import training_lock
+    from ..train import Trainer, combine_hooks
+    from .bridge import apply_lora_to_model, comfy_hooks, compile_status, training_mode
+    from .jobs import finish_job, job_hooks, reporting_stop, start_job
 
     cfg, lora_path = prepare_config(cfg, cache, lora_name)
     run_dir = default_run_dir(cfg)
@@ -197,7 +197,7 @@ def train_in_comfy(model, cache, cfg: RunConfig, *, lora_name: str, node_id: str
     log.info("%s written to %s (%d steps); run folder %s", "Model" if cfg.adapter.kind == "full" else "LoRA",
              lora_path, result.step, result.run_dir)
     if cfg.hub.push:
-        from .hub import push_run
+        from ..publish.hub import push_run
 
         push_run(cfg, result)  # raises HubError when offline; every local file is written by now
     return ComfyTrainOutput(patched, sd, {"loss": list(result.losses)}, lora_path, result.step, result.run_dir,
@@ -207,9 +207,9 @@ def train_in_comfy(model, cache, cfg: RunConfig, *, lora_name: str, node_id: str
 @contextmanager
 def _publishing(cfg: RunConfig, run_dir: Path) -> Iterator[object]:
     """The hooks of the trackers in cfg.tracking and of hub.push_checkpoints, closed when the run ends."""
-    from .hub import hub_hooks
-    from .train import combine_hooks
-    from .train.trackers import tracker_hooks
+    from ..publish.hub import hub_hooks
+    from ..train import combine_hooks
+    from ..train.trackers import tracker_hooks
 
     tracking, close = tracker_hooks(cfg, run_dir)
     try:
@@ -223,7 +223,7 @@ def _patches(cfg: RunConfig, result, backbone, path: Path) -> dict[str, torch.Te
     patches from its saved file to the loaded MODEL's weights (needs the trained clone still loaded)."""
     if cfg.adapter.kind != "full":
         return load_lora_state_dict(path)
-    from .fullmodel import diff_state_dict
+    from ..files.fullmodel import diff_state_dict
 
     with torch.no_grad():
         return diff_state_dict(result.adapters, backbone, saved=path)
@@ -250,11 +250,11 @@ def save_lora_file(lora: dict[str, torch.Tensor], name: str, *, fmt: str, dtype:
     Plain LoRA converts between every format; LoHa, LoKr and DoRA files, and a full fine-tune's `.diff` patches
     (a full-rank LoRA, as large as the trained weights), are written in ComfyUI's layout only.
     """
-    from .formats import SAVE_DTYPES, detect_format, lora_metadata, read_lora, save_lora, save_state_dict
+    from ..files.formats import SAVE_DTYPES, detect_format, lora_metadata, read_lora, save_lora, save_state_dict
 
     if dtype not in SAVE_DTYPES:
         raise ConfigError(f"dtype '{dtype}' is unknown; choose one of {', '.join(SAVE_DTYPES)}")
-    from .comfy_data import output_root
+    from .data import output_root
 
     root = comfy_loras_root() if destination == "loras" else output_root() / "loras"
     path = lora_file(root, name, what="name")
@@ -278,7 +278,7 @@ def loss_image(losses: dict, *, log_scale: bool = False, width: int = 720, heigh
     """LOSS_MAP -> a ComfyUI IMAGE (1, H, W, 3) in [0, 1] of the raw and smoothed loss per step."""
     import numpy as np
 
-    from .plot import plot_losses
+    from ..plot import plot_losses
 
     values = [float(v) for v in (losses or {}).get("loss", [])]
     img = plot_losses(values, width=width, height=height, log_scale=log_scale)

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_save_safetensors
-from .backbones.nextdit import ArchConfig
-from .errors import FormatError
+from ..backbones.nextdit import ArchConfig
+from ..errors import FormatError
+from ..storage.atomic import atomic_save_safetensors
 from .keys import QKV_PARTS, diffusers_to_native, native_to_diffusers
 
 COMFY_PREFIX = "diffusion_model."

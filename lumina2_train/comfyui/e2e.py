@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .comfy_client import ComfyClient, ServerError
+from .client import ComfyClient, ServerError
 
 log = logging.getLogger("lumina2_train")
 PACK_ROOT = Path(__file__).resolve().parents[2]
@@ -132,7 +132,7 @@ def tiny_settings(models: dict[str, str], steps: int) -> dict[str, dict]:
 
 def tiny_prompt(workflow: dict, object_info: dict, models: dict[str, str], steps: int) -> dict:
     """The workflow as an API prompt with the tiny models, 64 px images and a few steps."""
-    from ..comfy_workflow import nodes_of_type, ui_to_api
+    from .workflow import nodes_of_type, ui_to_api
 
     prompt = ui_to_api(workflow, object_info)
     sets = tiny_settings(models, steps)
@@ -148,7 +148,7 @@ def tiny_prompt(workflow: dict, object_info: dict, models: dict[str, str], steps
 def tiny_workflow(workflow: dict, object_info: dict, models: dict[str, str], steps: int) -> dict:
     """The same substitutions in the UI-format workflow (what a browser loads): widget values, and the stock
     CLIPLoader node turned into Lumina2T_LoadTinyCLIP in place (same id, links and output)."""
-    from ..comfy_workflow import widget_names
+    from .workflow import widget_names
 
     wf = copy.deepcopy(workflow)
     sets = tiny_settings(models, steps)
@@ -228,7 +228,7 @@ def run_e2e(args: argparse.Namespace, base: Path) -> dict:
 
 
 def _queue_twice(client: ComfyClient, proc, prompt: dict, workflow: dict, args) -> dict:
-    from ..comfy_workflow import nodes_of_type
+    from .workflow import nodes_of_type
 
     train_id = nodes_of_type(prompt, TRAIN_NODE)[0]
     problems: list[str] = []

@@ -13,13 +13,13 @@ import sys
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("lumina2_train.commands.demo", "run the whole pipeline on the bundled demo data with tiny models"),
-    "train": ("lumina2_train.commands.train", "train from a TOML/JSON run config against local weights"),
+    "demo": ("lumina2_train.cli.demo", "run the whole pipeline on the bundled demo data with tiny models"),
+    "train": ("lumina2_train.cli.train", "train from a TOML/JSON run config against local weights"),
     "scan": ("lumina2_train.data.scan_command", "report what a dataset folder holds, without loading a model"),
-    "make-tiny-models": ("lumina2_train.commands.tiny_models", "write tiny random Lumina2-shaped models"),
-    "convert": ("lumina2_train.commands.convert", "rewrite a LoRA file as comfyui, diffusers or kohya (safe readers)"),
+    "make-tiny-models": ("lumina2_train.cli.tiny_models", "write tiny random Lumina2-shaped models"),
+    "convert": ("lumina2_train.cli.convert", "rewrite a LoRA file as comfyui, diffusers or kohya (safe readers)"),
     "bench": ("lumina2_train.bench.command", "time our training step against the reference step (CUDA)"),
-    "comfy-e2e": ("lumina2_train.commands.comfy_e2e", "train the example workflow on a real ComfyUI server, tiny models"),
+    "comfy-e2e": ("lumina2_train.comfyui.e2e", "train the example workflow on a real ComfyUI server, tiny models"),
 }
 
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    from .errors import Lumina2TrainError
+    from ..errors import Lumina2TrainError
 
     try:
         return int(importlib.import_module(args._module).run(args) or 0)

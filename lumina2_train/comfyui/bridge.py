@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import FormatError
-from .train.hooks import StepInfo, TrainHooks, ValidationImages
+from ..errors import FormatError
+from ..train.hooks import StepInfo, TrainHooks, ValidationImages
 
 log = logging.getLogger(__name__)
 PREVIEW_MAX_PX = 512
@@ -96,7 +96,7 @@ def _preview(images: ValidationImages):
     """("JPEG", PIL image, max px) for ProgressBar.update_absolute, or None when nothing was decoded."""
     if images.images.numel() == 0 or images.images.shape[-1] < 2:
         return None
-    from .train.validation import image_grid
+    from ..train.validation import image_grid
 
     return ("JPEG", image_grid(images.images.float().cpu()), PREVIEW_MAX_PX)
 
@@ -108,7 +108,7 @@ def preview_grid(images: torch.Tensor | None) -> torch.Tensor:
         return torch.zeros(1, EMPTY_IMAGE_PX, EMPTY_IMAGE_PX, 3)
     import numpy as np
 
-    from .train.validation import image_grid
+    from ..train.validation import image_grid
 
     grid = image_grid(images.permute(0, 3, 1, 2).float().cpu())
     return torch.from_numpy(np.asarray(grid, dtype=np.float32) / 255.0)[None]

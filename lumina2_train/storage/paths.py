@@ -14,7 +14,7 @@ import re
 import unicodedata
 from pathlib import Path
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 MAX_NAME_CHARS = 240  # a whole relative name
 MAX_PART_BYTES = 255  # one path component, in UTF-8 (the common file-system limit)

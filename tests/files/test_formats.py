@@ -4,11 +4,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lumina2_train import formats
 from lumina2_train.adapters import build_adapters
 from lumina2_train.backbones.diffusers import DiffusersBackbone
 from lumina2_train.config import TARGET_PRESETS, AdapterConfig
 from lumina2_train.errors import FormatError
+from lumina2_train.files import formats
 
 
 def _random_adapters(backbone, **kw):

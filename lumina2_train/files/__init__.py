@@ -1,0 +1,1 @@
+"""File formats: adapter files (formats), full fine-tune outputs (fullmodel), native <-> diffusers names (keys)."""

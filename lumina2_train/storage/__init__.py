@@ -1,0 +1,1 @@
+"""Storage safety: atomic writes, locks, path confinement, fingerprints."""
