@@ -111,7 +111,8 @@ def run_training(cfg: RunConfig, *, run_dir: Path | None = None, hooks: TrainHoo
     check_available(cfg.train, device.type)
     check_trackers(cfg)
     run_dir = dist.broadcast_object((run_dir or default_run_dir(cfg)) if world.is_main else None, world)
-    encoders = HFEncoders.from_paths(cfg.model.text_encoder, cfg.model.vae, cfg.model.tokenizer, device=device)
+    encoders = HFEncoders.from_paths(cfg.model.text_encoder, cfg.model.vae, cfg.model.tokenizer, device=device,
+                                     numerics=cfg.model.text_encoder_numerics)
     cache_root = Path(cfg.cache.dir) if cfg.cache.dir else Path(cfg.save.output_dir) / "cache"
     if not world.is_main:
         dist.barrier(world)  # rank 0 encodes what is missing first

@@ -10,11 +10,19 @@ from __future__ import annotations
 
 from ..lumina2_train.comfyui import bridge as comfy_bridge
 from ..lumina2_train.comfyui import train as comfy_run
-from ..lumina2_train.config import HubConfig, RunConfig, SaveConfig, TrackingConfig, TrainConfig, ValidationConfig
+from ..lumina2_train.config import (
+    HubConfig,
+    ModelConfig,
+    RunConfig,
+    SaveConfig,
+    TrackingConfig,
+    TrainConfig,
+    ValidationConfig,
+)
 from ..lumina2_train.storage.paths import name_problem
 from . import types
 from ._api import io, ui
-from .train_options import advanced_train_inputs, save_from_widgets, train_from_widgets
+from .train_options import advanced_train_inputs, model_from_widgets, save_from_widgets, train_from_widgets
 
 CATEGORY = "Lumina2 Trainer/3 Train"
 _T = TrainConfig()
@@ -77,9 +85,9 @@ def check_lora_name(lora_name) -> bool | str:
 
 def run_training(cls, model, cache, adapter, lora_name: str, train: TrainConfig, save: SaveConfig,
                  validation: ValidationConfig | None, vae, resume_from: str, *, tracking: TrackingConfig | None = None,
-                 hub: HubConfig | None = None) -> io.NodeOutput:
+                 hub: HubConfig | None = None, model_cfg: ModelConfig | None = None) -> io.NodeOutput:
     """What both Train nodes do once their widgets are configs."""
-    cfg = RunConfig(adapter=adapter, train=train, validation=validation or ValidationConfig(), save=save,
+    cfg = RunConfig(model=model_cfg or ModelConfig(), adapter=adapter, train=train, validation=validation or ValidationConfig(), save=save,
                     resume_from=resume_from or "", tracking=tracking or TrackingConfig(), hub=hub or HubConfig())
     workflow = (cls.hidden.extra_pnginfo or {}).get("workflow") if isinstance(cls.hidden.extra_pnginfo, dict) \
         else None
@@ -159,7 +167,7 @@ class TrainLoRAAdvanced(io.ComfyNode):
                 tracking=None, hub=None, **widgets) -> io.NodeOutput:
         train, save = train_from_widgets(widgets), save_from_widgets(widgets)
         return run_training(cls, model, cache, adapter, lora_name, train, save, validation, vae, resume_from,
-                            tracking=tracking, hub=hub)
+                            tracking=tracking, hub=hub, model_cfg=model_from_widgets(widgets))
 
 
 NODES = [TrainLoRA, TrainLoRAAdvanced]

@@ -1,4 +1,4 @@
-"""Every TrainConfig / SaveConfig option as a widget of 'Train LoRA (Advanced)', and back to the configs.
+"""Every TrainConfig / SaveConfig option (and model.base_compute) as a widget of 'Train LoRA (Advanced)', and back to the configs.
 
 Widget ids are the config field names (save options get a `save_` prefix where a name would clash); defaults and
 choices come from lumina2_train.config, so the node, the CLI and validation share one source.
@@ -7,6 +7,7 @@ choices come from lumina2_train.config, so the node, the CLI and validation shar
 from __future__ import annotations
 
 from ..lumina2_train.config import (
+    BASE_COMPUTES,
     CHECKPOINTING,
     LOSS_WEIGHTINGS,
     NONFINITE_POLICIES,
@@ -14,9 +15,11 @@ from ..lumina2_train.config import (
     OPTIMIZERS,
     PRECISIONS,
     SAVE_DTYPES,
+    SAVED_ACTIVATIONS,
     SCHEDULERS,
     SHIFT_MODES,
     TIMESTEP_SAMPLINGS,
+    ModelConfig,
     SaveConfig,
     TrainConfig,
     from_dict,
@@ -27,6 +30,7 @@ _T = TrainConfig()
 _S = SaveConfig()
 SAVE_WIDGETS = {"save_format": "format", "save_dtype": "dtype", "save_every_n_steps": "every_n_steps",
                 "keep_last": "keep_last", "save_ema": "save_ema"}
+MODEL_WIDGETS = ("base_compute",)  # ModelConfig fields the advanced node sets (the MODEL input gives the rest)
 BIG = 10_000_000
 
 
@@ -103,6 +107,8 @@ def _recipe_inputs() -> list[io.Input]:
                                                 "and max_grad_norm 0).")),
         advanced(_bool("group_by_caption_length", "Within a bucket, batch captions of equal length first (no "
                                                   "attention padding). Changes the batch order only.")),
+        advanced(_bool("split_caption_lengths", "A batch of mixed caption lengths runs one unmasked forward per "
+                                                "length instead of a masked one (same loss, faster kernel).")),
         advanced(_combo("scale_lr", ("none", "linear", "sqrt"), "Scale lr by the effective batch size (batch_size "
                                                                  "x grad_accum x processes): none, linear or sqrt.")),
     ]
@@ -124,13 +130,34 @@ def _save_inputs() -> list[io.Input]:
     ]
 
 
+def _fp8_inputs() -> list[io.Input]:
+    """Last in the node, so the widget values of workflows saved before they existed keep their places."""
+    return [
+        advanced(_combo("saved_activations", SAVED_ACTIVATIONS, "What blocks that keep their activations store for "
+                                                                "backward: bf16 (exact) or fp8 (half the memory, so "
+                                                                "checkpointing auto keeps more blocks; changes the "
+                                                                "gradients slightly). Needs checkpointing auto/off.")),
+        advanced(io.Combo.Input("base_compute", options=list(BASE_COMPUTES), default=ModelConfig().base_compute,
+                                tooltip="GEMMs of the frozen model's block Linears while training: bf16 (exact) or fp8 "
+                                        "(e4m3 tensor cores, NVIDIA Ada/Hopper; about 1.3x faster at 1024 px, the loss "
+                                        "within 0.3 % of bf16's, docs/benchmarks.md). fp8_emulated: the same maths on "
+                                        "any device, slow (for checking). Adapters, loss and previews stay exact.")),
+    ]
+
+
 def advanced_train_inputs() -> list[io.Input]:
-    return [*_optimizer_inputs(), *_recipe_inputs(), *_save_inputs()]
+    return [*_optimizer_inputs(), *_recipe_inputs(), *_save_inputs(), *_fp8_inputs()]
+
+
+def model_from_widgets(widgets: dict) -> ModelConfig:
+    """ModelConfig holding the advanced node's model settings (MODEL_WIDGETS); the rest stays default."""
+    return from_dict(ModelConfig, {k: widgets[k] for k in MODEL_WIDGETS if k in widgets})
 
 
 def train_from_widgets(widgets: dict) -> TrainConfig:
     """TrainConfig from the advanced node's widgets (every key a TrainConfig field, betas as beta1/beta2)."""
-    values = {k: v for k, v in widgets.items() if k not in SAVE_WIDGETS and k not in ("beta1", "beta2")}
+    values = {k: v for k, v in widgets.items()
+              if k not in SAVE_WIDGETS and k not in MODEL_WIDGETS and k not in ("beta1", "beta2")}
     return from_dict(TrainConfig, {**values, "betas": [widgets["beta1"], widgets["beta2"]]})
 
 
@@ -138,4 +165,5 @@ def save_from_widgets(widgets: dict) -> SaveConfig:
     return from_dict(SaveConfig, {field: widgets[w] for w, field in SAVE_WIDGETS.items()})
 
 
-__all__ = ["SAVE_WIDGETS", "advanced_train_inputs", "save_from_widgets", "train_from_widgets"]
+__all__ = ["MODEL_WIDGETS", "SAVE_WIDGETS", "advanced_train_inputs", "model_from_widgets", "save_from_widgets",
+           "train_from_widgets"]

@@ -37,7 +37,7 @@ class Backbone:
                  cap_mask: torch.Tensor | None, adapters: dict[str, nn.Module] | None = None,
                  *, frozen: bool = True) -> torch.Tensor:
         """ε − x for latents `x_sigma` (B, 16, h, w) at noise levels `sigma` (B,)."""
-        lin = Linears(adapters, self.weight_fn, frozen=frozen)
+        lin = Linears(adapters, self.weight_fn, frozen=frozen, compute=self.options.base_compute)
         return velocity(self.tree, self.arch, x_sigma, sigma, cap_feats, cap_mask, lin, self.options)
 
     def linear(self, name: str) -> nn.Module:

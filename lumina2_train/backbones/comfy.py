@@ -48,8 +48,8 @@ class ComfyLinears(Linears):
     """Linears over ComfyUI's weights: norms also go through comfy.ops casting (fp8 norms, weight_function
     patches), and with `copy_weights` every weight is copied per use (see `needs_weight_copies`)."""
 
-    def __init__(self, adapters, weight_fn, frozen: bool = True, copy_weights: bool = False):
-        super().__init__(adapters, weight_fn, frozen=frozen)
+    def __init__(self, adapters, weight_fn, frozen: bool = True, copy_weights: bool = False, compute: str = "bf16"):
+        super().__init__(adapters, weight_fn, frozen=frozen, compute=compute)
         self.copy_weights = copy_weights
 
     def _base(self, module: nn.Module, x: torch.Tensor):
@@ -159,7 +159,8 @@ class ComfyBackbone(Backbone):
                  cap_mask: torch.Tensor | None, adapters: dict[str, nn.Module] | None = None,
                  *, frozen: bool = True) -> torch.Tensor:
         """ε − x (library convention) from ComfyUI's NextDiT weights; see Backbone.velocity."""
-        lin = ComfyLinears(adapters, self.weight_fn, frozen=frozen, copy_weights=needs_weight_copies(self.tree))
+        lin = ComfyLinears(adapters, self.weight_fn, frozen=frozen, copy_weights=needs_weight_copies(self.tree),
+                           compute=self.options.base_compute)
         return velocity(self.tree, self.arch, x_sigma, sigma, cap_feats, cap_mask, lin, self.options)
 
     @property

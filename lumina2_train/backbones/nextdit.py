@@ -21,16 +21,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from .arch import (  # noqa: F401  (re-exported: the forward's public names)
+from . import fp8
+from .arch import ArchConfig  # noqa: F401  (re-exported: one import path for callers)
+from .attention import apply_rope, cuda_attention, rope_angles
+from .sequence import lumina2_positions, zimage_sequence
+from .tree import (  # noqa: F401  (re-exported)
     BLOCK_LINEARS,
     ZIMAGE_BLOCK_LINEARS,
-    ArchConfig,
     NativeNextDiT,
     block_linears,
     linear_names,
 )
-from .attention import apply_rope, cuda_attention, rope_angles
-from .sequence import lumina2_positions, zimage_sequence
 
 _QKV, _OUT, _W1, _W2, _W3, _ADALN = range(len(BLOCK_LINEARS))
 
@@ -40,13 +41,18 @@ class Linears:
 
     `weight_fn(module, dtype, device)` returns (weight, bias) ready for F.linear; ComfyUI's backbone passes
     one that goes through comfy.ops' casting (fp8 storage, offloaded weights), backbones/quant.py one that
-    dequantises an fp8/int8 base.
+    dequantises an fp8/int8 base. `compute` 'fp8' / 'fp8_emulated' (model.base_compute) runs the frozen base
+    GEMMs of the blocks' token Linears (qkv, out, w1, w2, w3) in fp8 while grad is on (backbones/fp8.py);
+    adapters, adaLN, embedders and every no-grad forward (validation, sampling) stay in the exact dtype.
     """
 
-    def __init__(self, adapters: dict[str, nn.Module] | None = None, weight_fn=None, frozen: bool = True):
+    def __init__(self, adapters: dict[str, nn.Module] | None = None, weight_fn=None, frozen: bool = True,
+                 compute: str = "bf16"):
         self.adapters = adapters or {}
         self.weight_fn = weight_fn or _plain_weight
         self.frozen = frozen  # base weights are detached: no gradient ever reaches (or is stored on) them
+        self.fp8_base = compute != "bf16" and frozen and torch.is_grad_enabled()
+        self.emulate = compute == "fp8_emulated"
 
     def norm(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
         w = norm.weight
@@ -71,6 +77,12 @@ class Linears:
         weight, bias = self._base(module, x)
         y = F.linear(x, weight, bias)
         return y if adapter is None else y + adapter(x)
+
+    def tokens(self, module: nn.Module, adapter: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
+        """`apply` for a block's token Linears: the frozen base GEMMs in fp8 when `compute` asks for it."""
+        if not self.fp8_base or (adapter is not None and getattr(adapter, "replaces_weight", False)):
+            return self.apply(module, adapter, x)
+        return fp8.token_linear(self, module, adapter, x)
 
     def _base(self, module: nn.Module, x: torch.Tensor):
         weight, bias = self.weight_fn(module, x.dtype, x.device)
@@ -98,7 +110,7 @@ def timestep_features(t: torch.Tensor, dim: int = 256, max_period: float = 10000
 
 def _attention(blk, ad: tuple, lin: Linears, x, key_mask, cos, sin, arch: ArchConfig, cudnn: bool):
     b, n, _ = x.shape
-    q, k, v = lin.apply(blk.attention.qkv, ad[_QKV], x).split(arch.qkv_split, dim=-1)
+    q, k, v = lin.tokens(blk.attention.qkv, ad[_QKV], x).split(arch.qkv_split, dim=-1)
     q = lin.norm(blk.attention.q_norm, q.view(b, n, arch.n_heads, arch.head_dim))
     k = lin.norm(blk.attention.k_norm, k.view(b, n, arch.n_kv_heads, arch.head_dim))
     v = v.view(b, n, arch.n_kv_heads, arch.head_dim)
@@ -113,13 +125,13 @@ def _attention(blk, ad: tuple, lin: Linears, x, key_mask, cos, sin, arch: ArchCo
             rep = arch.n_heads // arch.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         o = cuda_attention(q, k, v, key_mask, cudnn)
-    return lin.apply(blk.attention.out, ad[_OUT], o.transpose(1, 2).reshape(b, n, -1))
+    return lin.tokens(blk.attention.out, ad[_OUT], o.transpose(1, 2).reshape(b, n, -1))
 
 
 def _ffn(blk, ad: tuple, lin: Linears, x):
     ff = blk.feed_forward
-    h = F.silu(lin.apply(ff.w1, ad[_W1], x)) * lin.apply(ff.w3, ad[_W3], x)
-    return lin.apply(ff.w2, ad[_W2], h)
+    h = F.silu(lin.tokens(ff.w1, ad[_W1], x)) * lin.tokens(ff.w3, ad[_W3], x)
+    return lin.tokens(ff.w2, ad[_W2], h)
 
 
 def block_forward(blk, ad: tuple, lin: Linears, arch: ArchConfig, x, key_mask, cos, sin, temb,
@@ -170,6 +182,11 @@ class ForwardOptions:
     # block prefix -> module whose forward runs that block (FSDP2 units of a sharded full fine-tune,
     # train/parallel.py): called as unit(run_block, *args) so its hooks gather the block's weights first
     units: dict[str, nn.Module] = field(default_factory=dict)
+    # model.base_compute: 'bf16' (exact), 'fp8' or 'fp8_emulated' for the blocks' frozen token Linears (Linears)
+    base_compute: str = "bf16"
+    # train.saved_activations 'fp8': a fp8.PackedActivations whose hooks store what blocks that keep their
+    # activations save for backward (None: as autograd saves it)
+    packer: object | None = None
 
     def kept(self, batch: int, tokens: int) -> int:
         return self.keep_activations.get((batch, tokens), 0) if self.checkpoint else 0
@@ -267,15 +284,19 @@ def _runner(opts: ForwardOptions, lin: Linears, arch: ArchConfig, n_checkpointed
         recompute = opts.checkpoint and grad and order < n_checkpointed
         rng = recompute and opts.recompute_rng
         unit = opts.units.get(prefix)
+        packer = opts.packer if (grad and not recompute) else None
         if unit is not None:  # through the unit's __call__: FSDP2 unshards before and reshards after
-            return unit(_run_block, fn, recompute, rng, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn)
-        return _run_block(fn, recompute, rng, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn)
+            return unit(_run_block, fn, recompute, rng, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn, packer)
+        return _run_block(fn, recompute, rng, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn, packer)
 
     return run
 
 
-def _run_block(fn, recompute: bool, rng: bool, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn):
+def _run_block(fn, recompute: bool, rng: bool, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn, packer=None):
     if recompute:  # no RNG replay or recompute check unless needed: both cost host time on every block
         return _checkpoint(fn, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn, use_reentrant=False,
                            preserve_rng_state=rng, determinism_check="default" if rng else "none")
+    if packer is not None:  # a kept block: what it saves for backward is stored in fp8 (fp8.PackedActivations)
+        with packer.hooks():
+            return fn(blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn)
     return fn(blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn)

@@ -17,6 +17,8 @@ FULL_TARGETS = ("attention", "ffn", "adaln", "final", "embedders")
 MODES = ("lora", "full")
 CKPT = ("auto", "on", "off")
 BASES = ("bf16", "fp8", "int8")
+COMPUTES = ("bf16", "fp8")  # model.base_compute of our step
+ACTIVATIONS = ("bf16", "fp8")  # train.saved_activations of our step
 BACKBONES = ("diffusers", "comfy")
 REF_BUDGET = -1.0  # memory budget "ref": the peak the reference step measured in the same run
 
@@ -31,6 +33,9 @@ class Variant:
     memory_budget_gib: float = 0.0  # ckpt auto: 0 = 90 % of the card, REF_BUDGET = the reference's peak
     base_precision: str = "bf16"
     backbone: str = "diffusers"
+    base_compute: str = "bf16"
+    saved_activations: str = "bf16"
+    split_lengths: bool = False  # train.split_caption_lengths (mixed caption lengths: one forward per length)
     target_ratio: float = 0.0  # the issue's target for this row (0 = none)
     target_peak_gib: float = 0.0  # 0 = none, REF_BUDGET = the reference's peak
 
@@ -46,6 +51,7 @@ class Group:
     targets: str = "attn"
     mode: str = "lora"
     caption_tokens: int = 256
+    caption_lengths: tuple[int, ...] = ()  # per-sample caption tokens (cycled over the batch); () = all caption_tokens
     steps: int = 10
     warmup: int = 3
     reference: bool = True
@@ -59,6 +65,9 @@ class Group:
                                 ("--warmup", self.warmup, 1), ("--caption-tokens", self.caption_tokens, 1)):
             if value < lo:
                 out.append(f"{flag} must be >= {lo} (got {value})")
+        if any(not 1 <= n <= self.caption_tokens for n in self.caption_lengths):
+            out.append(f"--caption-lengths must lie in 1..--caption-tokens {self.caption_tokens} "
+                       f"(got {list(self.caption_lengths)})")
         if self.targets not in TARGETS:
             out.append(f"--targets '{self.targets}' is unknown; choose one of {', '.join(TARGETS)}")
         if self.mode not in MODES:
@@ -74,6 +83,12 @@ def _variant_errors(v: Variant) -> list[str]:
         out.append(f"--ckpt '{v.ckpt}' is unknown; choose one of {', '.join(CKPT)}")
     if v.base_precision not in BASES:
         out.append(f"--base-precision '{v.base_precision}' is unknown; choose one of {', '.join(BASES)}")
+    if v.base_compute not in COMPUTES:
+        out.append(f"--base-compute '{v.base_compute}' is unknown; choose one of {', '.join(COMPUTES)}")
+    if v.saved_activations not in ACTIVATIONS:
+        out.append(f"--saved-activations '{v.saved_activations}' is unknown; choose one of {', '.join(ACTIVATIONS)}")
+    if v.saved_activations != "bf16" and v.ckpt == "on":
+        out.append("--saved-activations fp8 needs --ckpt auto or off (checkpointing 'on' keeps no activations)")
     if v.backbone not in BACKBONES:
         out.append(f"--backbone '{v.backbone}' is unknown; choose one of {', '.join(BACKBONES)}")
     if v.memory_budget_gib < 0 and v.memory_budget_gib != REF_BUDGET:
@@ -117,4 +132,25 @@ def issue5_suite(steps: int = 10, warmup: int = 3) -> list[Group]:
     return [b4, b1, s512, full]
 
 
-SUITES = {"issue5": issue5_suite}
+def issue14_suite(steps: int = 10, warmup: int = 3) -> list[Group]:
+    """The targets of issue 14 (fp8 compute, compressed activations) and the chain of what each adds."""
+    exact = Variant("compiled, ckpt auto ≤ ref peak, bf16 exact", memory_budget_gib=REF_BUDGET, target_ratio=2.0,
+                    target_peak_gib=REF_BUDGET)
+    fp8 = replace(exact, label="compiled, ckpt auto ≤ ref peak, fp8 compute", base_compute="fp8", target_ratio=0.0)
+    fp8_all = replace(fp8, label=fp8.label + ", fp8 base, fp8 activations", base_precision="fp8",
+                      saved_activations="fp8", target_ratio=2.5)
+    b4 = Group("1024² batch 4, LoRA r16 attention", batch=4, steps=steps, warmup=warmup,
+               variants=(exact, fp8, fp8_all))
+    b1 = Group("1024² batch 1, LoRA r16 attention", batch=1, steps=steps, warmup=warmup, variants=(
+        Variant("compiled, ckpt auto ≤ 5.5 GiB, fp8 compute", memory_budget_gib=5.5, base_compute="fp8",
+                target_ratio=2.5, target_peak_gib=5.5),
+        Variant("compiled, ckpt auto ≤ 3.5 GiB, fp8 compute, fp8 base", memory_budget_gib=3.5, base_precision="fp8",
+                base_compute="fp8", target_ratio=2.5, target_peak_gib=3.5)))
+    full_v = Variant("full, compiled, ckpt auto ≤ 16 GiB, 8-bit AdamW in backward, fp8 frozen base",
+                     memory_budget_gib=16.0, base_precision="fp8", target_ratio=2.0, target_peak_gib=16.0)
+    full = Group("1024² batch 1, full fine-tune", batch=1, mode="full", steps=steps, warmup=warmup, variants=(
+        full_v, replace(full_v, label=full_v.label + ", fp8 activations", saved_activations="fp8")))
+    return [b4, b1, full]
+
+
+SUITES = {"issue5": issue5_suite, "issue14": issue14_suite}

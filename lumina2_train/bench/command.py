@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from ..errors import Lumina2TrainError
-from .cases import BACKBONES, BASES, CKPT, MODES, SUITES, TARGETS, Group, Variant, parse_budget
+from .cases import ACTIVATIONS, BACKBONES, BASES, CKPT, COMPUTES, MODES, SUITES, TARGETS, Group, Variant, parse_budget
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +33,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-budget", default="ref",
                    help="GiB for --ckpt auto; 'ref' = the reference step's measured peak, 0 = 90 %% of the card")
     p.add_argument("--base-precision", default="bf16", choices=BASES, help="storage of the frozen base")
+    p.add_argument("--base-compute", default="bf16", choices=COMPUTES,
+                   help="the frozen base's block GEMMs: bf16 (exact) or fp8 (model.base_compute)")
+    p.add_argument("--saved-activations", default="bf16", choices=ACTIVATIONS,
+                   help="what kept blocks store for backward (train.saved_activations)")
     p.add_argument("--backbone", default="diffusers", choices=BACKBONES,
                    help="'comfy' runs our step on ComfyUI's NextDiT class (needs --comfyui)")
     p.add_argument("--no-compile", action="store_true", help="eager instead of regional torch.compile")
     p.add_argument("--no-reference", action="store_true", help="time our step only")
     p.add_argument("--caption-tokens", type=int, default=256, help="caption length of every sample")
+    p.add_argument("--caption-lengths", default="", metavar="N,N,...",
+                   help="per-sample caption tokens, cycled over the batch (mixed lengths: padding or --split-lengths)")
+    p.add_argument("--split-lengths", action="store_true",
+                   help="our step with train.split_caption_lengths (one unmasked forward per caption length)")
     p.add_argument("--steps", type=int, default=10, help="timed steps (after warm-up)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, planning)")
     p.add_argument("--suite", choices=sorted(SUITES), help="run a named set of groups instead of the flags")
@@ -45,6 +53,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-attention", action="store_true", help="skip the attention-kernel comparison")
     p.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH", ""),
                    help="a ComfyUI folder for --backbone comfy and the suite's ComfyUI row (default $COMFYUI_PATH)")
+    p.add_argument("--peers", action="store_true",
+                   help="also time the peers on the first group: ComfyUI's TrainLoraNode, kohya's Lumina step")
+    p.add_argument("--peer-comfyui", action="append", default=[], metavar="DIR",
+                   help="a ComfyUI tree whose TrainLoraNode --peers times (repeatable; default: --comfyui)")
+    p.add_argument("--kohya", default="", metavar="DIR", help="a kohya-ss/sd-scripts checkout for --peers")
+    p.add_argument("--comfy-site", default="", metavar="DIR",
+                   help="a folder of extra packages for the ComfyUI peers' processes (prepended to PYTHONPATH)")
+    p.add_argument("--kohya-site", default="", metavar="DIR",
+                   help="a folder of packages pinned by sd-scripts for the kohya peer's process")
+    p.add_argument("--peer-steps", default="1,4", metavar="W,N",
+                   help="warm-up and timed optimizer steps of each peer setting")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="also profile 2 steps of each variant: kernel tables in the report, traces in DIR")
     p.add_argument("--json", type=Path, help="write the full report here")
@@ -61,9 +80,11 @@ def groups_from_args(args: argparse.Namespace) -> list[Group]:
         except ValueError as e:
             raise BenchError(str(e)) from None
         v = Variant(label=_label(args), compile=not args.no_compile, ckpt=args.ckpt, memory_budget_gib=budget,
-                    base_precision=args.base_precision, backbone=args.backbone)
+                    base_precision=args.base_precision, backbone=args.backbone, split_lengths=args.split_lengths,
+                    base_compute=args.base_compute, saved_activations=args.saved_activations)
         groups = [Group(f"{args.res}² batch {args.batch}, {args.mode}", res=args.res, batch=args.batch,
                         rank=args.rank, targets=args.targets, mode=args.mode, caption_tokens=args.caption_tokens,
+                        caption_lengths=_lengths(args.caption_lengths),
                         steps=args.steps, warmup=args.warmup, reference=not args.no_reference, variants=(v,))]
     errors = [e for g in groups for e in g.errors()]
     if any(v.backbone == "comfy" for g in groups for v in g.variants) and not args.suite and not args.comfyui:
@@ -71,6 +92,13 @@ def groups_from_args(args: argparse.Namespace) -> list[Group]:
     if errors:
         raise BenchError("bench: " + "; ".join(errors))
     return groups
+
+
+def _lengths(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise BenchError(f"bench: --caption-lengths '{text}' is not a list of token counts like 256,128,64") from None
 
 
 def _select(groups: list[Group], spec: str) -> list[Group]:
@@ -92,9 +120,40 @@ def _label(args: argparse.Namespace) -> str:
         parts.append(f"≤ {args.memory_budget} GiB" if args.memory_budget != "ref" else "≤ ref peak")
     if args.base_precision != "bf16":
         parts.append(f"{args.base_precision} base")
+    if args.base_compute != "bf16":
+        parts.append(f"{args.base_compute} compute")
+    if args.saved_activations != "bf16":
+        parts.append(f"{args.saved_activations} activations")
     if args.backbone == "comfy":
         parts.insert(0, "ComfyUI NextDiT")
+    if args.caption_lengths:
+        parts.append("split by caption length" if args.split_lengths else "padded captions (mask)")
     return ", ".join(parts)
+
+
+def peers_from_args(args: argparse.Namespace, first: Group) -> tuple[list, tuple[int, int]]:
+    """The peer settings --peers asks for (BenchError names a missing tree or a bad --peer-steps)."""
+    if not getattr(args, "peers", False):
+        return [], (1, 4)
+    from .peers.run import peer_specs
+
+    roots = args.peer_comfyui or ([args.comfyui] if args.comfyui else [])
+    errors = [f"--peer-comfyui {r}: no ComfyUI there (no comfy_extras/nodes_train.py)" for r in roots
+              if not (Path(r) / "comfy_extras" / "nodes_train.py").is_file()]
+    if args.kohya and not (Path(args.kohya) / "lumina_train_network.py").is_file():
+        errors.append(f"--kohya {args.kohya}: no lumina_train_network.py there; pass a kohya-ss/sd-scripts checkout")
+    if not roots and not args.kohya:
+        errors.append("--peers needs --peer-comfyui DIR (or --comfyui) and/or --kohya DIR")
+    try:
+        w, n = (int(x) for x in args.peer_steps.split(","))
+        if w < 1 or n < 1:
+            raise ValueError
+    except ValueError:
+        errors.append(f"--peer-steps '{args.peer_steps}' must be two counts >= 1, like 1,4")
+        w, n = 1, 4
+    if errors:
+        raise BenchError("bench: " + "; ".join(errors))
+    return peer_specs(roots, args.kohya, first.batch, first.rank, args.comfy_site, args.kohya_site), (w, n)
 
 
 def require_cuda() -> None:
@@ -116,8 +175,9 @@ def run(args: argparse.Namespace) -> int:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(report, indent=2, default=str))
 
+    peers, peer_steps = peers_from_args(args, groups[0])
     report, text = run_bench(groups, comfy_path=args.comfyui, attention=not args.no_attention, on_group=save,
-                             profile_dir=args.profile)
+                             profile_dir=args.profile, peers=peers, peer_steps=peer_steps)
     save(report)
     if args.markdown:
         args.markdown.write_text(text + "\n")

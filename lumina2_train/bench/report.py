@@ -11,6 +11,7 @@ from importlib import metadata
 import torch
 
 from .cases import REF_BUDGET
+from .peers.table import peer_lines, peer_target_rows
 from .profile import profile_lines
 
 
@@ -125,6 +126,8 @@ def render(report: dict) -> str:
              f"Measured bf16 matmul rate (8192³): {report.get('matmul_tflops', 0):.0f} TFLOP/s.", ""]
     for g in report["groups"]:
         lines += group_table(g) + [""]
+        if g.get("peers"):
+            lines += peer_lines(g) + [""]
         for v in g["variants"]:
             if v.get("profile"):
                 lines += profile_lines(g["group"]["name"], v["label"], v["profile"], v["step_s"]) + [""]
@@ -133,5 +136,6 @@ def render(report: dict) -> str:
                   "|---|---|"]
         lines += [f"| {k} | {_f(v)} |" for k, v in report["attention"].items() if not k.endswith("error")]
         lines.append("")
-    lines += ["### Targets", ""] + target_rows(report["groups"]) + [""] + comfy_rows(report["groups"])
+    lines += ["### Targets", ""] + target_rows(report["groups"]) + peer_target_rows(report["groups"]) + [""]
+    lines += comfy_rows(report["groups"])
     return "\n".join(lines)

@@ -47,8 +47,10 @@ def run_config(group: Group, v: Variant, budget_gib: float, out_dir: str) -> Run
     train = TrainConfig(steps=1_000_000, batch_size=group.batch, lr=1e-5 if full else 1e-4, precision="bf16",
                         checkpointing=v.ckpt, compile=v.compile, memory_budget_gib=budget_gib,
                         max_grad_norm=0.0 if full else 1.0, optimizer_states="8bit" if full else "fp32",
-                        optimizer_in_backward=full, seed=0)
-    model = ModelConfig(base_precision="no_change" if v.base_precision == "bf16" else v.base_precision)
+                        optimizer_in_backward=full, seed=0, split_caption_lengths=v.split_lengths,
+                        saved_activations=v.saved_activations)
+    model = ModelConfig(base_precision="no_change" if v.base_precision == "bf16" else v.base_precision,
+                        base_compute=v.base_compute)
     return RunConfig(model=model, adapter=adapter, train=train, save=SaveConfig(output_dir=out_dir)).validate(
         need_data=False)
 
@@ -87,9 +89,11 @@ def _backbone(v: Variant, native: dict, s: Settings):
     return models.diffusers_backbone(s.config, native, s.device)
 
 
-def _tensor_cache(inputs: models.Inputs) -> TensorCache:
+def _tensor_cache(inputs: models.Inputs, lengths: tuple[int, ...] = ()) -> TensorCache:
+    """The batch as the trainer's dataset; `lengths` cut sample i's caption to lengths[i % len] tokens."""
     lat, feats = inputs.latents.float().cpu(), inputs.cap_feats.float().cpu()
-    return TensorCache([TensorSample(latent=lat[i], cap_feats=feats[i]) for i in range(lat.shape[0])])
+    cut = [lengths[i % len(lengths)] if lengths else feats.shape[1] for i in range(lat.shape[0])]
+    return TensorCache([TensorSample(latent=lat[i], cap_feats=feats[i, : cut[i]]) for i in range(lat.shape[0])])
 
 
 def _flops_and_parity(group: Group, backbone, cfg: RunConfig, inputs: models.Inputs, ref: dict | None) -> dict:
@@ -128,7 +132,7 @@ def run_variant(group: Group, v: Variant, native: dict, inputs: models.Inputs, s
         cfg = run_config(group, v, budget, tmp)
         if "flops" not in extra:
             extra.update(_flops_and_parity(group, backbone, cfg, inputs, ref))
-        trainer = Trainer(cfg, backbone, _tensor_cache(inputs), run_dir=tmp)
+        trainer = Trainer(cfg, backbone, _tensor_cache(inputs, group.caption_lengths), run_dir=tmp)
         trainer._setup()  # the bench drives the trainer's own setup and optimizer step, minus saving
         graphs = dyn.counters["stats"]["unique_graphs"]
         with trainer.micro_batches(DataPosition()) as feed:
@@ -200,6 +204,14 @@ def run_group(group: Group, weights: dict, native: dict, s: Settings) -> dict:
     return out
 
 
+def _peers(g: Group, native: dict, s: Settings, specs: list, steps: tuple[int, int]) -> list[dict]:
+    from .peers.run import PeerRun, run_peers
+
+    _free()
+    run = PeerRun(s.config, g.res, g.batch, g.rank, g.caption_tokens, warmup=steps[0], steps=steps[1])
+    return run_peers(run, specs, native, models.make_inputs(g, s.config, s.device))
+
+
 def _comfy_root(path: str) -> tuple[str, str]:
     """(ComfyUI folder or '', its version or '')."""
     if not path:
@@ -217,11 +229,13 @@ def _comfy_root(path: str) -> tuple[str, str]:
 
 def run_bench(groups: list[Group], *, comfy_path: str = "", attention: bool = True,
               device: torch.device | None = None, config: dict | None = None, profile_dir: Path | None = None,
-              on_group: Callable[[dict], None] | None = None) -> tuple[dict, str]:
+              on_group: Callable[[dict], None] | None = None, peers: list | None = None,
+              peer_steps: tuple[int, int] = (1, 4)) -> tuple[dict, str]:
     """Run every group on fresh random full-size weights (or `config`); returns (report, printed tables).
 
-    `on_group(report)` is called after each group (the CLI writes the JSON then, so a cut-off run keeps
-    what it measured)."""
+    `peers` (peers.run.PeerSpec list) run after the first group, on its shape, weights and inputs, each in a
+    child process; `peer_steps` = (warm-up, timed) optimizer steps of each. `on_group(report)` is called
+    after each group (the CLI writes the JSON then, so a cut-off run keeps what it measured)."""
     device = device or torch.device("cuda")
     root, comfy_version = _comfy_root(comfy_path)
     s = Settings(device, config or models.FULL_DIT, comfy_path=root, profile=profile_dir)
@@ -229,8 +243,10 @@ def run_bench(groups: list[Group], *, comfy_path: str = "", attention: bool = Tr
     weights = models.random_weights(s.config, device)
     native = models.native_state(weights)
     report = {"environment": environment(device, comfy_version), "matmul_tflops": s.matmul_tflops, "groups": []}
-    for g in groups:
+    for i, g in enumerate(groups):
         report["groups"].append(run_group(g, weights, native, s))
+        if peers and i == 0:
+            report["groups"][0]["peers"] = _peers(g, native, s, peers, peer_steps)
         if on_group is not None:
             on_group(report)
     if attention and device.type == "cuda":

@@ -7,6 +7,7 @@ Choice lists are module constants so node widgets, validation and error text sha
 
 from .choices import (  # noqa: F401  (re-exported: widgets and validation share these lists)
     ADAPTER_KINDS,
+    BASE_COMPUTES,
     BASE_PRECISIONS,
     BUCKET_STEPS,
     CAPTION_POLICIES,
@@ -25,6 +26,7 @@ from .choices import (  # noqa: F401  (re-exported: widgets and validation share
     PRECISIONS,
     RESOLUTION_TYPES,
     SAVE_DTYPES,
+    SAVED_ACTIVATIONS,
     SCHEDULERS,
     SHIFT_MODES,
     SYSTEM_PROMPTS,

@@ -6,11 +6,13 @@ from dataclasses import dataclass
 
 from .choices import (
     ADAPTER_KINDS,
+    BASE_COMPUTES,
     BASE_PRECISIONS,
     LORA_INITS,
     PRECISIONS,
     TARGET_GROUPS,
     TARGET_PRESETS,
+    TEXT_NUMERICS,
     _choice,
     _range,
 )
@@ -24,9 +26,15 @@ class ModelConfig:
     text_encoder: str = ""  # diffusers text_encoder folder, HF Gemma2 folder, or ComfyUI text-encoder file
     tokenizer: str = ""  # optional; defaults to the text encoder's folder / the tokenizer inside the file
     vae: str = ""  # diffusers vae folder or a ComfyUI/Flux ae.safetensors
+    # comfyui: captions encoded as ComfyUI's Gemma2 encodes prompts at inference (no attention soft-capping,
+    # norm scales rounded as ComfyUI stores them); transformers: transformers' Gemma2 (docs/recipe.md)
+    text_encoder_numerics: str = "comfyui"
     dtype: str = "bf16"  # compute dtype of the frozen base
     base_precision: str = "no_change"  # storage of the frozen base: fp8 | int8 (backbones/quant.py), *-torchao
     quantize_via: str = "accelerator"  # cpu | accelerator
+    # the frozen base's block GEMMs: bf16 (exact) | fp8 (e4m3 tensor cores, row-wise scales; opt-in, changes
+    # the numbers slightly: docs/benchmarks.md) | fp8_emulated (the same maths on any device, slow; tests)
+    base_compute: str = "bf16"
 
     @property
     def storage_format(self) -> str:
@@ -39,6 +47,8 @@ class ModelConfig:
         out = _choice(f"{at}.dtype", self.dtype, PRECISIONS)
         out += _choice(f"{at}.base_precision", self.base_precision, BASE_PRECISIONS)
         out += _choice(f"{at}.quantize_via", self.quantize_via, ("cpu", "accelerator"))
+        out += _choice(f"{at}.base_compute", self.base_compute, BASE_COMPUTES)
+        out += _choice(f"{at}.text_encoder_numerics", self.text_encoder_numerics, TEXT_NUMERICS)
         return out
 
 

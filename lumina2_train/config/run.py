@@ -37,7 +37,14 @@ class RunConfig:
         return (self.data.errors("data") + self.model.errors("model") + self.cache.errors("cache")
                 + self.adapter.errors("adapter") + self.train.errors("train")
                 + self.validation.errors("validation") + self.save.errors("save")
-                + self.tracking.errors("tracking") + self.hub.errors("hub") + self._format_errors())
+                + self.tracking.errors("tracking") + self.hub.errors("hub") + self._format_errors()
+                + self._compute_errors())
+
+    def _compute_errors(self) -> list[str]:
+        if self.model.base_compute == "fp8" and self.train.precision != "bf16":
+            return [f"model.base_compute 'fp8' computes in bf16 around its fp8 GEMMs, but train.precision is "
+                    f"'{self.train.precision}'; set train.precision to 'bf16' or model.base_compute to 'bf16'"]
+        return []
 
     def _format_errors(self) -> list[str]:
         """LoHa, LoKr and DoRA files exist only in the comfyui layout (found now, not when the file is saved)."""

@@ -11,6 +11,7 @@ from .choices import (
     OPTIMIZER_STATES,
     OPTIMIZERS,
     PRECISIONS,
+    SAVED_ACTIVATIONS,
     SCHEDULERS,
     SHIFT_MODES,
     TIMESTEP_SAMPLINGS,
@@ -60,11 +61,17 @@ class TrainConfig:
     # checkpointing 'auto': GiB the run may use on the GPU (0 = 90 % of the card); blocks keep their
     # activations (no recompute) while the measured step still fits (train/memory.py)
     memory_budget_gib: float = 0.0
+    # what blocks that keep their activations store for backward: bf16 (exact) | fp8 (e4m3, a scale per row;
+    # half the bytes, so 'auto' keeps more blocks; opt-in, changes the gradients slightly)
+    saved_activations: str = "bf16"
     optimizer_states: str = "fp32"  # adamw moments: fp32 | 8bit (fp8 with block scales, train/lowmem.py)
     optimizer_in_backward: bool = False  # update each weight as its gradient completes (no gradient buffer)
     # Within a bucket, batch samples of equal caption length first (attention needs no padding mask); only
     # the leftovers mix lengths. Changes the batch order, not what a batch computes.
     group_by_caption_length: bool = True
+    # a batch of mixed caption lengths runs one unmasked forward per length instead of one masked forward
+    # (train/lengths.py): the same loss, no padding-mask attention kernel
+    split_caption_lengths: bool = False
     # lr × f(batch_size × grad_accum × processes): none | linear | sqrt (train/distributed.py; logged)
     scale_lr: str = "none"
 
@@ -105,6 +112,10 @@ class TrainConfig:
     def _memory_errors(self, at: str) -> list[str]:
         out = _range(f"{at}.memory_budget_gib", self.memory_budget_gib, 0.0)
         out += _choice(f"{at}.optimizer_states", self.optimizer_states, OPTIMIZER_STATES)
+        out += _choice(f"{at}.saved_activations", self.saved_activations, SAVED_ACTIVATIONS)
+        if self.saved_activations != "bf16" and self.checkpointing == "on":
+            out.append(f"{at}.saved_activations '{self.saved_activations}' applies to blocks that keep their "
+                       "activations, and checkpointing 'on' keeps none; set checkpointing to 'auto' or 'off'")
         if (self.optimizer_states != "fp32" or self.optimizer_in_backward) and self.optimizer != "adamw":
             out.append(f"{at}.optimizer_states / optimizer_in_backward work with optimizer 'adamw' (got "
                        f"'{self.optimizer}'); choose 'adamw' or turn them off")

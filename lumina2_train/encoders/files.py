@@ -77,6 +77,15 @@ def check_text_encoder_file(path: str | Path) -> tuple[str, str]:
     return prefix, spiece
 
 
+def text_encoder_file_dtype(path: str | Path) -> torch.dtype:
+    """The dtype the file stores the Gemma2 in (of its final norm, as ComfyUI's `llama_detect` reads it)."""
+    from safetensors import safe_open
+
+    prefix, _ = check_text_encoder_file(path)
+    with safe_open(str(path), framework="pt") as f:
+        return f.get_tensor(f"{prefix}norm.weight").dtype  # one small tensor
+
+
 def load_text_encoder_file(path: str | Path, device, dtype):
     """(Gemma2Model, tokenizer) from a ComfyUI text-encoder or all-in-one file."""
     from transformers import Gemma2Model, GemmaTokenizer

@@ -17,13 +17,17 @@ from pathlib import Path
 
 import torch
 
+from ..config.choices import TEXT_NUMERICS
 from ..errors import ModelError
 from ..recipe import LATENT_CHANNELS, latent_in, latent_out
 from ..storage.fingerprint import json_fingerprint, tensor_fingerprint
 from . import EncoderProvider
-from .files import check_text_encoder_file, check_vae_file
+from .files import check_text_encoder_file, check_vae_file, text_encoder_file_dtype
 
 log = logging.getLogger(__name__)
+# How the Gemma2 arithmetic is done (docs/recipe.md "Text-encoder numerics"): "comfyui" reproduces the
+# CONDITIONING ComfyUI's own Gemma2 gives at inference, "transformers" is transformers' Gemma2 as configured.
+_DTYPE_NAMES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _HASHED_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".pt", ".pth", ".txt")
 
 
@@ -57,6 +61,52 @@ def _load_vae_file(path: Path, device, dtype):
     return load_vae_file(path, device, dtype)
 
 
+def use_comfyui_numerics(model, stored_dtype: torch.dtype) -> None:
+    """Make a transformers Gemma2Model compute what ComfyUI's own Gemma2 computes.
+
+    ComfyUI keeps the weights in the file's dtype (`llama_detect`: the dtype of `model.norm.weight`) and runs
+    the layers in float32 (embeddings are requested as float32; manual_cast ops cast each weight up). Two
+    things differ from transformers: it has no attention-logit soft-capping (transformers: tanh(x/50)·50), and
+    a Gemma norm's scale 1 + w is added in the stored dtype, so it is rounded to fp16/bf16. Both are applied
+    here, in place: soft-capping off, and every norm weight replaced by w' with 1 + w' equal to ComfyUI's
+    rounded scale (exact in float32). Weights are not rounded otherwise: a model read from the same file holds
+    the same values.
+    """
+    disable_softcapping(model)
+    round_norm_scales(model, stored_dtype)
+
+
+def disable_softcapping(model) -> None:
+    """No attention-logit soft-capping in a transformers Gemma2Model (in place), as in ComfyUI's Gemma2."""
+    model.config.attn_logit_softcapping = None
+    for module in model.modules():
+        if hasattr(module, "attn_logit_softcapping"):  # read once at construction by each attention layer
+            module.attn_logit_softcapping = None
+
+
+def round_norm_scales(model, stored_dtype: torch.dtype) -> None:
+    """Norm weights w -> w' with 1 + w' = (w + 1) rounded to `stored_dtype` (ComfyUI's RMSNorm adds 1.0 to
+    the weight in the dtype it stores it in); in place, nothing changes for float32."""
+    if stored_dtype == torch.float32:
+        return
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_((p.detach().to(stored_dtype) + 1.0).float() - 1.0)
+
+
+def _check_numerics(numerics: str) -> None:
+    if numerics not in TEXT_NUMERICS:
+        raise ModelError(f"model.text_encoder_numerics: unknown setting ({numerics!r}). Use one of "
+                         f"{', '.join(TEXT_NUMERICS)}.")
+
+
+def folder_dtype(folder: Path) -> torch.dtype:
+    """The dtype a Hugging Face folder's config says its weights are stored in (float32 when it says none)."""
+    config = _read_config(folder, "model.text_encoder")
+    return _DTYPE_NAMES.get(str(config.get("dtype") or config.get("torch_dtype") or "float32"), torch.float32)
+
+
 def folder_identity(folder: Path) -> str:
     """A hash of the names and bytes of a model folder's weight, config and tokenizer files."""
     parts = []
@@ -70,9 +120,14 @@ def folder_identity(folder: Path) -> str:
 class HFTextEncoder:
     """Gemma2 features: hidden_states[-2] (penultimate layer, no final norm), BOS + text, right padding."""
 
-    def __init__(self, model, tokenizer, device: str | torch.device = "cpu"):
+    def __init__(self, model, tokenizer, device: str | torch.device = "cpu", numerics: str = "comfyui",
+                 stored_dtype: torch.dtype = torch.float32):
         if tokenizer.bos_token_id is None:
             raise ModelError("tokenizer: it has no BOS token (got bos_token None). Use the Gemma2 tokenizer.")
+        _check_numerics(numerics)
+        if numerics == "comfyui":
+            use_comfyui_numerics(model, stored_dtype)
+        self.numerics = numerics
         self.model = model
         self.tokenizer = tokenizer
         self.device = torch.device(device)
@@ -134,25 +189,17 @@ class HFEncoders(EncoderProvider):
 
     @classmethod
     def from_paths(cls, text_encoder: str, vae: str, tokenizer: str = "", device: str | torch.device = "cpu",
-                   dtype: torch.dtype = torch.float32) -> HFEncoders:
+                   dtype: torch.dtype = torch.float32, numerics: str = "comfyui") -> HFEncoders:
         """Local folders: a HF Gemma2 folder or diffusers `text_encoder/` (or a pipeline root holding
         text_encoder/ + tokenizer/ + vae/), a tokenizer folder (default: next to the text encoder), and a
         diffusers `vae/` folder; or ComfyUI's single files (text encoder, ae.safetensors, the all-in-one
         checkpoint; encoders/files.py). Checks the configs and hashes the files; loads nothing yet.
+        `numerics` (TEXT_NUMERICS) is part of the text identity, so caches of the two settings never mix.
 
         Raises:
             ModelError: a path is missing, is a single file, or holds the wrong kind of model.
         """
-        if Path(os.path.expanduser(text_encoder or "")).is_file():  # ComfyUI's file (encoders/files.py)
-            te_file = Path(os.path.expanduser(text_encoder))
-            check_text_encoder_file(te_file)  # header only: a wrong file fails before anything loads
-            text_identity = json_fingerprint({"gemma2_file": file_identity(te_file), "dtype": str(dtype)})
-            load_text = lambda: HFTextEncoder(*_load_text_file(te_file, device, dtype), device)  # noqa: E731
-        else:
-            te_dir, tok_dir = resolve_text_paths(text_encoder, tokenizer)
-            text_identity = json_fingerprint({"gemma2": folder_identity(te_dir), "tokenizer": folder_identity(tok_dir),
-                                              "dtype": str(dtype)})
-            load_text = lambda: _load_text(te_dir, tok_dir, device, dtype)  # noqa: E731
+        text_identity, load_text = text_source(text_encoder, tokenizer, device, dtype, numerics)
         if Path(os.path.expanduser(vae or "")).is_file():
             vae_file = Path(os.path.expanduser(vae))
             check_vae_file(vae_file)
@@ -166,13 +213,17 @@ class HFEncoders(EncoderProvider):
 
     @classmethod
     def from_models(cls, text_model, tokenizer, vae, device: str | torch.device = "cpu",
-                    dtype: torch.dtype = torch.float32) -> HFEncoders:
-        """Already-built models (the demo, tests). Identities hash the weights and the tokenizer vocabulary."""
+                    dtype: torch.dtype = torch.float32, numerics: str = "comfyui") -> HFEncoders:
+        """Already-built models (the demo, tests). Identities hash the weights and the tokenizer vocabulary.
+        With numerics "comfyui" the text model is changed in place when it is first used (use_comfyui_numerics)."""
+        _check_numerics(numerics)
+        stored = next(text_model.parameters()).dtype
         text_identity = json_fingerprint({"gemma2": tensor_fingerprint(text_model.state_dict()),
                                           "tokenizer": json_fingerprint(sorted(tokenizer.get_vocab().items())),
-                                          "dtype": str(dtype)})
+                                          "dtype": str(dtype), "numerics": numerics})
         vae_identity = json_fingerprint({"vae": tensor_fingerprint(vae.state_dict()), "dtype": str(dtype)})
-        return cls(load_text=lambda: HFTextEncoder(text_model.to(device, dtype).eval(), tokenizer, device),
+        return cls(load_text=lambda: HFTextEncoder(text_model.to(device, dtype).eval(), tokenizer, device, numerics,
+                                                   stored),
                    load_vae=lambda: HFLatentEncoder(vae.to(device, dtype).eval(), device, dtype),
                    text_identity=text_identity, vae_identity=vae_identity)
 
@@ -198,6 +249,26 @@ class HFEncoders(EncoderProvider):
 
 
 # ---------------------------------------------------------------------------- paths and loading
+
+
+def text_source(text_encoder: str, tokenizer: str, device, dtype: torch.dtype,
+                 numerics: str) -> tuple[str, Callable[[], HFTextEncoder]]:
+    """(text identity, loader) for a ComfyUI text-encoder file or a Hugging Face folder; checks, loads nothing."""
+    _check_numerics(numerics)
+    if Path(os.path.expanduser(text_encoder or "")).is_file():  # ComfyUI's file (encoders/files.py)
+        te_file = Path(os.path.expanduser(text_encoder))
+        check_text_encoder_file(te_file)  # header only: a wrong file fails before anything loads
+        identity = json_fingerprint({"gemma2_file": file_identity(te_file), "dtype": str(dtype),
+                                     "numerics": numerics})
+
+        def load() -> HFTextEncoder:
+            model, tok = _load_text_file(te_file, device, dtype)
+            return HFTextEncoder(model, tok, device, numerics, text_encoder_file_dtype(te_file))
+        return identity, load
+    te_dir, tok_dir = resolve_text_paths(text_encoder, tokenizer)
+    identity = json_fingerprint({"gemma2": folder_identity(te_dir), "tokenizer": folder_identity(tok_dir),
+                                 "dtype": str(dtype), "numerics": numerics})
+    return identity, lambda: _load_text(te_dir, tok_dir, device, dtype, numerics)
 
 
 def _folder(value: str, field: str, what: str) -> Path:
@@ -245,7 +316,7 @@ def resolve_vae_path(vae: str) -> Path:
     return folder
 
 
-def _load_text(te_dir: Path, tok_dir: Path, device, dtype) -> HFTextEncoder:
+def _load_text(te_dir: Path, tok_dir: Path, device, dtype, numerics: str) -> HFTextEncoder:
     import transformers
     from packaging.version import Version
     from transformers import AutoModel, AutoTokenizer
@@ -254,7 +325,7 @@ def _load_text(te_dir: Path, tok_dir: Path, device, dtype) -> HFTextEncoder:
     kw = {"dtype": dtype} if Version(transformers.__version__) >= Version("4.56") else {"torch_dtype": dtype}
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
     model = AutoModel.from_pretrained(str(te_dir), local_files_only=True, **kw)
-    return HFTextEncoder(model.to(device).eval(), tokenizer, device)
+    return HFTextEncoder(model.to(device).eval(), tokenizer, device, numerics, folder_dtype(te_dir))
 
 
 def _load_vae(vae_dir: Path, device, dtype) -> HFLatentEncoder:

@@ -234,7 +234,7 @@ class Trainer(TrainerOutputs):
                                               device=self.device, dtype=self.dtype,
                                               rollout=(cfg.rollout_probability, cfg.rollout_max_offset,
                                                        cfg.rollout_steps), forward=self.forward,
-                                              drawn=(ready.sigma, ready.noise))
+                                              drawn=(ready.sigma, ready.noise), split_lengths=cfg.split_caption_lengths)
                 # with gradient release the update happens inside backward: Ctrl-C waits until it is done
                 with deferred_sigint() if self.release is not None else contextlib.nullcontext():
                     (loss / cfg.grad_accum).backward()

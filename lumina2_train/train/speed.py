@@ -1,7 +1,8 @@
 """The run's speed and memory settings applied to the backbone: regional torch.compile, checkpointing
-(on / off / auto by memory budget) and 8-bit storage of the frozen base. Changes how the step runs, never
-what it computes (up to bf16 rounding and, for an 8-bit base, the stored weights' rounding).
-No ComfyUI imports.
+(on / off / auto by memory budget), 8-bit storage of the frozen base, and the opt-in fp8 paths (fp8 compute
+of the frozen base, fp8 storage of kept activations; backbones/fp8.py). Without the opt-in fp8 paths this
+changes how the step runs, never what it computes (up to bf16 rounding and, for an 8-bit base, the stored
+weights' rounding). No ComfyUI imports.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import logging
 
 import torch
 
+from ..backbones.fp8 import check_compute, packed_activations
 from ..backbones.nextdit import compile_block
 from ..backbones.quant import quantize_base
 from ..config import RunConfig
@@ -38,6 +40,11 @@ def prepare_forward(backbone, cfg: RunConfig, n_buckets: int) -> None:
     elif fmt != "no_change":
         raise ConfigError(f"model.base_precision '{cfg.model.base_precision}' is not available in this version; "
                           "choose 'fp8' or 'int8' (stored by the library, no extra package)")
+    check_compute(cfg.model.base_compute, backbone.device)  # refuses 'fp8' where it cannot run
+    opts.base_compute = cfg.model.base_compute
+    opts.packer = packed_activations(backbone.tree) if t.saved_activations == "fp8" else None
+    if opts.base_compute != "bf16" or opts.packer is not None:
+        log.info("frozen base GEMMs in %s, kept activations stored in %s", opts.base_compute, t.saved_activations)
     opts.compiled_block = None
     if t.compile and backbone.device.type == "cuda":
         import torch._dynamo

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import recipe
+from .lengths import length_groups, velocity_by_length
 
 
 @dataclass
@@ -95,13 +96,14 @@ def micro_step_loss(backbone, adapters, batch: Batch, timesteps: recipe.Timestep
                     gamma: float, gen: torch.Generator, device, dtype,
                     rollout: tuple[float, float, int] | None = None,
                     forward=None, drawn: tuple[torch.Tensor, torch.Tensor] | None = None,
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+                    split_lengths: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(scalar loss, σ per sample) for one batch; noise and σ are drawn from `gen` on the CPU (`draw_noise`),
     unless `drawn` = (σ, noise) holds that draw already (made ahead by train/prefetch.py).
 
     `rollout` = (probability, max_offset, steps) turns on scheduled sampling (train/rollout.py).
     `forward(x_σ, σ, cap_feats, cap_mask)`: runs the model instead of `backbone.velocity(..., adapters)`
-    (the trainer passes its DDP / FSDP2-wrapped step module).
+    (the trainer passes its DDP / FSDP2-wrapped step module). `split_lengths`: a batch of mixed caption lengths
+    runs one unmasked forward per length (train/lengths.py; not with `forward`).
     """
     sigma, noise = drawn if drawn is not None else draw_noise(batch, timesteps, gen)
     x = batch.latents
@@ -116,7 +118,10 @@ def micro_step_loss(backbone, adapters, batch: Batch, timesteps: recipe.Timestep
         x_sigma = recipe.add_noise(x, noise, sigma_d)
         target = recipe.velocity_target(x, noise)
     cap = batch.cap_feats.to(device, non_blocking=nb).to(dtype)
-    if forward is None:
+    if forward is None and split_lengths and batch.cap_mask is not None:
+        pred = velocity_by_length(backbone, x_sigma.to(dtype), sigma_d, cap, cap_mask, adapters,
+                                  length_groups(batch.cap_mask))
+    elif forward is None:
         pred = backbone.velocity(x_sigma.to(dtype), sigma_d, cap, cap_mask, adapters)
     else:
         pred = forward(x_sigma.to(dtype), sigma_d, cap, cap_mask)

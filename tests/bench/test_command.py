@@ -7,7 +7,7 @@ import torch
 
 from lumina2_train import cli
 from lumina2_train.bench import command
-from lumina2_train.bench.cases import REF_BUDGET, issue5_suite, parse_budget
+from lumina2_train.bench.cases import REF_BUDGET, issue5_suite, issue14_suite, parse_budget
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -33,6 +33,21 @@ def test_flags_reach_the_group_and_variant():
     assert (g.res, g.batch, g.mode, g.steps, g.reference) == (512, 1, "full", 3, False)
     assert (v.compile, v.ckpt, v.memory_budget_gib, v.base_precision) == (False, "on", 12.5, "fp8")
     assert v.label == "eager, ckpt on, fp8 base"
+
+
+def test_fp8_flags_reach_the_variant_and_the_issue14_suite_holds_its_targets():
+    (g,) = command.groups_from_args(_args("--base-compute", "fp8", "--saved-activations", "fp8", "--batch", "1"))
+    (v,) = g.variants
+    assert (v.base_compute, v.saved_activations) == ("fp8", "fp8")
+    assert v.label == "compiled, ckpt auto, ≤ ref peak, fp8 compute, fp8 activations"
+    with pytest.raises(command.BenchError, match="--saved-activations fp8 needs --ckpt auto or off"):
+        command.groups_from_args(_args("--saved-activations", "fp8", "--ckpt", "on"))
+    groups = command.groups_from_args(_args("--suite", "issue14"))
+    targets = {(g.batch, g.mode, v.target_ratio, v.target_peak_gib, v.base_compute)
+               for g in groups for v in g.variants if v.target_ratio}
+    assert targets == {(4, "lora", 2.0, REF_BUDGET, "bf16"), (4, "lora", 2.5, REF_BUDGET, "fp8"),
+                       (1, "lora", 2.5, 5.5, "fp8"), (1, "lora", 2.5, 3.5, "fp8"), (1, "full", 2.0, 16.0, "bf16")}
+    assert all(not g.errors() for g in issue14_suite())
 
 
 def test_every_wrong_argument_is_reported_at_once():

@@ -15,7 +15,8 @@ def test_tiny_bench_runs_end_to_end():
                      target_peak_gib=REF_BUDGET)
     groups = [Group("tiny LoRA", res=64, batch=2, rank=4, caption_tokens=7, steps=1, warmup=1,
                     variants=(Variant("eager, ckpt on", compile=False, ckpt="on"), target,
-                              Variant("ComfyUI", compile=False, backbone="comfy"))),
+                              Variant("ComfyUI", compile=False, backbone="comfy"),
+                              Variant("fp8", compile=False, base_compute="fp8"))),
               Group("tiny full", res=64, batch=1, mode="full", caption_tokens=7, steps=1, warmup=1,
                     variants=(Variant("full", compile=False, memory_budget_gib=16.0),))]
     report, text = run_bench(groups, device=torch.device("cpu"), config=dict(TINY_DIT))
@@ -25,6 +26,7 @@ def test_tiny_bench_runs_end_to_end():
     assert [v["label"] for v in ok] == ["eager, ckpt on", "eager, auto"]
     assert all(v["samples_per_s"] > 0 and v["ratio"] > 0 for v in ok)
     assert "no ComfyUI tree" in lora["variants"][2]["error"]  # recorded, and the run went on
+    assert "model.base_compute 'fp8'" in lora["variants"][3]["error"]  # refused on a device without fp8
     assert "error" not in full["variants"][0] and full["reference"]["samples_per_s"] > 0
     assert "| reference (diffusers + PEFT, eager, ckpt) |" in text and "tiny LoRA: eager, auto" in text
     assert render(json.loads(json.dumps(report, default=str))) == text
@@ -36,7 +38,9 @@ def test_variant_settings_become_the_run_config(tmp_path):
     t = cfg.train
     assert cfg.adapter.kind == "full" and t.optimizer_in_backward and t.optimizer_states == "8bit"
     assert t.memory_budget_gib == 16.0 and t.compile and t.checkpointing == "auto" and t.max_grad_norm == 0
-    assert cfg.model.base_precision == "fp8"
+    assert cfg.model.base_precision == "fp8" and cfg.model.base_compute == "bf16"
+    fp8 = run_config(g, Variant(base_compute="fp8", saved_activations="fp8"), 16.0, str(tmp_path))
+    assert fp8.model.base_compute == "fp8" and fp8.train.saved_activations == "fp8"
     lora = run_config(Group("g"), Variant(compile=False, ckpt="on"), 0.0, str(tmp_path))
     assert lora.adapter.targets == ("attention",) and lora.adapter.rank == 16 and not lora.train.compile
 

@@ -121,3 +121,29 @@ def test_fp8_stored_model_goes_through_comfy_casting(comfy, comfy_models, comfy_
         ours.square().mean().backward()
     assert (ours.detach() - ref).abs().max() <= 1e-5
     assert x.grad is not None and all(p.grad is None for p in tree.parameters())
+
+
+def test_fp8_compute_runs_on_comfyui_weights_without_touching_them(backbone, comfy_inputs):
+    """model.base_compute on a ComfyUI MODEL (its inference-mode weights, through comfy.ops casting): the
+    block GEMMs go through the fp8 path (CPU emulation here), gradients reach the input, none the weights."""
+    from lumina2_train.comfy_bridge import training_mode
+
+    x, sigma, feats = comfy_inputs(b=1, L=5, seed=5)
+    outs, grads = {}, {}
+    try:
+        for compute in ("bf16", "fp8_emulated"):
+            backbone.options.base_compute = compute
+            xg = x.clone().requires_grad_(True)
+            with torch.inference_mode(), training_mode():
+                out = backbone.velocity(xg, sigma, feats, None)
+                out.square().mean().backward()
+            outs[compute], grads[compute] = out.detach(), xg.grad
+        with torch.no_grad():
+            plain = backbone.velocity(x, sigma, feats, None)  # previews and sampling stay exact
+    finally:
+        backbone.options.base_compute = "bf16"
+    rel = (outs["fp8_emulated"] - outs["bf16"]).norm() / outs["bf16"].norm()
+    assert 0 < rel < 0.1, rel
+    assert (grads["fp8_emulated"] - grads["bf16"]).norm() / grads["bf16"].norm() < 0.2
+    assert (plain - outs["bf16"]).abs().max() <= 1e-5
+    assert all(p.grad is None for p in backbone.tree.parameters())

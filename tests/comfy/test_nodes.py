@@ -83,6 +83,14 @@ def test_advanced_train_node_exposes_every_train_and_save_option(pack):
     # widget defaults are the config's defaults (compared as dicts: the pack holds its own copy of the library)
     assert dataclasses.asdict(cfg) == dataclasses.asdict(TrainConfig())
     assert dataclasses.asdict(options.save_from_widgets(defaults)) == dataclasses.asdict(SaveConfig())
+    # model.base_compute: a widget too, after saved_activations and the save options (older workflows keep the
+    # places of their widget values)
+    ids = [i.id for i in schema.inputs]
+    assert ids.index("save_ema") < ids.index("saved_activations") == ids.index("base_compute") - 1
+    assert options.model_from_widgets(defaults).base_compute == "bf16"
+    assert options.model_from_widgets({**defaults, "base_compute": "fp8"}).base_compute == "fp8"
+    train_widgets = {k: v for k, v in defaults.items() if k in train_fields}
+    assert options.train_from_widgets({**train_widgets, "base_compute": "fp8"}) == cfg
 
 
 def test_seeds_have_no_control_widget_and_the_train_nodes_output_the_samples_last(pack):

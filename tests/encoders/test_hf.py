@@ -135,3 +135,53 @@ def test_pad_features():
     feats, mask = pad_features([torch.ones(2, 4), torch.ones(5, 4)])
     assert feats.shape == (2, 5, 4) and mask.tolist() == [[True, True, False, False, False], [True] * 5]
     assert feats[0, 2:].abs().sum() == 0
+
+
+# ---------------------------------------------------------------- text-encoder numerics (docs/recipe.md)
+
+
+def _softcaps(model) -> set:
+    return {m.attn_logit_softcapping for m in model.modules() if hasattr(m, "attn_logit_softcapping")}
+
+
+def test_default_numerics_are_comfyuis_no_softcapping(tiny_encoder_dir):
+    """The headless default encodes as ComfyUI does (no soft-capping); 'transformers' keeps transformers' 50."""
+    ours = HFEncoders.from_paths(str(tiny_encoder_dir), str(tiny_encoder_dir)).text_encoder()
+    theirs = HFEncoders.from_paths(str(tiny_encoder_dir), str(tiny_encoder_dir), numerics="transformers").text_encoder()
+    assert ours.numerics == "comfyui" and _softcaps(ours.model) == {None}
+    assert ours.model.config.attn_logit_softcapping is None and ours.model.config._attn_implementation == "eager"
+    assert _softcaps(theirs.model) == {50.0}
+
+
+def test_norm_scales_are_rounded_as_comfyui_stores_them():
+    """ComfyUI adds 1 to a norm weight in the stored dtype: 1 + w' equals fp16(1 + w) exactly in float32."""
+    from lumina2_train.encoders.hf import round_norm_scales
+    from lumina2_train.tiny.text import make_tiny_text_encoder
+
+    model = make_tiny_text_encoder(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(torch.randn(p.shape) * 0.3)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    round_norm_scales(model, torch.float16)
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight"):
+            assert torch.equal(1.0 + p, (before[name].half() + 1.0).float()) and not torch.equal(p, before[name])
+        else:
+            assert torch.equal(p, before[name])  # other weights are not touched
+
+
+def test_numerics_key_the_cache_and_are_validated(tiny_encoder_dir):
+    from lumina2_train.cache.store import text_key
+    from lumina2_train.config import ModelConfig
+
+    a = HFEncoders.from_paths(str(tiny_encoder_dir), str(tiny_encoder_dir))
+    b = HFEncoders.from_paths(str(tiny_encoder_dir), str(tiny_encoder_dir), numerics="transformers")
+    assert a.text_identity != b.text_identity and a.vae_identity == b.vae_identity
+    assert text_key("a cat", a.text_identity, 256) != text_key("a cat", b.text_identity, 256)
+    assert a.text_identity == HFEncoders.from_paths(str(tiny_encoder_dir), str(tiny_encoder_dir)).text_identity
+    assert ModelConfig().text_encoder_numerics == "comfyui"
+    assert any("model.text_encoder_numerics" in e for e in ModelConfig(text_encoder_numerics="hf").errors())
+    with pytest.raises(ModelError, match="model.text_encoder_numerics: unknown setting"):
+        HFEncoders.from_paths(str(tiny_encoder_dir), str(tiny_encoder_dir), numerics="hf")

@@ -26,14 +26,16 @@ def _sample(backbone, adapters, feats):
                          settings)
 
 
-@pytest.mark.parametrize("base", ["no_change", "int8-torchao", "fp8-torchao"])
-def test_lora_learns_a_latent_and_the_sampler_moves_toward_it(tiny_backbone, tmp_path, base):
-    """Also with the frozen base stored in 8 bits (SimpleTuner's base_model_precision names)."""
+@pytest.mark.parametrize("base, compute", [("no_change", "bf16"), ("int8-torchao", "bf16"), ("fp8-torchao", "bf16"),
+                                           ("no_change", "fp8_emulated")])
+def test_lora_learns_a_latent_and_the_sampler_moves_toward_it(tiny_backbone, tmp_path, base, compute):
+    """Also with the frozen base stored in 8 bits (SimpleTuner's base_model_precision names), and with the
+    base's block GEMMs in fp8 (model.base_compute, its CPU emulation: the same quantisation and scales)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 16, 4, 4, generator=gen) * 0.8
     feats = torch.randn(1, 6, 32, generator=gen)
     cache = TensorCache([TensorSample(x[0], feats[0], "a red cube")])
-    cfg = RunConfig(model=ModelConfig(base_precision=base), adapter=AdapterConfig(rank=16, alpha=16.0, targets=TARGET_PRESETS["all"] + ("final",)),
+    cfg = RunConfig(model=ModelConfig(base_precision=base, base_compute=compute), adapter=AdapterConfig(rank=16, alpha=16.0, targets=TARGET_PRESETS["all"] + ("final",)),
                     train=TrainConfig(steps=400, lr=3e-3, precision="fp32", checkpointing="off", seed=1,
                                       max_grad_norm=0.0, timestep_sampling="uniform", shift_mode="none"),
                     save=SaveConfig(output_dir=str(tmp_path)))
@@ -51,6 +53,7 @@ def test_lora_learns_a_latent_and_the_sampler_moves_toward_it(tiny_backbone, tmp
     after_mse = (_sample(tiny_backbone, adapters, feats) - x).square().mean().item()
     # bf16 base: the issue's bar (at least halve). An 8-bit base keeps rounding noise the LoRA cannot remove
     # (fp8 e4m3 ≈ 8 % per weight row here), so for it "still learns" is a 40 % cut.
-    factor = 0.5 if base == "no_change" else 0.6
+    # fp8 compute trains through e4m3 GEMMs (about 5 % per output here) but evaluates in the exact dtype.
+    factor = 0.5 if base == "no_change" and compute == "bf16" else 0.6
     assert after_loss < factor * before_loss, (before_loss, after_loss)
     assert after_mse < factor * before_mse, (before_mse, after_mse)
