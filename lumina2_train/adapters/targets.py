@@ -10,7 +10,7 @@ from ..config import TARGET_GROUPS, AdapterConfig, parse_block_spec
 _GROUP_OF_SUFFIX = {
     "attention.qkv": "attention", "attention.out": "attention",
     "feed_forward.w1": "ffn", "feed_forward.w2": "ffn", "feed_forward.w3": "ffn",
-    "adaLN_modulation.1": "adaln",
+    "adaLN_modulation.1": "adaln", "adaLN_modulation.0": "adaln",  # .0: Z-Image (no SiLU before it)
 }
 _TOP_GROUPS = {
     "final_layer.linear": "final", "final_layer.adaLN_modulation.1": "final",

@@ -1,4 +1,4 @@
-"""Shapes of a NextDiT (ArchConfig)."""
+"""Shapes of a NextDiT (ArchConfig, one per family member: backbones/family.py)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ class ArchConfig:
     family: str = "lumina2"
     time_scale: float = 1.0  # the network's time input is (1 − σ) × time_scale
     pad_tokens_multiple: int | None = None  # captions and images padded to a multiple, with learned tokens
+    t_hidden: int | None = None  # the timestep MLP's hidden width when it is not min(dim, 1024)
 
     @property
     def head_dim(self) -> int:
@@ -35,8 +36,9 @@ class ArchConfig:
 
     @property
     def t_dim(self) -> int:
-        """Width of the timestep MLP's hidden layer (and its output for Lumina2)."""
-        return min(self.dim, 1024)
+        """Width of the timestep MLP's hidden layer (and its output for Lumina2): min(dim, 1024) unless the
+        weights say otherwise (diffusers' ZImageTransformer2DModel uses 1024 at any width)."""
+        return self.t_hidden if self.t_hidden is not None else min(self.dim, 1024)
 
     @property
     def is_zimage(self) -> bool:

@@ -20,8 +20,8 @@ from .nextdit import ArchConfig, Linears, velocity
 
 LUMINA2_DIM = 2304
 EVICT_ALL = 1e20  # memory_required that makes ComfyUI unload every other model from the device
-_FIX = "Connect the MODEL of a Lumina-Image-2.0 checkpoint (Load Checkpoint, or Load Diffusion Model with " \
-       "lumina_2_model_bf16.safetensors)"
+_FIX = "Connect the MODEL of a Lumina-Image-2.0 or Z-Image checkpoint (Load Checkpoint, or Load Diffusion Model " \
+       "with lumina_2_model_bf16.safetensors or z_image_turbo_bf16.safetensors)"
 
 
 def _needs_cast(module: nn.Module) -> bool:
@@ -127,7 +127,7 @@ def training_clone(model):
 
 
 def arch_from_nextdit(tree: nn.Module) -> ArchConfig:
-    """ArchConfig read from a ComfyUI NextDiT module (shapes and each norm's own eps)."""
+    """ArchConfig read from a ComfyUI NextDiT module (shapes, the family member from its keys, each norm's eps)."""
     blocks = list(tree.layers) + list(tree.noise_refiner)
     if not blocks or len(tree.noise_refiner) != len(tree.context_refiner):
         raise ModelError(f"model: unexpected NextDiT layout ({len(tree.layers)} layers, {len(tree.noise_refiner)} "
@@ -135,13 +135,18 @@ def arch_from_nextdit(tree: nn.Module) -> ArchConfig:
     blk = blocks[0]
     attn = blk.attention
     if getattr(attn.q_norm, "weight", None) is None:
-        raise ModelError(f"model: this NextDiT has no qk-norm; Lumina-Image-2.0 has one. {_FIX}")
+        raise family.refusal("model", "a NextDiT without qk-norm (qk_norm=False)")
+    member = family.detect_family(tree.state_dict(keep_vars=True).keys(), "model")
+    t_hidden = tree.t_embedder.mlp[0].weight.shape[0]
     return ArchConfig(
         dim=tree.dim, n_layers=len(tree.layers), n_refiner_layers=len(tree.noise_refiner),
         n_heads=attn.n_local_heads, n_kv_heads=attn.n_local_kv_heads, ffn_hidden=blk.feed_forward.w1.weight.shape[0],
         cap_feat_dim=tree.cap_embedder[1].weight.shape[1], patch_size=tree.patch_size, in_channels=tree.in_channels,
         axes_dims=tuple(int(a) for a in tree.axes_dims), axes_lens=tuple(int(a) for a in tree.axes_lens),
         norm_eps=blk.attention_norm1.eps, qk_norm_eps=attn.q_norm.eps, rope_theta=float(tree.rope_embedder.theta),
+        family=member, time_scale=float(getattr(tree, "time_scale", 1.0)),
+        pad_tokens_multiple=getattr(tree, "pad_tokens_multiple", None),
+        t_hidden=None if t_hidden == min(tree.dim, 1024) else t_hidden,
     )
 
 

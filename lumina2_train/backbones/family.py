@@ -16,7 +16,7 @@ from .nextdit import ArchConfig
 LUMINA2 = "lumina2"
 ZIMAGE = "zimage"
 # the members this pack trains; docs/recipe.md has a section per member
-SUPPORTED = (LUMINA2,)
+SUPPORTED = (LUMINA2, ZIMAGE)
 NAMES = {LUMINA2: "Lumina-Image-2.0", ZIMAGE: "Z-Image"}
 
 # A key that only a variant has -> what the variant is. Newer ComfyUI loads these through the same NextDiT
@@ -109,10 +109,16 @@ def arch_from_shapes(shapes: Mapping[str, Sequence[int]], where: str, in_channel
                          "Z-Image diffusion model") from None
     patch = int(round((patch_in / in_channels) ** 0.5))
     n_heads = dim // head_dim
+    t_hidden = shapes.get("t_embedder.mlp.0.weight", (min(dim, 1024),))[0]
     return ArchConfig(dim=dim, n_layers=_count(keys, "layers"), n_refiner_layers=_count(keys, "noise_refiner"),
                       n_heads=n_heads, n_kv_heads=(qkv_rows - dim) // 2 // head_dim, ffn_hidden=ffn_hidden,
                       cap_feat_dim=cap_feat_dim, patch_size=patch, in_channels=in_channels,
-                      axes_dims=axes_for(family, head_dim), **family_options(family))
+                      axes_dims=axes_for(family, head_dim), t_hidden=_t_hidden(t_hidden, dim),
+                      **family_options(family))
+
+
+def _t_hidden(width: int, dim: int) -> int | None:
+    return None if width == min(dim, 1024) else width
 
 
 def check_supported(arch: ArchConfig, where: str) -> ArchConfig:

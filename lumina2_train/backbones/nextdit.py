@@ -1,8 +1,8 @@
-"""The Lumina2 NextDiT forward, written once over any module tree that uses the native names
-(ComfyUI's `NextDiT`, or `NativeNextDiT` built here from diffusers weights).
+"""The NextDiT forward (Lumina-Image-2.0 and Z-Image), written once over any module tree that uses the
+native names (ComfyUI's `NextDiT`, or `NativeNextDiT` of arch.py built from diffusers weights).
 
 Native names (official code, ComfyUI, kohya): `layers.N.attention.qkv|out`, `layers.N.feed_forward.w1|w2|w3`,
-`layers.N.adaLN_modulation.1`, the same under `noise_refiner.N` / `context_refiner.N` (no adaLN there),
+`layers.N.adaLN_modulation.1` (Z-Image: `.0`, arch.block_linears), the same under `noise_refiner.N` / `context_refiner.N` (no adaLN there),
 `final_layer.linear`, `final_layer.adaLN_modulation.1`, `x_embedder`, `t_embedder.mlp.0|2`, `cap_embedder.1`.
 
 The forward never writes the tree's parameters and never adds modules or hooks to it: adapters are
@@ -22,15 +22,17 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from . import fp8
-from .arch import ArchConfig  # noqa: E402,F401  (re-exported: one import path for callers)
+from .arch import ArchConfig  # noqa: F401  (re-exported: one import path for callers)
 from .attention import apply_rope, cuda_attention, rope_angles
-from .tree import NativeNextDiT, linear_names  # noqa: E402,F401
+from .sequence import lumina2_positions, zimage_sequence
+from .tree import (  # noqa: F401  (re-exported)
+    BLOCK_LINEARS,
+    ZIMAGE_BLOCK_LINEARS,
+    NativeNextDiT,
+    block_linears,
+    linear_names,
+)
 
-# ---------------------------------------------------------------- the forward
-
-# Local names of the adaptable Linears inside one block, in the order `Linears.block` returns their adapters.
-BLOCK_LINEARS = ("attention.qkv", "attention.out", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3",
-                 "adaLN_modulation.1")
 _QKV, _OUT, _W1, _W2, _W3, _ADALN = range(len(BLOCK_LINEARS))
 
 
@@ -58,12 +60,12 @@ class Linears:
             w = (w.detach() if self.frozen else w).to(device=x.device, dtype=x.dtype)
         return F.rms_norm(x, (x.shape[-1],), w, norm.eps)
 
-    def block(self, prefix: str) -> tuple:
-        """The adapters (or None) of block `prefix`'s Linears, in BLOCK_LINEARS order.
+    def block(self, prefix: str, names: tuple[str, ...] = BLOCK_LINEARS) -> tuple:
+        """The adapters (or None) of block `prefix`'s Linears, in `names` order (block_linears(arch)).
 
         The block function receives these instead of names, so one compiled block serves every layer.
         """
-        return tuple(self.adapters.get(f"{prefix}.{n}") for n in BLOCK_LINEARS)
+        return tuple(self.adapters.get(f"{prefix}.{n}") for n in names)
 
     def apply(self, module: nn.Module, adapter: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
         if adapter is not None and getattr(adapter, "replaces_weight", False):
@@ -144,7 +146,10 @@ def block_forward(blk, ad: tuple, lin: Linears, arch: ArchConfig, x, key_mask, c
         x = x + lin.norm(blk.attention_norm2, _attention(blk, ad, lin, lin.norm(blk.attention_norm1, x),
                                                          key_mask, cos, sin, arch, cudnn))
         return x + lin.norm(blk.ffn_norm2, _ffn(blk, ad, lin, lin.norm(blk.ffn_norm1, x)))
-    mod = lin.apply(blk.adaLN_modulation[1], ad[_ADALN], F.silu(temb))
+    if arch.is_zimage:  # z_image_modulation: the time embedding enters the Linear without a SiLU
+        mod = lin.apply(blk.adaLN_modulation[0], ad[_ADALN], temb)
+    else:
+        mod = lin.apply(blk.adaLN_modulation[1], ad[_ADALN], F.silu(temb))
     scale_msa, gate_msa, scale_mlp, gate_mlp = mod.unsqueeze(1).chunk(4, dim=-1)
     a = _attention(blk, ad, lin, lin.norm(blk.attention_norm1, x) * (1 + scale_msa), key_mask, cos, sin, arch,
                    cudnn)
@@ -187,15 +192,33 @@ class ForwardOptions:
         return self.keep_activations.get((batch, tokens), 0) if self.checkpoint else 0
 
 
-def _positions(cap_len: torch.Tensor, L: int, h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Caption token i -> (i, 0, 0); image token (r, c) -> (cap_len, r, c), per sample."""
-    b = cap_len.shape[0]
-    cap_pos = torch.zeros(b, L, 3, dtype=torch.int64, device=device)
-    cap_pos[..., 0] = torch.arange(L, device=device)
-    rows = torch.arange(h, device=device).repeat_interleave(w)
-    cols = torch.arange(w, device=device).repeat(h)
-    img_pos = torch.stack([cap_len[:, None].expand(b, h * w), rows.expand(b, -1), cols.expand(b, -1)], dim=-1)
-    return cap_pos, img_pos
+@dataclass
+class _Tokens:
+    """The embedded sequences the blocks run on (one family's padding and positions applied)."""
+
+    cap: torch.Tensor  # (B, Lc, D)
+    cap_mask: torch.Tensor | None  # (B, Lc) bool key mask, None when nothing is masked
+    img: torch.Tensor  # (B, Ni, D); the first h·w are the image's patches
+    pos: torch.Tensor  # (B, Lc + Ni, 3) rope positions
+
+
+def _tokens(tree, arch: ArchConfig, lin: Linears, x_sigma, cap_feats, cap_mask) -> _Tokens:
+    b, c, hh, ww = x_sigma.shape
+    p = arch.patch_size
+    h, w = hh // p, ww // p
+    cap = lin("cap_embedder.1", tree.cap_embedder[1], lin.norm(tree.cap_embedder[0], cap_feats.to(x_sigma.dtype)))
+    L = cap.shape[1]
+    if cap_mask is not None and bool(cap_mask.all()):
+        cap_mask = None
+    cap_len = torch.full((b,), L, device=x_sigma.device) if cap_mask is None else cap_mask.long().sum(1)
+    img = x_sigma.view(b, c, h, p, w, p).permute(0, 2, 4, 3, 5, 1).reshape(b, h * w, p * p * c)
+    img = lin("x_embedder", tree.x_embedder, img)
+    if arch.pad_tokens_multiple is not None:
+        seq = zimage_sequence(tree, arch.pad_tokens_multiple, cap, cap_len, img, h, w)
+        return _Tokens(seq.cap, seq.cap_mask, seq.img, torch.cat([seq.cap_pos, seq.img_pos], dim=1))
+    cap_pos, img_pos = lumina2_positions(cap_len, L, h, w, x_sigma.device)
+    key_mask = None if cap_mask is None else cap_mask.bool()
+    return _Tokens(cap, key_mask, img, torch.cat([cap_pos, img_pos], dim=1))
 
 
 def velocity(tree: nn.Module, arch: ArchConfig, x_sigma: torch.Tensor, sigma: torch.Tensor,
@@ -206,7 +229,7 @@ def velocity(tree: nn.Module, arch: ArchConfig, x_sigma: torch.Tensor, sigma: to
     Args:
         x_sigma: (B, 16, h, w) noisy latents in the scaled space; h, w multiples of the patch size.
         sigma: (B,) noise levels in [0, 1].
-        cap_feats: (B, L, cap_feat_dim) Gemma features, captions left-aligned.
+        cap_feats: (B, L, cap_feat_dim) text-encoder features, captions left-aligned.
         cap_mask: (B, L) 1 = token, 0 = padding; None when every caption fills L.
     Returns:
         (B, 16, h, w) velocity in x_sigma's dtype.
@@ -216,27 +239,18 @@ def velocity(tree: nn.Module, arch: ArchConfig, x_sigma: torch.Tensor, sigma: to
     p = arch.patch_size
     h, w = hh // p, ww // p
     dtype = x_sigma.dtype
-    t = 1.0 - sigma.float()  # Lumina's own time: t = 0 noise, t = 1 data
+    t = (1.0 - sigma.float()) * arch.time_scale  # the network's own time: 0 noise, time_scale data
     temb = lin("t_embedder.mlp.2", tree.t_embedder.mlp[2],
                F.silu(lin("t_embedder.mlp.0", tree.t_embedder.mlp[0], timestep_features(t).to(dtype))))
-    cap = lin("cap_embedder.1", tree.cap_embedder[1], lin.norm(tree.cap_embedder[0], cap_feats.to(dtype)))
-    L = cap.shape[1]
-    if cap_mask is not None and bool(cap_mask.all()):
-        cap_mask = None
-    key_mask = None if cap_mask is None else cap_mask.bool()
-    cap_len = torch.full((b,), L, device=x_sigma.device) if cap_mask is None else cap_mask.long().sum(1)
-
-    img = x_sigma.view(b, c, h, p, w, p).permute(0, 2, 4, 3, 5, 1).reshape(b, h * w, p * p * c)
-    img = lin("x_embedder", tree.x_embedder, img)
-
-    cap_pos, img_pos = _positions(cap_len, L, h, w, x_sigma.device)
-    angles = rope_angles(torch.cat([cap_pos, img_pos], dim=1), arch).unsqueeze(2)
+    tok = _tokens(tree, arch, lin, x_sigma, cap_feats, cap_mask)
+    L, key_mask = tok.cap.shape[1], tok.cap_mask
+    angles = rope_angles(tok.pos, arch).unsqueeze(2)
     cos, sin = angles.cos(), angles.sin()
     cos_c, sin_c, cos_i, sin_i = cos[:, :L], sin[:, :L], cos[:, L:], sin[:, L:]
 
     n_blocks = len(tree.context_refiner) + len(tree.noise_refiner) + len(tree.layers)
-    run = _runner(opts, lin, arch, n_blocks - opts.kept(b, L + h * w))
-    order = 0
+    run = _runner(opts, lin, arch, n_blocks - opts.kept(b, L + tok.img.shape[1]))
+    cap, img, order = tok.cap, tok.img, 0
     for i, blk in enumerate(tree.context_refiner):
         cap = run(blk, f"context_refiner.{i}", cap, key_mask, cos_c, sin_c, None, order)
         order += 1
@@ -245,15 +259,14 @@ def velocity(tree: nn.Module, arch: ArchConfig, x_sigma: torch.Tensor, sigma: to
         order += 1
 
     hidden = torch.cat([cap, img], dim=1)
-    joint_mask = None if key_mask is None else torch.cat(
-        [key_mask, key_mask.new_ones(b, h * w)], dim=1)
+    joint_mask = None if key_mask is None else torch.cat([key_mask, key_mask.new_ones(b, img.shape[1])], dim=1)
     for i, blk in enumerate(tree.layers):
         hidden = run(blk, f"layers.{i}", hidden, joint_mask, cos, sin, temb, order)
         order += 1
 
     fl = tree.final_layer
     scale = lin("final_layer.adaLN_modulation.1", fl.adaLN_modulation[1], F.silu(temb))
-    out = F.layer_norm(hidden[:, L:], (arch.dim,), eps=1e-6) * (1 + scale.unsqueeze(1))
+    out = F.layer_norm(hidden[:, L:L + h * w], (arch.dim,), eps=1e-6) * (1 + scale.unsqueeze(1))
     out = lin("final_layer.linear", fl.linear, out)
     out = out.view(b, h, w, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, hh, ww)
     return -out  # the network predicts x − ε (official convention); the library's velocity is ε − x
@@ -262,10 +275,11 @@ def velocity(tree: nn.Module, arch: ArchConfig, x_sigma: torch.Tensor, sigma: to
 def _runner(opts: ForwardOptions, lin: Linears, arch: ArchConfig, n_checkpointed: int):
     """run(block, prefix, x, ...) for the block at position `order`; the first `n_checkpointed` recompute."""
     grad = torch.is_grad_enabled()
+    names = block_linears(arch)
     fn = opts.compiled_block if (opts.compiled_block is not None and grad) else block_forward
 
     def run(blk, prefix, x, mask, cos, sin, temb, order):
-        ad = lin.block(prefix)
+        ad = lin.block(prefix, names)
         cudnn = opts.cudnn_attention and x.is_cuda
         recompute = opts.checkpoint and grad and order < n_checkpointed
         rng = recompute and opts.recompute_rng

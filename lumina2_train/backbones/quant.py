@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .nextdit import BLOCK_LINEARS
+from .nextdit import block_linears
 
 _BLOCK_PREFIXES = ("layers.", "noise_refiner.", "context_refiner.")
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
@@ -55,8 +55,9 @@ def quantize_base(backbone, fmt: str) -> int:
         raise ConfigError("model.base_precision: a ComfyUI MODEL is shared and is never modified; load it with "
                           "an fp8 weight_dtype in ComfyUI instead")
     saved = 0
+    local = block_linears(backbone.arch)
     for name in backbone.linear_names():
-        if not name.startswith(_BLOCK_PREFIXES) or not name.endswith(BLOCK_LINEARS):
+        if not name.startswith(_BLOCK_PREFIXES) or not name.endswith(local):
             continue
         module = backbone.linear(name)
         if getattr(module, "weight_scale", None) is not None:

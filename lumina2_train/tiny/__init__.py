@@ -1,6 +1,7 @@
-"""Tiny random Lumina2-shaped models for tests, the demo and `make-tiny-models`. Nothing is downloaded.
+"""Tiny random NextDiT models for tests, the demo and `make-tiny-models`. Nothing is downloaded.
 
-The DiT here is a real diffusers `Lumina2Transformer2DModel` with few layers and a small width; the
+The DiT here is a real diffusers `Lumina2Transformer2DModel` (or `ZImageTransformer2DModel`, TINY_ZIMAGE)
+with few layers and a small width; the
 text encoder (transformers Gemma2 + a tokenizer trained in code) and the Flux-shaped VAE live in
 tiny/text.py and tiny/vae.py.
 """
@@ -20,18 +21,29 @@ TINY_DIT = dict(
 # with one layer, one refiner of each kind and a thin FFN: for tests that go through those code paths.
 NATIVE_WIDTH_DIT = dict(TINY_DIT, hidden_size=2304, num_layers=1, num_attention_heads=24, num_kv_heads=8,
                         axes_dim_rope=(32, 32, 32), ffn_dim_multiplier=0.01)
+# A small Z-Image: head_dim 32 = RoPE axes (8, 12, 12) (Z-Image's quarter / 3/8 / 3/8 split), no GQA, FFN
+# 96·8/3 = 256, its theta 256, time scale 1000 and pad tokens; width 96 as above.
+TINY_ZIMAGE = dict(
+    all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=96, n_layers=2, n_refiner_layers=1,
+    n_heads=3, n_kv_heads=3, norm_eps=1e-5, qk_norm=True, cap_feat_dim=32, rope_theta=256.0, t_scale=1000.0,
+    axes_dims=(8, 12, 12), axes_lens=(1024, 512, 512),
+)
 
 
-def make_tiny_transformer(seed: int = 0, config: dict | None = None, std: float = 0.1):
-    """A diffusers Lumina2Transformer2DModel with every parameter drawn from N(0, std²) (fp32, eval mode).
+def make_tiny_transformer(seed: int = 0, config: dict | None = None, std: float = 0.1, family: str = "lumina2"):
+    """A diffusers Lumina2Transformer2DModel (family "zimage": ZImageTransformer2DModel) with every parameter
+    drawn from N(0, std²) (fp32, eval mode).
 
     diffusers zero-initialises some layers; random values everywhere make sign or name mix-ups visible.
     Norm weights are drawn around 1 so activations keep their scale.
     """
-    from diffusers import Lumina2Transformer2DModel
+    import diffusers
 
     gen = torch.Generator().manual_seed(seed)
-    model = Lumina2Transformer2DModel(**(config or TINY_DIT)).eval()
+    if family == "zimage":
+        model = diffusers.ZImageTransformer2DModel(**(config or TINY_ZIMAGE)).eval()
+    else:
+        model = diffusers.Lumina2Transformer2DModel(**(config or TINY_DIT)).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=gen) * std

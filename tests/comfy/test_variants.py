@@ -65,3 +65,8 @@ def test_pixel_space_zimage_is_refused_by_name(build):
 def test_lumina2_as_newer_comfyui_builds_it_is_accepted(build):
     model = build(**LUMINA2)
     assert check_nextdit(model) is model.model.diffusion_model
+
+
+def test_zimage_as_comfyui_builds_it_is_accepted(build):
+    model = build(**ZIMAGE)
+    assert check_nextdit(model) is model.model.diffusion_model
