@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import torch
 
-from .comfy_node import PeerError
+from ...comfyui.peer_trainlora import PeerError
 
 
 @dataclass(frozen=True)

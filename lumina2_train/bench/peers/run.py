@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .comfy_node import NodeSetting
+from ...comfyui.peer_trainlora import NodeSetting
 from .kohya import KohyaSetting
 
 log = logging.getLogger(__name__)

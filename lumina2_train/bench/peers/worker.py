@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
+from ...comfyui.peer_trainlora import NodeSetting, PeerError
 from .. import models
 from .clock import step_clock
-from .comfy_node import NodeSetting, PeerError
 from .kohya import KohyaSetting
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def _row(timing, batch: int, clock, **extra) -> dict:
 
 
 def run_comfy(spec: dict, config: dict, native: dict, inputs: models.Inputs, device: torch.device) -> dict:
-    from . import comfy_node as cn
+    from ...comfyui import peer_trainlora as cn
 
     comfy = cn.import_comfyui(spec["root"], cpu=device.type != "cuda")
     setting = NodeSetting(**spec["setting"])

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import torch
 
-from ...errors import Lumina2TrainError
+from ..errors import Lumina2TrainError
 
 
 class PeerError(Lumina2TrainError):
