@@ -38,6 +38,9 @@ class DatasetConfig:
     max_size_px: int = 0  # 0 = no limit; images whose long side is larger are downsampled before bucketing
     target_downsample_px: int = 0  # long side after that downsample; 0 = max_size_px
     max_aspect_ratio: float = 4.0  # long/short side above this is skipped
+    # images with more pixels are refused before they are decoded (bad_image policy); 0 = only Pillow's own
+    # decompression-bomb limit (about 179 MP). 80 MP stays below Pillow's warning (89.5 MP) and holds 8K x 8K.
+    max_image_pixels: int = 80_000_000
     crop_style: str = "center"
     crop_aspect: str = "preserve"
     flip: bool = False  # also cache the horizontally flipped latent, drawn at random
@@ -75,6 +78,7 @@ class DatasetConfig:
         out += _range(f"{at}.target_downsample_px", self.target_downsample_px, 0)
         out += _colour(f"{at}.background", self.background)
         out += _range(f"{at}.max_aspect_ratio", self.max_aspect_ratio, 1.0)
+        out += _range(f"{at}.max_image_pixels", self.max_image_pixels, 0)
         out += _range(f"{at}.keep_tags", self.keep_tags, 0)
         out += _range(f"{at}.loss_weight", self.loss_weight, 0.0)
         if self.caption_strategy == "instance" and not self.instance_prompt:

@@ -35,8 +35,11 @@ def bytes_fingerprint(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def probe_image(data: bytes) -> tuple[int, int]:
+def probe_image(data: bytes, max_pixels: int = 0, what: str = "max_image_pixels") -> tuple[int, int]:
     """Decode fully (to catch truncation) and return the (width, height) after EXIF orientation.
+
+    An image of more than `max_pixels` pixels (0 = no limit of ours) is refused from its header, before
+    anything is decoded; `what` names the setting in the message.
 
     Raises:
         ImageProblem: empty, not an image, truncated or corrupt, or too large to decode safely.
@@ -46,6 +49,9 @@ def probe_image(data: bytes) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
+            if max_pixels and width * height > max_pixels:
+                raise ImageProblem(f"image too large ({width}x{height} px = {width * height / 1e6:.1f} MP, more "
+                                   f"than {what} {max_pixels:,}). Downscale it, or raise {what}.")
             orientation = _orientation(img)
             if img.format == "JPEG":  # decode at 1/8 scale: still reads every byte, 30x faster
                 img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
@@ -53,6 +59,8 @@ def probe_image(data: bytes) -> tuple[int, int]:
     except UnidentifiedImageError:
         raise ImageProblem(f"not an image (Pillow cannot read the content; it starts with {data[:8]!r}). "
                            "Replace it with a real PNG, JPEG, WebP or BMP, or remove it.") from None
+    except ImageProblem:
+        raise
     except Image.DecompressionBombError as e:
         raise ImageProblem(f"image too large to decode safely ({e}). Downscale it.") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:

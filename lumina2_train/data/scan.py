@@ -136,7 +136,7 @@ def _check_file(path: Path, ctx: _Context) -> DataItem | Skipped:
         return Skipped(str(path), f"file cannot be read ({e.strerror or e}). Fix its permissions.",
                        "bad_image", ds.bad_image == "error")
     try:
-        width, height = probe_image(data)
+        width, height = probe_image(data, ds.max_image_pixels, f"data.datasets[{ctx.index}].max_image_pixels")
     except ImageProblem as e:
         return Skipped(str(path), str(e), "bad_image", ds.bad_image == "error")
     short, long = min(width, height), max(width, height)
@@ -188,7 +188,7 @@ def _mask_for(path: Path, rel: str, size: tuple[int, int], ds: DatasetConfig) ->
                        ds.missing_mask == "error")
     try:
         data = found[0].read_bytes()
-        mask_size = probe_image(data)
+        mask_size = probe_image(data, ds.max_image_pixels, "max_image_pixels")
     except (OSError, ImageProblem) as e:
         return Skipped(str(path), f"its mask {found[0]} cannot be used ({e}). Replace the mask.", "missing_mask",
                        ds.missing_mask == "error")

@@ -101,6 +101,35 @@ def test_unreadable_file(tmp_path, write_image, make_dataset):
         locked.chmod(0o644)
 
 
+@pytest.mark.parametrize("policy", ["skip", "error"])
+def test_a_144_megapixel_image_is_refused_before_it_is_decoded(tmp_path, write_image, make_dataset, policy):
+    """Fails before the fix: the whole 12000x12000 image was decoded (only Pillow's warning said anything)."""
+    from PIL import Image
+
+    write_image(tmp_path / "ok.png")
+    Image.new("1", (12000, 12000)).save(tmp_path / "huge.png", compress_level=1)  # 144 MP in ~80 KB
+    (tmp_path / "huge.txt").write_text("a huge picture")
+    h = scan(make_dataset(tmp_path, bad_image=policy))
+    s = only_skip(h, "huge.png")
+    assert s.kind == "bad_image" and s.is_error == (policy == "error")
+    assert "image too large (12000x12000 px = 144.0 MP, more than data.datasets[0].max_image_pixels " \
+           "80,000,000). Downscale it, or raise data.datasets[0].max_image_pixels." in s.reason
+    if policy == "error":
+        with pytest.raises(DatasetError, match=r"huge\.png: image too large"):
+            h.require_usable()
+
+
+def test_max_image_pixels_is_the_documented_limit(tmp_path, write_image, make_dataset):
+    write_image(tmp_path / "a.png", (64, 48))
+    write_image(tmp_path / "b.png", (32, 32))
+    h = scan(make_dataset(tmp_path, max_image_pixels=32 * 32))
+    assert [Path(p).name for p in h.report.used] == ["b.png"]
+    assert "64x48 px" in only_skip(h, "a.png").reason
+    assert len(scan(make_dataset(tmp_path, max_image_pixels=0)).items) == 2  # 0 = no limit of ours
+    with pytest.raises(ConfigError, match=r"max_image_pixels must be >= 0"):
+        scan(make_dataset(tmp_path, max_image_pixels=-1))
+
+
 def _odd(folder: Path, name: bytes) -> Path:
     """`folder`/`name` for a name that is not UTF-8 (Python holds its bytes as lone surrogates)."""
     return folder / os.fsdecode(name)
