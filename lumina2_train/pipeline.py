@@ -44,7 +44,8 @@ def default_run_dir(cfg: RunConfig) -> Path:
 
 
 def check_model_paths(cfg: RunConfig) -> None:
-    """Every weight path named in the config exists (checked before anything loads)."""
+    """Every weight path named in the config exists, and adapter.blocks fits the transformer's layers (checked
+    before anything loads)."""
     problems = []
     for field in ("transformer", "text_encoder", "vae"):
         value = getattr(cfg.model, field)
@@ -52,8 +53,26 @@ def check_model_paths(cfg: RunConfig) -> None:
             problems.append(f"model.{field} is empty; give the path of the local weights")
         elif not Path(value).exists():
             problems.append(f"model.{field} '{value}' does not exist; check the path")
+    if not problems:
+        problems += _block_problems(cfg)
     if problems:
         raise ConfigError(problems)
+
+
+def _block_problems(cfg: RunConfig) -> list[str]:
+    """adapter.blocks against the layers of model.transformer, read from its config or header (nothing loads)."""
+    from .backbones.loading import layer_count
+    from .config import parse_block_spec
+
+    n = layer_count(cfg.model.transformer) if cfg.adapter.blocks.strip() != "all" else None
+    if n is None:
+        return []
+    try:
+        parse_block_spec(cfg.adapter.blocks, n)
+    except ValueError as e:
+        return [f"adapter.blocks {e}: model.transformer {cfg.model.transformer} has {n} layers (0-{n - 1}). "
+                "Choose indices in that range, or 'all'"]
+    return []
 
 
 def load_base(cfg: RunConfig, device: torch.device):

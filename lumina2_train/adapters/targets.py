@@ -6,6 +6,7 @@ import re
 
 from ..backbones.nextdit import ArchConfig, linear_names
 from ..config import TARGET_GROUPS, AdapterConfig, parse_block_spec
+from ..errors import ConfigError
 
 _GROUP_OF_SUFFIX = {
     "attention.qkv": "attention", "attention.out": "attention",
@@ -36,7 +37,11 @@ def select_targets(arch: ArchConfig, cfg: AdapterConfig) -> list[str]:
     unknown = groups - set(TARGET_GROUPS)
     if unknown:
         raise KeyError(f"unknown target groups {sorted(unknown)}")
-    main = set(parse_block_spec(cfg.blocks, arch.n_layers))
+    try:
+        main = set(parse_block_spec(cfg.blocks, arch.n_layers))
+    except ValueError as e:  # the config check cannot know the model's depth inside ComfyUI
+        raise ConfigError(f"adapter.blocks {e}: the model has {arch.n_layers} layers (0-{arch.n_layers - 1}). "
+                          "Choose indices in that range, or 'all'") from None
     out = []
     for name in linear_names(arch):
         if group_of(name) not in groups:

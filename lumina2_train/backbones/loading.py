@@ -3,6 +3,8 @@ native keys) or a ComfyUI all-in-one checkpoint (`model.diffusion_model.*`). No 
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import torch
@@ -42,3 +44,27 @@ def load_backbone(path: str | Path, dtype: str = "bf16", device: str | torch.dev
                       kind="native")
     bb.tree.to(device=device, dtype=DTYPES[dtype])
     return bb
+
+
+def layer_count(path: str | Path) -> int | None:
+    """The number of main layers of the DiT at `path`, read cheaply: diffusers' config.json, or the key names of a
+    safetensors header (no tensor is read). None when neither says (the loaded model is checked later)."""
+    p = Path(path)
+    if p.is_dir():
+        config = p / "transformer" / "config.json" if (p / "transformer" / "config.json").is_file() else \
+            p / "config.json"
+        try:
+            values = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        n = values.get("num_layers", values.get("n_layers")) if isinstance(values, dict) else None  # Lumina2, Z-Image
+        return n if isinstance(n, int) and n > 0 else None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            keys = list(f.keys())
+    except Exception:  # not a safetensors file: load_backbone says so, naming the field
+        return None
+    found = {int(m.group(1)) for k in keys if (m := re.match(r"(?:model\.diffusion_model\.)?layers\.(\d+)\.", k))}
+    return max(found) + 1 if found else None

@@ -86,3 +86,40 @@ def test_ctrl_c_ends_with_its_message_and_status_130_without_a_traceback(tiny_ru
     assert child.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "KeyboardInterrupt" in err  # the run's own line names what stopped it
     assert "resumable checkpoint at" in err and "stopped by Ctrl-C" in err and "--resume" in err
+
+
+# ---------------------------------------------------------------- adapter.blocks against the model's depth
+
+
+def test_out_of_range_blocks_are_refused_before_caching_naming_the_field(tiny_run, tmp_path):
+    """Fails before the fix: parse_block_spec's bare ValueError came from the trainer, after the cache was built."""
+    from lumina2_train.errors import ConfigError
+    from lumina2_train.pipeline import run_training
+
+    cfg = run_config(tiny_run, tmp_path, adapter__blocks="0,5-7")
+    with pytest.raises(ConfigError) as e:
+        run_training(cfg)
+    msg = str(e.value)
+    assert "adapter.blocks '0,5-7' has '5-7', outside 0-1" in msg and "has 2 layers (0-1)" in msg, msg
+    assert str(tiny_run["models"]["transformer"]) in msg
+    assert nothing_cached(tmp_path)
+
+
+def test_blocks_are_checked_against_a_single_file_header_and_the_loaded_model(tiny_run, tmp_path):
+    from safetensors.torch import save_file
+
+    from lumina2_train.adapters.targets import select_targets
+    from lumina2_train.backbones.diffusers import DiffusersBackbone
+    from lumina2_train.backbones.loading import layer_count
+    from lumina2_train.config import AdapterConfig
+    from lumina2_train.errors import ConfigError
+    from lumina2_train.tiny import make_tiny_transformer
+
+    backbone = DiffusersBackbone.from_model(make_tiny_transformer(0))
+    sd = {f"model.diffusion_model.{k}": v.contiguous() for k, v in backbone.tree.state_dict().items()}
+    save_file(sd, tmp_path / "all_in_one.safetensors")
+    assert layer_count(tmp_path / "all_in_one.safetensors") == 2 == layer_count(tiny_run["models"]["transformer"])
+    assert layer_count(tmp_path / "missing.safetensors") is None
+    # inside ComfyUI the depth is known only from the MODEL: the trainer's selection names the field too
+    with pytest.raises(ConfigError, match=r"adapter.blocks '2' has '2', outside 0-1: the model has 2 layers"):
+        select_targets(backbone.arch, AdapterConfig(blocks="2"))
