@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .backbones import family
 from .config import RunConfig
 from .errors import ConfigError
 from .train import TrainHooks, TrainResult, train_lora
@@ -140,6 +141,7 @@ def run_training(cfg: RunConfig, *, run_dir: Path | None = None, hooks: TrainHoo
         dist.barrier(world)
     encoders.release()
     backbone = load_base(cfg, device)
+    family.require_recipe(backbone.arch, "model.transformer")
 
     def decode(latents: torch.Tensor) -> torch.Tensor:
         return encoders.latent_encoder().decode(latents.to(device)).float().cpu()

@@ -126,3 +126,11 @@ def check_supported(arch: ArchConfig, where: str) -> ArchConfig:
     if arch.family not in SUPPORTED:
         raise refusal(where, NAMES.get(arch.family, arch.family))
     return arch
+
+
+def require_recipe(arch, where: str) -> None:
+    """Refuse to train a member whose forward we run but whose training recipe (text encoder, prompt template,
+    timestep shift, sampler) is not in recipe.py yet: today only Lumina-Image-2.0 has one."""
+    if arch.family != LUMINA2:
+        raise refusal(where, f"{NAMES.get(arch.family, arch.family)} (its forward is supported, its training "
+                             "recipe, i.e. text encoder, timestep shift and sampler, is not yet)")

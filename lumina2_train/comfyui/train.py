@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ..backbones import family
 from ..config import RunConfig
 from ..errors import ConfigError
 
@@ -186,6 +187,7 @@ def train_in_comfy(model, cache, cfg: RunConfig, *, lora_name: str, node_id: str
     with reporting_stop(hooks, job, run_dir, cfg.save.output_dir), training_lock(f"Train node {node_id}"):
         hooks.on_status("loading", "the MODEL onto the training device")
         backbone = ComfyBackbone.from_model_patcher(model)
+        family.require_recipe(backbone.arch, "model")
         with training_mode(), comfy_training_state(), _publishing(cfg, run_dir) as publish:
             trainer = Trainer(cfg, backbone, cache, combine_hooks(hooks, publish), run_dir=run_dir,
                               lora_path=lora_path, decode=_decoder(vae), workflow=workflow)
