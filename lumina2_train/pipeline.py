@@ -1,7 +1,7 @@
-"""The headless pipeline: dataset -> cache -> train -> LoRA, from a RunConfig and local weight files.
+"""The headless pipeline: dataset -> cache -> train -> adapter file, from a RunConfig and local weight files.
 
-The CLI's `train` and `demo` commands run this; the ComfyUI nodes run the same stages with ComfyUI's
-models instead of files. No ComfyUI imports.
+The CLI's `train` and `demo` commands run this: the models and the cache come from files here, the run itself is
+run.py's prepare -> train -> publish, as for the Train node (comfyui/train.py). No ComfyUI imports.
 """
 
 from __future__ import annotations
@@ -12,36 +12,20 @@ from pathlib import Path
 
 import torch
 
+from . import run
 from .backbones import family
-from .config import RunConfig
+from .backbones.quant import quantize_base
+from .cache import build_cache
+from .config import RunConfig, parse_block_spec
+from .data import scan_dataset
+from .encoders.hf import HFEncoders
 from .errors import ConfigError
-from .train import TrainHooks, TrainResult, train_lora
+from .files.loading import layer_count, load_backbone
+from .train import TrainHooks, TrainResult
+from .train import distributed as dist
+from .train.validation import cached_negative, named_prompts
 
 log = logging.getLogger(__name__)
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def unique_run_dir(output_dir: str | Path, name: str) -> Path:
-    """Create output_dir/name, or name_2, name_3, ... if taken: two runs never write into one folder.
-
-    Raises:
-        PathError: `name` is not a safe name (absolute, '..', reserved, ...; see paths.py).
-    """
-    from .storage.paths import new_run_folder, relative_parts
-
-    return new_run_folder(output_dir, relative_parts(name, "save.name")[-1])
-
-
-def default_run_dir(cfg: RunConfig) -> Path:
-    """A resumed run continues in its own folder; a new run gets a fresh one."""
-    if cfg.resume_from:
-        from .train.checkpoint import resolve_checkpoint
-
-        return resolve_checkpoint(cfg.resume_from).parent.parent  # <run>/checkpoints/step_N
-    return unique_run_dir(cfg.save.output_dir, cfg.save.name)
 
 
 def check_model_paths(cfg: RunConfig) -> None:
@@ -62,9 +46,6 @@ def check_model_paths(cfg: RunConfig) -> None:
 
 def _block_problems(cfg: RunConfig) -> list[str]:
     """adapter.blocks against the layers of model.transformer, read from its config or header (nothing loads)."""
-    from .backbones.loading import layer_count
-    from .config import parse_block_spec
-
     n = layer_count(cfg.model.transformer) if cfg.adapter.blocks.strip() != "all" else None
     if n is None:
         return []
@@ -79,9 +60,6 @@ def _block_problems(cfg: RunConfig) -> list[str]:
 def load_base(cfg: RunConfig, device: torch.device):
     """The DiT on `device`. With an 8-bit base and quantize_via 'cpu' it is stored in 8 bits before it moves,
     so the device never holds the full-precision weights (a full fine-tune then copies the rounded base)."""
-    from .backbones.loading import load_backbone
-    from .backbones.quant import quantize_base
-
     fmt = cfg.model.storage_format
     if fmt == "no_change" or cfg.model.quantize_via != "cpu" or device.type == "cpu":
         return load_backbone(cfg.model.transformer, cfg.model.dtype, device)
@@ -94,12 +72,7 @@ def load_base(cfg: RunConfig, device: torch.device):
 def build_training_cache(cfg: RunConfig, encoders, cache_root: Path,
                          progress: Callable[[int, int], None] | None = None):
     """Scan the datasets (strict policy check) and build or reuse the fingerprinted cache."""
-    from .cache import build_cache
-    from .data import scan_dataset
-
     dataset = scan_dataset(cfg.data).require_usable()
-    from .train.validation import cached_negative, named_prompts
-
     named = [p for _, p in named_prompts(cfg.validation)]
     prompts = [*named, *cached_negative(cfg.validation.negative_prompt)] if named else []
     return build_cache(dataset, encoders, cfg.cache, root=cache_root, extra_prompts=prompts, progress=progress)
@@ -117,20 +90,11 @@ def run_training(cfg: RunConfig, *, run_dir: Path | None = None, hooks: TrainHoo
     Under torchrun (WORLD_SIZE > 1) this process joins the process group and trains on its own GPU; rank 0
     picks the run folder, builds the cache (the others then find every entry) and alone writes files.
     """
-    from .encoders.hf import HFEncoders
-    from .train import distributed as dist
-    from .train.optim import check_available
-    from .train.trackers import check_trackers
-
     cfg.validate()
     check_model_paths(cfg)
     world = dist.init_from_env()
-    device = device or (dist.device_of(world) if world.is_distributed else pick_device())
-    if dist.distributed_errors(cfg, world):
-        raise ConfigError(dist.distributed_errors(cfg, world))
-    check_available(cfg.train, device.type)
-    check_trackers(cfg)
-    run_dir = dist.broadcast_object((run_dir or default_run_dir(cfg)) if world.is_main else None, world)
+    plan = run.prepare(cfg, world, device=device, run_dir=run_dir, output=lora_path)
+    cfg, device = plan.cfg, plan.device
     encoders = HFEncoders.from_paths(cfg.model.text_encoder, cfg.model.vae, cfg.model.tokenizer, device=device,
                                      numerics=cfg.model.text_encoder_numerics)
     cache_root = Path(cfg.cache.dir) if cfg.cache.dir else Path(cfg.save.output_dir) / "cache"
@@ -147,31 +111,9 @@ def run_training(cfg: RunConfig, *, run_dir: Path | None = None, hooks: TrainHoo
         return encoders.latent_encoder().decode(latents.to(device)).float().cpu()
 
     try:
-        result = _train_with_trackers(cfg, backbone, cache, hooks, run_dir=run_dir, lora_path=lora_path,
-                                      decode=decode if (cfg.validation.prompts or cfg.validation.prompt_library)
-                                      else None)
+        result = run.train(plan, backbone, cache, hooks,
+                           decode=decode if (cfg.validation.prompts or cfg.validation.prompt_library) else None)
     finally:
         encoders.release()
-    if cfg.hub.push and world.is_main:
-        from .publish.hub import push_run
-
-        push_run(cfg, result)
+    run.publish(plan, result)
     return result
-
-
-def _train_with_trackers(cfg: RunConfig, backbone, cache, hooks: TrainHooks | None, *, run_dir: Path,
-                         **kwargs) -> TrainResult:
-    """train_lora with the tracker and hub-checkpoint hooks of the config added to `hooks`."""
-    from .publish.hub import hub_hooks
-    from .train import combine_hooks
-    from .train.distributed import current_world
-    from .train.trackers import tracker_hooks
-
-    if not current_world().is_main:  # trackers and uploads belong to rank 0
-        return train_lora(cfg, backbone, cache, hooks, run_dir=run_dir, **kwargs)
-    tracking, close = tracker_hooks(cfg, run_dir)
-    try:
-        return train_lora(cfg, backbone, cache, combine_hooks(hooks, tracking, hub_hooks(cfg)), run_dir=run_dir,
-                          **kwargs)
-    finally:
-        close()

@@ -1,4 +1,4 @@
-"""4 Use: Save LoRA (other formats / another place) and Plot Loss (an IMAGE)."""
+"""4 Use: Save Adapter (other formats / another place) and Plot Loss (an IMAGE)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ class SaveLoRA(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="Lumina2T_SaveLoRA", display_name="Save LoRA (Lumina2)", category=CATEGORY,
+            node_id="Lumina2T_SaveLoRA", display_name="Save Adapter (Lumina2)", category=CATEGORY,
             description="Writes a LORA_MODEL (the Train node's 'lora') as a ComfyUI, kohya or diffusers file, under "
                         "models/loras or output/lumina2_train/loras. The Train node already saved a ComfyUI file; "
                         "use this for another format or a copy. A full fine-tune's 'lora' holds .diff patches: "

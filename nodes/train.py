@@ -1,13 +1,14 @@
-"""3 Train: Train LoRA (simple) and Train LoRA (Advanced). Both call comfy_run.train_in_comfy.
+"""3 Train: Train Adapter or Full Model (simple) and its Advanced form. Both call comfyui/train.train_in_comfy.
 
 Outputs: the MODEL with the trained LoRA patched in through ComfyUI's own LoRA loader (from the saved file's
-state dict, DESIGN decision 3), the LoRA as LORA_MODEL, the loss history as LOSS_MAP, the file's path and the final
+state dict), the LoRA as LORA_MODEL, the loss history as LOSS_MAP, the file's path and the final
 validation grid as an IMAGE (added last: links of older workflows keep their slots). The file goes to
 models/loras (LoraLoaderModelOnly lists it at once); checkpoints and previews to output/lumina2_train/.
 """
 
 from __future__ import annotations
 
+from ..lumina2_train.adapters.kinds import kind_of
 from ..lumina2_train.comfyui import bridge as comfy_bridge
 from ..lumina2_train.comfyui import train as comfy_run
 from ..lumina2_train.config import (
@@ -67,7 +68,7 @@ def outputs() -> list[io.Output]:
                                 "LoraLoaderModelOnly gives from the file; a full fine-tune: what Load Diffusion "
                                 "Model gives from its file). Connect it to KSampler."),
         io.LoraModel.Output("lora", display_name="lora",
-                            tooltip="The LoRA's tensors, as saved (for Save LoRA or Load LoRA Model); a full "
+                            tooltip="The LoRA's tensors, as saved (for Save Adapter or Load LoRA Model); a full "
                                     "fine-tune: its .diff patches to the input MODEL."),
         io.LossMap.Output("loss", display_name="loss", tooltip="Loss per optimizer step (for Plot Loss)."),
         io.String.Output("lora_path", display_name="lora_path",
@@ -87,13 +88,13 @@ def run_training(cls, model, cache, adapter, lora_name: str, train: TrainConfig,
                  validation: ValidationConfig | None, vae, resume_from: str, *, tracking: TrackingConfig | None = None,
                  hub: HubConfig | None = None, model_cfg: ModelConfig | None = None) -> io.NodeOutput:
     """What both Train nodes do once their widgets are configs."""
-    cfg = RunConfig(model=model_cfg or ModelConfig(), adapter=adapter, train=train, validation=validation or ValidationConfig(), save=save,
-                    resume_from=resume_from or "", tracking=tracking or TrackingConfig(), hub=hub or HubConfig())
+    cfg = RunConfig(model=model_cfg or ModelConfig(), adapter=adapter, train=train,
+                    validation=validation or ValidationConfig(), save=save, resume_from=resume_from or "", tracking=tracking or TrackingConfig(), hub=hub or HubConfig())
     workflow = (cls.hidden.extra_pnginfo or {}).get("workflow") if isinstance(cls.hidden.extra_pnginfo, dict) \
         else None
     out = comfy_run.train_in_comfy(model, cache, cfg, lora_name=lora_name, node_id=cls.hidden.unique_id, vae=vae,
                                    workflow=workflow)
-    what = "Model" if adapter.kind == "full" else "LoRA"
+    what = "Model" if kind_of(adapter).writes_model else "LoRA"
     text = f"{out.step} steps, final loss {out.losses['loss'][-1]:.4f}\n{what}: {out.path}\nrun folder: {out.run_dir}"
     shown = {"text": (text,)}
     if out.previews is not None:
@@ -106,7 +107,7 @@ class TrainLoRA(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="Lumina2T_TrainLoRA", display_name="Train LoRA (Lumina2)", category=CATEGORY,
+            node_id="Lumina2T_TrainLoRA", display_name="Train Adapter or Full Model (Lumina2)", category=CATEGORY,
             description="Trains the adapter on the cache with Lumina2's recipe, showing progress, a live loss chart "
                         "and previews; the stop button cancels within one step and leaves a resumable checkpoint. "
                         "Writes the LoRA to models/loras (a full fine-tune: the model to models/diffusion_models) "
@@ -148,10 +149,11 @@ class TrainLoRAAdvanced(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="Lumina2T_TrainLoRAAdvanced", display_name="Train LoRA (Lumina2, Advanced)", category=CATEGORY,
+            node_id="Lumina2T_TrainLoRAAdvanced", display_name="Train Adapter or Full Model (Lumina2, Advanced)",
+            category=CATEGORY,
             description="The Train node with every training and saving option: optimizer, schedule, warm-up, "
                         "timestep sampling and shift, loss weighting, caption dropout, EMA, precision, activation "
-                        "checkpointing, save format and frequency. Same function as 'Train LoRA'.",
+                        "checkpointing, save format and frequency. Same function as 'Train Adapter or Full Model'.",
             inputs=[*head_inputs(), *advanced_train_inputs(), *tail_inputs()],
             outputs=outputs(),
             hidden=[io.Hidden.unique_id],

@@ -1,4 +1,5 @@
-"""Every TrainConfig / SaveConfig option (and model.base_compute) as a widget of 'Train LoRA (Advanced)', and back to the configs.
+"""Every TrainConfig / SaveConfig option (and model.base_compute) as a widget of 'Train Adapter or Full Model
+(Lumina2, Advanced)', and back to the configs.
 
 Widget ids are the config field names (save options get a `save_` prefix where a name would clash); defaults and
 choices come from lumina2_train.config, so the node, the CLI and validation share one source.
@@ -120,7 +121,7 @@ def _save_inputs() -> list[io.Input]:
         io.Combo.Input("save_format", options=["comfyui", "kohya"], default=_S.format,
                        tooltip="comfyui: native module names (also loads in diffusers when every block is "
                                "adapted). kohya: lora_unet_* names. Both load in ComfyUI; export diffusers files "
-                               "with Save LoRA."),
+                               "with Save Adapter."),
         io.Combo.Input("save_dtype", options=list(SAVE_DTYPES), default=_S.dtype, tooltip="dtype of the saved file."),
         io.Int.Input("save_every_n_steps", default=_S.every_n_steps, min=0, max=BIG,
                      tooltip="Also write a resumable checkpoint and a LoRA file every N steps (in the run folder); "

@@ -1,4 +1,4 @@
-"""Where ComfyUI may be imported (docs/architecture.md, "Boundaries").
+"""Where ComfyUI may be imported, and how the library's packages may import each other (docs/architecture.md, "Boundaries").
 
 Rule: only `lumina2_train/comfyui/`, `nodes/`, `lumina2_train/backbones/comfy.py`, `lumina2_train/encoders/comfy.py`
 and `lumina2_train/tiny/comfy_*.py` import ComfyUI's modules, and inside `lumina2_train/` only inside functions, so
@@ -76,3 +76,50 @@ def test_importing_the_library_loads_no_comfyui_module():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """{package: packages it imports at module level} over lumina2_train's top-level packages and modules."""
+    root, graph = REPO / "lumina2_train", {}
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(REPO).with_suffix("").parts)
+        here = parts if path.name == "__init__.py" else parts[:-1]  # the package relative imports start from
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and node.level:
+                target = here[: len(here) - node.level + 1] + (node.module.split(".") if node.module else [])
+                names = [target] if node.module else [target + [a.name] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lumina2_train."):
+                names = [node.module.split(".")]
+            else:
+                continue
+            src = parts[1] if len(parts) > 1 and parts[1] != "__init__" else None
+            for name in names:
+                if src and len(name) > 1 and name[1] != src:
+                    graph.setdefault(src, set()).add(name[1])
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One cycle of `graph` as [a, b, ..., a], or [] when there is none."""
+    state: dict[str, int] = {}
+
+    def visit(node, path):
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt, path + [nxt])):
+                return found
+        state[node] = 2
+        return []
+
+    return next((c for n in sorted(graph) if n not in state and (c := visit(n, [n]))), [])
+
+
+def test_the_library_packages_import_each_other_without_a_cycle():
+    """Module-level imports between lumina2_train's packages form no cycle (function-local imports may point back:
+    config's checks read adapters/kinds.py that way)."""
+    graph = _package_imports()
+    assert {"backbones", "files", "train", "comfyui", "adapters"} <= set(graph), graph
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"] and not _cycle({"a": {"b"}})
+    assert not _cycle(graph), " -> ".join(_cycle(graph))

@@ -4,7 +4,7 @@ from collections import namedtuple
 
 import torch
 
-from lumina2_train.comfyui.bridge import clone_inference_tensors, training_mode
+from lumina2_train.backbones.inference import clone_inference_tensors, training_mode
 
 
 def test_training_mode_leaves_inference_mode_and_enables_grad():
@@ -55,7 +55,7 @@ def _inference_linear(moved: bool) -> torch.nn.Linear:
 
 def test_half_converted_inference_weights_are_detected_and_copied():
     from lumina2_train.backbones.comfy import ComfyLinears, comfy_weight, needs_weight_copies
-    from lumina2_train.comfyui.bridge import is_autograd_safe
+    from lumina2_train.backbones.inference import is_autograd_safe
 
     for moved in (False, True):
         lin = _inference_linear(moved)

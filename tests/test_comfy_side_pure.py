@@ -226,7 +226,7 @@ def test_web_scripts_parse():
 
 
 def test_inference_tensors_wrapped_outside_inference_mode_are_not_autograd_safe():
-    from lumina2_train.comfyui.bridge import is_autograd_safe
+    from lumina2_train.backbones.inference import is_autograd_safe
 
     with torch.inference_mode():
         w = torch.randn(3, 3)

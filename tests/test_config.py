@@ -71,7 +71,7 @@ def test_toml_file_with_relative_paths(tmp_path):
         load_run_config(tmp_path / "bad.json")
 
 
-@pytest.mark.parametrize(("adapter", "what"), [(AdapterConfig(kind="loha"), "loha"), (AdapterConfig(kind="lokr"), "lokr"),
+@pytest.mark.parametrize(("adapter", "what"), [(AdapterConfig(kind="loha"), "LoHa"), (AdapterConfig(kind="lokr"), "LoKr"),
                                                (AdapterConfig(use_dora=True), "DoRA")])
 def test_lycoris_and_dora_need_the_comfyui_format_before_training(adapter, what):
     from lumina2_train.config import SaveConfig
@@ -85,6 +85,9 @@ def test_lycoris_and_dora_need_the_comfyui_format_before_training(adapter, what)
 def test_a_full_fine_tune_cannot_start_from_an_adapter_file():
     with pytest.raises(ConfigError, match="adapter.init_from is set but kind is 'full'"):
         _cfg(adapter=AdapterConfig(kind="full", init_from="x.safetensors")).validate()
+    # said once (the check was written twice and listed the same problem twice)
+    errors = _cfg(adapter=AdapterConfig(kind="full", init_from="x.safetensors")).errors()
+    assert sum("init_from" in e for e in errors) == 1, errors
 
 
 def _float_paths(obj, at=""):

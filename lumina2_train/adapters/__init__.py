@@ -1,4 +1,5 @@
-"""Adapters (LoRA; LoKr, LoHa and full fine-tune join through REGISTRY), kept beside the backbone.
+"""Adapters (LoRA; LoKr, LoHa and full fine-tune join through REGISTRY; each kind's output policy is in
+kinds.py), kept beside the backbone.
 
 An `AdapterSet` maps native Linear names to adapter modules; the backbone's forward adds each adapter's
 output to its Linear's (backbones/nextdit.Linears). Nothing is injected into the base model.
@@ -13,12 +14,13 @@ from torch import nn
 
 from ..config import AdapterConfig
 from .full import FullWeight
+from .kinds import KINDS, AdapterKind, kind_of
 from .lora import DoRA, LoRA
 from .lycoris import LoHa, LoKr
 from .targets import group_of, select_targets
 
-__all__ = ["REGISTRY", "AdapterSet", "DoRA", "FullWeight", "LoHa", "LoKr", "LoRA", "build_adapters", "group_of",
-           "select_targets"]
+__all__ = ["KINDS", "REGISTRY", "AdapterKind", "AdapterSet", "DoRA", "FullWeight", "LoHa", "LoKr", "LoRA",
+           "build_adapters", "group_of", "kind_of", "select_targets"]
 
 
 def _make_lora(in_f: int, out_f: int, cfg: AdapterConfig, device) -> nn.Module:

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..comfyui.bridge import is_autograd_safe, training_mode
 from ..errors import ModelError
 from . import Backbone, family
+from .inference import is_autograd_safe, training_mode
 from .nextdit import ArchConfig, Linears, velocity
 
 LUMINA2_DIM = 2304

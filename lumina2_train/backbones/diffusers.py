@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError
-from ..files.keys import diffusers_state_to_native
 from . import Backbone, family
+from .keys import diffusers_state_to_native
 from .nextdit import ArchConfig, NativeNextDiT
 
 _CLASSES = ("Lumina2Transformer2DModel", "ZImageTransformer2DModel")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .. import recipe
 from ..backbones import Backbone
 from ..backbones.diffusers import DiffusersBackbone, arch_from_diffusers_config, native_tree_from_state
-from ..files.keys import diffusers_state_to_native
+from ..backbones.keys import diffusers_state_to_native
 from .cases import PEFT_TARGETS, TARGETS, Group
 
 # Lumina-Image-2.0's transformer config (diffusers layout): 2,609,769,152 parameters

@@ -1,4 +1,5 @@
-"""ComfyUI's progress, cancel, websocket events, inference-mode escape and LoRA application for the Train node.
+"""ComfyUI's progress, cancel, websocket events and LoRA application for the Train node (the inference-mode
+escape is backbones/inference.py).
 
 ComfyUI is imported inside functions only (importing this module loads no `comfy`, `server` or `folder_paths`).
 Events sent to the browser (`PromptServer.send_sync`, to the client that queued the prompt):
@@ -27,14 +28,7 @@ PREVIEW_MAX_PX = 512
 EMPTY_IMAGE_PX = 64
 
 
-# ---------------------------------------------------------------- inference mode
-
-@contextmanager
-def training_mode() -> Iterator[None]:
-    """Leave ComfyUI's `torch.inference_mode()` (nodes run under it) and enable autograd for the block."""
-    with torch.inference_mode(False), torch.enable_grad():
-        yield
-
+# ---------------------------------------------------------------- ComfyUI's training flag
 
 @contextmanager
 def comfy_training_state() -> Iterator[None]:
@@ -54,41 +48,6 @@ def comfy_training_state() -> Iterator[None]:
         yield
     finally:
         mm.in_training = before
-
-
-def is_autograd_safe(t: torch.Tensor) -> bool:
-    """False for a tensor made under inference mode, including one that Module.to() later moved or cast
-    outside it: `is_inference()` is False for those, yet autograd cannot save them ("Inference tensors do not
-    track version counter"). That is what ComfyUI's weights become when a model loaded by a node is moved to
-    the GPU outside inference mode. A Parameter wrapped around an inference tensor outside inference mode (what
-    ComfyUI's unpatch_model restores after a LoRA was patched in) is an inference tensor whose `_version` reads
-    fine, hence the is_inference() check too."""
-    if t.is_inference():
-        return False
-    try:
-        t._version  # noqa: B018  (raises for inference tensors and for those half-converted ones)
-    except RuntimeError:
-        return False
-    return True
-
-
-def clone_inference_tensors(obj):
-    """`obj` with every tensor autograd cannot save (see is_autograd_safe) replaced by a normal clone.
-
-    Tensors a node received (LATENT, CONDITIONING, cached features) were made under inference mode.
-    Walks dicts, lists and tuples; other objects come back unchanged.
-    """
-    if isinstance(obj, torch.Tensor):
-        if is_autograd_safe(obj):
-            return obj
-        with torch.inference_mode(False):
-            return obj.detach().clone()
-    if isinstance(obj, dict):
-        return {k: clone_inference_tensors(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        out = [clone_inference_tensors(v) for v in obj]
-        return type(obj)(out) if not hasattr(obj, "_fields") else type(obj)(*out)
-    return obj
 
 
 # ---------------------------------------------------------------- progress, events, cancel
@@ -239,5 +198,4 @@ def apply_lora_to_model(model, lora: dict[str, torch.Tensor] | str | Path, stren
     return patched
 
 
-__all__ = ["apply_lora_to_model", "clone_inference_tensors", "comfy_hooks", "comfy_training_state", "compile_status",
-           "is_autograd_safe", "preview_grid", "training_mode"]
+__all__ = ["apply_lora_to_model", "comfy_hooks", "comfy_training_state", "compile_status", "preview_grid"]

@@ -1,6 +1,6 @@
 """The Train node's work, in the library: a ComfyUI MODEL + cache + settings -> the LoRA file in models/loras, a
-MODEL clone patched from that file's state dict through ComfyUI's own LoRA loader (DESIGN decision 3), the loss
-history; plus the Save LoRA and Plot Loss nodes' work.
+MODEL clone patched from that file's state dict through ComfyUI's own LoRA loader, the loss
+history; plus the Save Adapter and Plot Loss nodes' work.
 
 A full fine-tune (adapter.kind 'full') writes the whole fine-tuned diffusion model into models/diffusion_models
 instead (what UNETLoader lists); its MODEL output is the input MODEL patched, through the same LoRA loader, with
@@ -17,16 +17,34 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .. import run
+from ..adapters.kinds import COMFY_LOADABLE, kind_of
 from ..backbones import family
+from ..backbones.comfy import ComfyBackbone
+from ..backbones.inference import training_mode
+from ..backbones.nextdit import ArchConfig
 from ..config import RunConfig
+from ..encoders.comfy import ComfyEncoders
 from ..errors import ConfigError
+from ..files import formats
+from ..files.consumers import arch_from_shapes
+from ..files.formats import SAVE_DTYPES, detect_format, lora_metadata, read_lora, save_lora, save_state_dict
+from ..files.fullmodel import diff_state_dict
+from ..plot import plot_losses
+from ..storage.locks import training_lock
+from ..storage.paths import lora_file as confined_lora_file
+from ..storage.paths import resume_folder as confined_resume_folder
+from ..train import combine_hooks
+from ..train.checkpoint import resolve_checkpoint
+from ..train.distributed import current_world
+from .bridge import apply_lora_to_model, comfy_hooks, comfy_training_state, compile_status
+from .data import output_root, validation_prompts
+from .jobs import finish_job, job_hooks, reporting_stop, start_job
 
 log = logging.getLogger(__name__)
 LORA_SUFFIX = ".safetensors"
@@ -53,8 +71,6 @@ def lora_file(loras_root: Path, name: str, *, what: str = "lora_name") -> Path:
     Raises:
         PathError (a ConfigError): the name is absolute, uses '..', leads outside through a link, ... (paths.py).
     """
-    from ..storage.paths import lora_file as confined_lora_file
-
     base = confined_lora_file(loras_root, name.strip(), what=what)
     stem, candidate, n = base.name[: -len(LORA_SUFFIX)], base, 1
     while candidate.exists() or candidate.is_symlink():
@@ -68,9 +84,6 @@ def resume_folder(output_root: Path, resume_from: str) -> str:
     it; a resumed run writes there), resolved to its newest complete checkpoint. '' when not resuming."""
     if not resume_from.strip():
         return ""
-    from ..storage.paths import resume_folder as confined_resume_folder
-    from ..train.checkpoint import resolve_checkpoint
-
     return str(resolve_checkpoint(confined_resume_folder(output_root, resume_from.strip(), what="resume_from")))
 
 
@@ -89,12 +102,15 @@ def comfy_diffusion_models_root() -> Path:
     return next((p for p in paths if p.name == "diffusion_models"), paths[0])
 
 
+def comfy_folder(name: str) -> Path:
+    """The ComfyUI models folder an adapter kind's file goes into (AdapterKind.comfy_folder)."""
+    return {"loras": comfy_loras_root, "diffusion_models": comfy_diffusion_models_root}[name]()
+
+
 # ---------------------------------------------------------------- checks before any model loads
 
 def check_cached_prompts(cache, cfg: RunConfig) -> None:
     """Every validation prompt (and the negative one) must be in the cache: the Train node has no text encoder."""
-    from .data import validation_prompts
-
     missing = []
     for prompt in validation_prompts(cfg.validation):
         try:
@@ -108,29 +124,22 @@ def check_cached_prompts(cache, cfg: RunConfig) -> None:
                           "again")
 
 
-def prepare_config(cfg: RunConfig, cache, lora_name: str) -> tuple[RunConfig, Path]:
-    """(validated RunConfig with the cache's data and ComfyUI's folders filled in, the file to write: a LoRA in
-    models/loras, or a full fine-tune's diffusion model in models/diffusion_models)."""
-    from .data import output_root
-
+def prepare_plan(cfg: RunConfig, cache, lora_name: str) -> run.Plan:
+    """run.prepare over `cfg` with the cache's data and ComfyUI's folders filled in; the plan's output is the
+    file to write: a LoRA in models/loras, or a full fine-tune's diffusion model in models/diffusion_models."""
     out = output_root()
-    full = cfg.adapter.kind == "full"
-    lora_path = lora_file(comfy_diffusion_models_root() if full else comfy_loras_root(), lora_name)
+    kind = kind_of(cfg.adapter)
+    lora_path = lora_file(comfy_folder(kind.comfy_folder), lora_name)
     save = dataclasses.replace(cfg.save, output_dir=str(out), name=lora_path.stem)
     cfg = dataclasses.replace(cfg, data=cache.data, cache=cache.config, save=save,
                               resume_from=resume_folder(out, cfg.resume_from)).validate()
-    if not full and cfg.save.format not in ("comfyui", "kohya"):  # full: always a UNETLoader file
+    if kind.save_formats is not None and cfg.save.format not in COMFY_LOADABLE:  # full: a UNETLoader file
         raise ConfigError(f"save.format '{cfg.save.format}': the Train node writes files ComfyUI loads (comfyui or "
-                          "kohya). Export other formats with the Save LoRA node")
+                          "kohya). Export other formats with the Save Adapter node")
     check_cached_prompts(cache, cfg)
     import comfy.model_management as mm
 
-    from ..train.optim import check_available
-    from ..train.trackers import check_trackers
-
-    check_available(cfg.train, mm.get_torch_device().type)
-    check_trackers(cfg)  # a missing tensorboard / wandb fails here, before any model loads
-    return cfg, lora_path
+    return run.prepare(cfg, current_world(), device=mm.get_torch_device(), output=lora_path)
 
 
 # ---------------------------------------------------------------- training
@@ -138,8 +147,6 @@ def prepare_config(cfg: RunConfig, cache, lora_name: str) -> tuple[RunConfig, Pa
 def _decoder(vae):
     if vae is None:
         return None
-    from ..encoders.comfy import ComfyEncoders
-
     latents = ComfyEncoders(vae=vae).latent_encoder()
     return lambda z: latents.decode(z).float().cpu()
 
@@ -172,15 +179,8 @@ def train_in_comfy(model, cache, cfg: RunConfig, *, lora_name: str, node_id: str
         local file is written; ComfyUI's InterruptProcessingException on cancel and torch.OutOfMemoryError, after
         a resumable checkpoint.
     """
-    from ..backbones.comfy import ComfyBackbone
-    from ..pipeline import default_run_dir
-    from ..storage.locks import training_lock
-    from ..train import Trainer, combine_hooks
-    from .bridge import apply_lora_to_model, comfy_hooks, comfy_training_state, compile_status, training_mode
-    from .jobs import finish_job, job_hooks, reporting_stop, start_job
-
-    cfg, lora_path = prepare_config(cfg, cache, lora_name)
-    run_dir = default_run_dir(cfg)
+    plan = prepare_plan(cfg, cache, lora_name)
+    cfg, run_dir, lora_path = plan.cfg, plan.run_dir, plan.output
     job = start_job(node_id, _prompt_id())
     # the job first: ComfyUI's progress hook (in comfy_hooks) raises on cancel, and that step was done
     hooks = compile_status(combine_hooks(job_hooks(job), comfy_hooks(node_id, cfg.train.steps)), cfg.train.compile)
@@ -188,45 +188,24 @@ def train_in_comfy(model, cache, cfg: RunConfig, *, lora_name: str, node_id: str
         hooks.on_status("loading", "the MODEL onto the training device")
         backbone = ComfyBackbone.from_model_patcher(model)
         family.require_recipe(backbone.arch, "model")
-        with training_mode(), comfy_training_state(), _publishing(cfg, run_dir) as publish:
-            trainer = Trainer(cfg, backbone, cache, combine_hooks(hooks, publish), run_dir=run_dir,
-                              lora_path=lora_path, decode=_decoder(vae), workflow=workflow)
-            result = trainer.run()
+        with training_mode(), comfy_training_state():
+            result = run.train(plan, backbone, cache, hooks, decode=_decoder(vae), workflow=workflow)
         sd = _patches(cfg, result, backbone, lora_path)
-        del backbone, trainer
+        del backbone
     patched = apply_lora_to_model(model, sd)
     finish_job(job, "done", str(lora_path))
-    log.info("%s written to %s (%d steps); run folder %s", "Model" if cfg.adapter.kind == "full" else "LoRA",
+    log.info("%s written to %s (%d steps); run folder %s", "Model" if kind_of(cfg.adapter).writes_model else "LoRA",
              lora_path, result.step, result.run_dir)
-    if cfg.hub.push:
-        from ..publish.hub import push_run
-
-        push_run(cfg, result)  # raises HubError when offline; every local file is written by now
+    run.publish(plan, result)  # raises HubError when offline; every local file is written by now
     return ComfyTrainOutput(patched, sd, {"loss": list(result.losses)}, lora_path, result.step, result.run_dir,
                             result.checkpoint, _previews(result.validations))
-
-
-@contextmanager
-def _publishing(cfg: RunConfig, run_dir: Path) -> Iterator[object]:
-    """The hooks of the trackers in cfg.tracking and of hub.push_checkpoints, closed when the run ends."""
-    from ..publish.hub import hub_hooks
-    from ..train import combine_hooks
-    from ..train.trackers import tracker_hooks
-
-    tracking, close = tracker_hooks(cfg, run_dir)
-    try:
-        yield combine_hooks(tracking, hub_hooks(cfg))
-    finally:
-        close()
 
 
 def _patches(cfg: RunConfig, result, backbone, path: Path) -> dict[str, torch.Tensor]:
     """What the MODEL output gets patched with: the saved LoRA file's tensors, or a full fine-tune's `.diff`
     patches from its saved file to the loaded MODEL's weights (needs the trained clone still loaded)."""
-    if cfg.adapter.kind != "full":
+    if kind_of(cfg.adapter).model_patch == "file":
         return load_lora_state_dict(path)
-    from ..files.fullmodel import diff_state_dict
-
     with torch.no_grad():
         return diff_state_dict(result.adapters, backbone, saved=path)
 
@@ -244,7 +223,7 @@ def load_lora_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return comfy.utils.load_torch_file(str(path), safe_load=True)
 
 
-# ---------------------------------------------------------------- Save LoRA, Plot Loss
+# ---------------------------------------------------------------- Save Adapter, Plot Loss
 
 def save_lora_file(lora: dict[str, torch.Tensor], name: str, *, fmt: str, dtype: str, destination: str) -> Path:
     """Write a LORA_MODEL state dict as `fmt` under models/loras or output/lumina2_train/loras (never overwriting).
@@ -252,15 +231,8 @@ def save_lora_file(lora: dict[str, torch.Tensor], name: str, *, fmt: str, dtype:
     Plain LoRA converts between every format; LoHa, LoKr and DoRA files, and a full fine-tune's `.diff` patches
     (a full-rank LoRA, as large as the trained weights), are written in ComfyUI's layout only.
     """
-    from ..backbones.nextdit import ArchConfig
-    from ..files import formats
-    from ..files.consumers import arch_from_shapes
-    from ..files.formats import SAVE_DTYPES, detect_format, lora_metadata, read_lora, save_lora, save_state_dict
-
     if dtype not in SAVE_DTYPES:
         raise ConfigError(f"dtype '{dtype}' is unknown; choose one of {', '.join(SAVE_DTYPES)}")
-    from .data import output_root
-
     root = comfy_loras_root() if destination == "loras" else output_root() / "loras"
     path = lora_file(root, name, what="name")
     sd = {k: v.detach().cpu() for k, v in lora.items()}
@@ -285,12 +257,10 @@ def loss_image(losses: dict, *, log_scale: bool = False, width: int = 720, heigh
     """LOSS_MAP -> a ComfyUI IMAGE (1, H, W, 3) in [0, 1] of the raw and smoothed loss per step."""
     import numpy as np
 
-    from ..plot import plot_losses
-
     values = [float(v) for v in (losses or {}).get("loss", [])]
     img = plot_losses(values, width=width, height=height, log_scale=log_scale)
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]
 
 
-__all__ = ["ComfyTrainOutput", "check_cached_prompts", "comfy_diffusion_models_root", "load_lora_state_dict",
-           "lora_file", "loss_image", "prepare_config", "resume_folder", "save_lora_file", "train_in_comfy"]
+__all__ = ["ComfyTrainOutput", "check_cached_prompts", "comfy_diffusion_models_root", "comfy_folder",
+           "load_lora_state_dict", "lora_file", "loss_image", "prepare_plan", "resume_folder", "save_lora_file", "train_in_comfy"]

@@ -74,16 +74,25 @@ class AdapterConfig:
         out += _range(f"{at}.dropout", self.dropout, 0.0, 0.99)
         for t in self.targets:
             out += _choice(f"{at}.targets", t, TARGET_GROUPS)
-        if not self.targets and self.kind != "full":
-            out.append(f"{at}.targets is empty; choose at least one of {', '.join(TARGET_GROUPS)}")
-        if self.kind == "full" and self.init_from:
-            out.append(f"{at}.init_from is set but kind is 'full': a full fine-tune starts from the model it is "
-                       "given; load a fine-tuned model file as that model instead, or clear init_from")
+        if self.kind in ADAPTER_KINDS:
+            out += self._kind_errors(at)
         if self.blocks != "all":
             try:
                 parse_block_spec(self.blocks, 10_000)
             except ValueError as e:
                 out.append(f"{at}.blocks {e}")
+        return out
+
+    def _kind_errors(self, at: str) -> list[str]:
+        """What this kind's policy (adapters/kinds.py) rules out: no targets, an init_from file."""
+        from ..adapters.kinds import kind_of  # here: the adapters package imports this module
+
+        kind, out = kind_of(self), []
+        if not self.targets and kind.needs_targets:
+            out.append(f"{at}.targets is empty; choose at least one of {', '.join(TARGET_GROUPS)}")
+        if self.init_from and not kind.init_from:
+            out.append(f"{at}.init_from is set but kind is '{self.kind}': a {kind.title} starts from the model it "
+                       "is given; load a fine-tuned model file as that model instead, or clear init_from")
         return out
 
     @property

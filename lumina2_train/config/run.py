@@ -52,12 +52,14 @@ class RunConfig:
 
     def _format_errors(self) -> list[str]:
         """LoHa, LoKr and DoRA files exist only in the comfyui layout (found now, not when the file is saved)."""
-        a = self.adapter
-        if a.kind in ("loha", "lokr") or (a.kind == "lora" and a.use_dora):
-            if self.save.format != "comfyui":
-                what = "DoRA" if a.kind == "lora" else a.kind
-                return [f"save.format '{self.save.format}' cannot hold a {what} adapter (kohya and diffusers files "
-                        "hold plain LoRA); set save.format to comfyui"]
+        from ..adapters.kinds import KINDS, kind_of  # here: the adapters package imports config
+
+        if self.adapter.kind not in KINDS:
+            return []  # adapter.errors reports the unknown kind
+        kind = kind_of(self.adapter)
+        if kind.save_formats is not None and self.save.format not in kind.save_formats:
+            return [f"save.format '{self.save.format}' cannot hold a {kind.title} adapter (kohya and diffusers files "
+                    "hold plain LoRA); set save.format to comfyui"]
         return []
 
     def validate(self, *, need_data: bool = True) -> RunConfig:

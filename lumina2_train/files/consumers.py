@@ -77,7 +77,7 @@ def diffusers_fill(names, arch: ArchConfig) -> dict[str, tuple[int, int]]:
 
 def arch_from_shapes(shapes: dict[str, tuple[int, int]]) -> ArchConfig:
     """The shapes a file's modules imply ({native name: (out, in)}), for writing without the model at hand
-    (convert, the Save LoRA node). q rows = dim, k = v rows (Lumina2's GQA); widths the file does not show
+    (convert, the Save Adapter node). q rows = dim, k = v rows (Lumina2's GQA); widths the file does not show
     come from the 2B model (ArchConfig's defaults)."""
     default = ArchConfig()
     dims = {rest: shape for name, shape in shapes.items() if (m := _BLOCK.match(name)) for rest in [m.group(3)]}

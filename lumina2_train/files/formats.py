@@ -23,12 +23,13 @@ from pathlib import Path
 
 import torch
 
+from ..adapters.kinds import kind_of
+from ..backbones.keys import QKV_PARTS, diffusers_to_native, native_to_diffusers
 from ..backbones.nextdit import ArchConfig
 from ..errors import FormatError
 from ..storage.atomic import atomic_save_safetensors
 from . import consumers
 from .file_metadata import lora_metadata, written_metadata
-from .keys import QKV_PARTS, diffusers_to_native, native_to_diffusers
 
 COMFY_PREFIX = "diffusion_model."
 KOHYA_PREFIX = "lora_unet_"
@@ -137,7 +138,7 @@ def lora_state_dict(mods: dict[str, LoraModule], fmt: str, arch: ArchConfig) -> 
 
 def adapter_state_dict(adapters, fmt: str, arch: ArchConfig) -> dict[str, torch.Tensor]:
     """Any AdapterSet -> a state dict; LoHa, LoKr and DoRA use ComfyUI's suffixes under native paths."""
-    if all(type(m).__name__ == "LoRA" for _, m in adapters.items()):
+    if kind_of(adapters.config).layout == "lora":
         return lora_state_dict(lora_modules(adapters), fmt, arch)
     lora_modules(adapters) if fmt != "comfyui" else None  # raises the format error for non-LoRA adapters
     return {f"{COMFY_PREFIX}{name}.{suffix}": t for name, mod in adapters.items()
@@ -179,7 +180,7 @@ def save_adapters(adapters, path: str | Path, *, fmt: str = "comfyui", dtype: st
     """Write any AdapterSet (LoRA, DoRA, LoHa, LoKr) atomically."""
     arch = arch or ArchConfig()
     sd = adapter_state_dict(adapters, fmt, arch)
-    warn_consumers(fmt, all(type(m).__name__ == "LoRA" for _, m in adapters.items()), adapters.names, arch)
+    warn_consumers(fmt, kind_of(adapters.config).layout == "lora", adapters.names, arch)
     return save_state_dict(sd, path, dtype, written_metadata(sd, metadata))
 
 

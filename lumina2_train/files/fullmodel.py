@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
+from ..backbones.keys import native_state_to_diffusers
 from ..backbones.nextdit import ArchConfig
 from ..storage.atomic import atomic_save_safetensors
 from .formats import COMFY_PREFIX, SAVE_DTYPES
-from .keys import native_state_to_diffusers
 
 
 def finetuned_state_dict(adapters, backbone, dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:

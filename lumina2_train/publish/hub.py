@@ -13,6 +13,7 @@ import logging
 import os
 from pathlib import Path
 
+from ..adapters.kinds import describe, kind_of
 from ..config import RunConfig
 from ..errors import HubError, OptionalDependencyError
 from ..train.hooks import TrainHooks
@@ -20,7 +21,6 @@ from ..train.hooks import TrainHooks
 log = logging.getLogger(__name__)
 
 BASE_MODEL = "Alpha-VLLM/Lumina-Image-2.0"
-KIND_NAMES = {"full": "A full fine-tune", "lora": "A LoRA", "lokr": "A LoKr", "loha": "A LoHa"}
 UPLOADED = ["README.md", "*.safetensors", "loras/*.safetensors", "samples/*.png", "config.json", "losses.json"]
 
 
@@ -38,10 +38,9 @@ def _q(text: str) -> str:
 
 
 def _front_matter(cfg: RunConfig, samples: list[tuple[str, str]]) -> list[str]:
-    kind = cfg.adapter.kind
-    tags = ["lumina2", "text-to-image"] + (["full-finetune"] if kind == "full" else ["lora"])
-    tags += ["lycoris", kind] if kind in ("lokr", "loha") else []
-    lines = ["---", f"base_model: {BASE_MODEL}", f"base_model_relation: {'finetune' if kind == 'full' else 'adapter'}",
+    kind = kind_of(cfg.adapter)
+    tags = ["lumina2", "text-to-image", *kind.hub_tags]
+    lines = ["---", f"base_model: {BASE_MODEL}", f"base_model_relation: {kind.hub_relation}",
              "license: apache-2.0", "pipeline_tag: text-to-image", "tags:"] + [f"- {t}" for t in tags]
     triggers = trigger_prompts(cfg)
     if triggers:
@@ -57,8 +56,7 @@ def _settings_table(cfg: RunConfig, step: int) -> list[str]:
     from ..recipe import system_prompt_text
 
     a, t, c = cfg.adapter, cfg.train, cfg.cache
-    adapter = "full fine-tune" if a.kind == "full" else f"{a.kind}, rank {a.rank}, alpha {a.alpha:g}"
-    targets = "all weights" if a.kind == "full" else ", ".join(a.targets) + f" (blocks {a.blocks})"
+    adapter, targets = describe(a)
     shift = {"resolution": "resolution-dependent", "static": f"static {t.static_shift:g}", "none": "none"}
     sizes = ", ".join(sorted({f"{d.resolution} ({d.resolution_type})" for d in cfg.data.datasets})) or "-"
     rows = [("adapter", adapter), ("trained layers", targets),
@@ -84,9 +82,10 @@ def model_card(cfg: RunConfig, *, lora_file: str, step: int, samples: list[tuple
 
     title = cfg.hub.model_id.split("/")[-1] if cfg.hub.model_id else Path(cfg.save.name).name
     prompts = [p for _, p in named_prompts(cfg.validation)]
-    what = KIND_NAMES.get(cfg.adapter.kind, f"A {cfg.adapter.kind}")
+    kind = kind_of(cfg.adapter)
+    what = kind.card_name
     weights = "the whole diffusion model with native keys: ComfyUI's Load Diffusion Model reads it" \
-        if cfg.adapter.kind == "full" else f"format: {cfg.save.format}; ComfyUI's LoraLoader reads the default format"
+        if kind.writes_model else f"format: {cfg.save.format}; ComfyUI's LoraLoader reads the default format"
     body = ["", f"# {title}", "", f"{what} of [{BASE_MODEL}](https://huggingface.co/{BASE_MODEL}), "
             f"trained with comfyui-lumina2-train. Weights: `{lora_file}` ({weights}).", ""]
     triggers = trigger_prompts(cfg)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..adapters.kinds import kind_of
 from ..config import RunConfig, TrainConfig
 from ..errors import Lumina2TrainError
 
@@ -127,7 +128,7 @@ def lr_factor(train: TrainConfig, world: World) -> float:
 
 def uses_sharding(cfg: RunConfig, world: World) -> bool:
     """FSDP2 shards a full fine-tune run on several processes; adapters are replicated (DDP)."""
-    return world.is_distributed and cfg.adapter.kind == "full"
+    return world.is_distributed and kind_of(cfg.adapter).shards
 
 
 def distributed_errors(cfg: RunConfig, world: World) -> list[str]:

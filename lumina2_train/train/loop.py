@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .. import recipe
-from ..adapters import AdapterSet, build_adapters
+from ..adapters import AdapterSet, build_adapters, kind_of
 from ..config import RunConfig
 from ..errors import CheckpointError, ConfigError, TrainingError
 from ..files.formats import check_fits, read_adapter_tensors, read_lora
@@ -174,7 +174,7 @@ class Trainer(TrainerOutputs):
 
     def _init_from_file(self, path: str) -> None:
         """Continue from an existing file: LoRA from any format we read; LoHa/LoKr/DoRA from ComfyUI files."""
-        if type(self.adapters[self.adapters.names[0]]).__name__ == "LoRA":
+        if kind_of(self.cfg.adapter).init_from == "any":
             mods = read_lora(path, self.backbone.arch)
             check_fits(mods, self.backbone)
             for name, mod in mods.items():
@@ -342,7 +342,7 @@ class Trainer(TrainerOutputs):
         hooks.on_status("saving", str(self.lora_path))
         self.last_checkpoint = self._checkpoint()
         self.save_lora(self.lora_path)
-        if cfg.adapter.kind == "full":
+        if kind_of(cfg.adapter).diffusers_folder:
             self.save_diffusers(self.run_dir / "transformer")
         if self.world.is_main:
             atomic_write_text(self.run_dir / "losses.json", _json({"loss": st.losses, "sigma": st.sigmas,

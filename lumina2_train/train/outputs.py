@@ -7,13 +7,14 @@ under FSDP2 the weights are gathered first. No ComfyUI imports.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from pathlib import Path
 
 import torch
 
+from ..adapters.kinds import kind_of, network_metadata
 from ..files.formats import lora_metadata, save_adapters
+from ..files.fullmodel import save_diffusers_transformer, save_diffusion_model
 from .checkpoint import CheckpointState, capture_rng, checkpoint_temp, save_checkpoint
 from .distributed import barrier, broadcast_object
 from .evaluation import heldout_loss
@@ -73,10 +74,8 @@ class TrainerOutputs:
         md = lora_metadata(rank=a.rank, alpha=a.alpha, step=self.state.step, config=self.cfg.to_dict(),
                            base_hash=self.base_hash, title=Path(self.cfg.save.name).name, workflow=self.workflow,
                            extra={"lumina2t.system_prompt": getattr(self.cache, "system_prompt", ""),
-                                  **_network_metadata(a)})
-        if a.kind == "full":  # the whole fine-tuned DiT, a file ComfyUI's UNETLoader opens
-            from ..files.fullmodel import save_diffusion_model
-
+                                  **network_metadata(a)})
+        if kind_of(a).writes_model:  # the whole fine-tuned DiT, a file ComfyUI's UNETLoader opens
             md["modelspec.architecture"] = "lumina-2"
             return save_diffusion_model(self.adapters, self.backbone, path, dtype=self.cfg.save.dtype, metadata=md)
         return save_adapters(self.adapters, path, fmt=self.cfg.save.format, dtype=self.cfg.save.dtype,
@@ -84,8 +83,6 @@ class TrainerOutputs:
 
     def save_diffusers(self, folder: Path) -> Path:
         """A full fine-tune as a diffusers transformer folder (the EMA weights when save.save_ema)."""
-        from ..files.fullmodel import save_diffusers_transformer
-
         with gathered(self.step_module, self.parallel):
             if not self.world.is_main:
                 return folder
@@ -125,12 +122,3 @@ class TrainerOutputs:
             self.state.evals.append({"step": self.state.step, "loss_by_sigma": losses})
             self.hooks.on_eval(self.state.step, losses)
         barrier(self.world)
-
-
-def _network_metadata(a) -> dict[str, str]:
-    """kohya-style network keys for LyCORIS/DoRA files (plain LoRA keeps networks.lora)."""
-    if a.kind == "lora" and not a.use_dora:
-        return {}
-    algo = "lora" if a.kind == "lora" else a.kind
-    args = {"algo": algo, "dora_wd": a.use_dora, **({"factor": a.lokr_factor} if a.kind == "lokr" else {})}
-    return {"ss_network_module": "lycoris.kohya", "ss_network_args": json.dumps(args)}

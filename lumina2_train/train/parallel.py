@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..adapters.kinds import kind_of
 from .distributed import World, uses_sharding
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ def grad_norm_of(params: list[torch.Tensor], max_norm: float) -> float:
 def uses_dcp(cfg, low_memory: bool) -> bool:
     """A full fine-tune with torch AdamW checkpoints through DCP (sharded on several processes, and
     loadable on any number); LoRA-family adapters and the low-memory optimizer keep the single-file form."""
-    return cfg.adapter.kind == "full" and not low_memory
+    return kind_of(cfg.adapter).shards and not low_memory
 
 
 def _state(adapters, optimizer, ema) -> dict:

@@ -2,7 +2,7 @@
 
 import torch
 
-from lumina2_train.files import keys
+from lumina2_train.backbones import keys
 
 
 def _inputs(b=3, L=7, d=32, seed=0):

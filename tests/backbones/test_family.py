@@ -6,9 +6,9 @@ import torch
 from safetensors.torch import save_file
 
 from lumina2_train.backbones import family
-from lumina2_train.backbones.loading import arch_from_native_state, load_backbone
+from lumina2_train.backbones.keys import diffusers_state_to_native
 from lumina2_train.errors import ModelError
-from lumina2_train.files.keys import diffusers_state_to_native
+from lumina2_train.files.loading import arch_from_native_state, load_backbone
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ from dataclasses import replace
 import pytest
 import torch
 
+from lumina2_train.backbones import keys
 from lumina2_train.backbones.diffusers import DiffusersBackbone
 from lumina2_train.backbones.family import arch_from_shapes
-from lumina2_train.files import keys
 from lumina2_train.tiny import make_tiny_transformer
 
 

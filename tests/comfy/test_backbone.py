@@ -5,10 +5,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from lumina2_train.backbones import keys
 from lumina2_train.backbones.comfy import ComfyBackbone
 from lumina2_train.backbones.diffusers import DiffusersBackbone
 from lumina2_train.errors import ModelError
-from lumina2_train.files import keys
 from lumina2_train.tiny.comfy_layout import COMFY_TINY_ARCH
 
 pytestmark = pytest.mark.comfy
@@ -86,7 +86,7 @@ def test_base_weights_get_no_gradient_and_flags_stay(backbone, comfy_inputs):
     x, sigma, feats = comfy_inputs(b=1, L=3, seed=3)
     x.requires_grad_(True)
     with torch.inference_mode():  # a node's context; training_mode() must make the backward possible
-        from lumina2_train.comfyui.bridge import training_mode
+        from lumina2_train.backbones.inference import training_mode
 
         with training_mode():
             backbone.velocity(x, sigma, feats, None).square().mean().backward()
@@ -105,7 +105,7 @@ def test_not_a_lumina2_model_is_refused(comfy):
 
 
 def test_fp8_stored_model_goes_through_comfy_casting(comfy, comfy_models, comfy_inputs):
-    from lumina2_train.comfyui.bridge import training_mode
+    from lumina2_train.backbones.inference import training_mode
 
     with torch.inference_mode():
         (fp8,) = comfy.nodes.UNETLoader().load_unet(comfy_models["diffusion_model"].name, "fp8_e4m3fn")
@@ -126,7 +126,7 @@ def test_fp8_stored_model_goes_through_comfy_casting(comfy, comfy_models, comfy_
 def test_fp8_compute_runs_on_comfyui_weights_without_touching_them(backbone, comfy_inputs):
     """model.base_compute on a ComfyUI MODEL (its inference-mode weights, through comfy.ops casting): the
     block GEMMs go through the fp8 path (CPU emulation here), gradients reach the input, none the weights."""
-    from lumina2_train.comfy_bridge import training_mode
+    from lumina2_train.backbones.inference import training_mode
 
     x, sigma, feats = comfy_inputs(b=1, L=5, seed=5)
     outs, grads = {}, {}

@@ -14,7 +14,8 @@ import torch
 from safetensors import safe_open
 
 from lumina2_train.backbones.comfy import ComfyBackbone
-from lumina2_train.comfyui.bridge import apply_lora_to_model, training_mode
+from lumina2_train.backbones.inference import training_mode
+from lumina2_train.comfyui.bridge import apply_lora_to_model
 from lumina2_train.config import AdapterConfig, RunConfig, SaveConfig, TrainConfig
 from lumina2_train.demo import write_demo_dataset
 from lumina2_train.files.fullmodel import diff_state_dict

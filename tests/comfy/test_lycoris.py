@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lumina2_train.backbones.comfy import ComfyBackbone
-from lumina2_train.comfyui.bridge import training_mode
+from lumina2_train.backbones.inference import training_mode
 from lumina2_train.config import TARGET_GROUPS, AdapterConfig, RunConfig, SaveConfig, TrainConfig
 from lumina2_train.files.formats import ADAPTER_SUFFIXES, save_adapters
 from lumina2_train.train import TensorCache, TensorSample, Trainer

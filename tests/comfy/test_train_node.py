@@ -1,7 +1,7 @@
 """The nodes end to end in-process, as ComfyUI runs them (inference mode, hidden inputs): dataset -> cache ->
 adapter -> Train node on the tiny ComfyUI-layout Lumina2; the saved file loads through the stock LoRA loader with
 every key and equals the Train node's MODEL; the input MODEL is bit-identical; cancel leaves a checkpoint and a
-resumed run continues the step count; Save LoRA and Plot Loss."""
+resumed run continues the step count; Save Adapter and Plot Loss."""
 
 import logging
 

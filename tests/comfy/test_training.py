@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from lumina2_train.backbones.comfy import ComfyBackbone
-from lumina2_train.comfyui.bridge import apply_lora_to_model, comfy_hooks, training_mode
+from lumina2_train.backbones.inference import training_mode
+from lumina2_train.comfyui.bridge import apply_lora_to_model, comfy_hooks
 from lumina2_train.config import TARGET_GROUPS, AdapterConfig, RunConfig, SaveConfig, TrainConfig
 from lumina2_train.errors import FormatError
 from lumina2_train.train import TensorCache, TensorSample, Trainer

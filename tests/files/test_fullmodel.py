@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lumina2_train.backbones.loading import load_backbone
 from lumina2_train.config import AdapterConfig
 from lumina2_train.files.fullmodel import diff_state_dict, diffusers_config
+from lumina2_train.files.loading import load_backbone
 from lumina2_train.tiny import NATIVE_WIDTH_DIT, TINY_DIT
 from lumina2_train.train import Trainer
 

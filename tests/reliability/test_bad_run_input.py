@@ -110,9 +110,9 @@ def test_blocks_are_checked_against_a_single_file_header_and_the_loaded_model(ti
 
     from lumina2_train.adapters.targets import select_targets
     from lumina2_train.backbones.diffusers import DiffusersBackbone
-    from lumina2_train.backbones.loading import layer_count
     from lumina2_train.config import AdapterConfig
     from lumina2_train.errors import ConfigError
+    from lumina2_train.files.loading import layer_count
     from lumina2_train.tiny import make_tiny_transformer
 
     backbone = DiffusersBackbone.from_model(make_tiny_transformer(0))

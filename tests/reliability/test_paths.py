@@ -116,7 +116,7 @@ def test_resume_cache_and_dataset_folders(tmp_path):
 
 
 def test_run_folders_started_at_once_are_all_different(tmp_path):
-    from lumina2_train.pipeline import unique_run_dir
+    from lumina2_train.run import unique_run_dir
 
     made, barrier = [], threading.Barrier(12)
 

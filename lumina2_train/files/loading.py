@@ -9,11 +9,12 @@ from pathlib import Path
 
 import torch
 
+from ..backbones import Backbone, family
+from ..backbones.diffusers import DiffusersBackbone, native_tree_from_state
+from ..backbones.nextdit import ArchConfig
 from ..errors import ModelError
 from ..recipe import LATENT_CHANNELS
-from . import Backbone, family
-from .diffusers import DiffusersBackbone, native_tree_from_state
-from .nextdit import ArchConfig
+from .formats import load_state_dict
 
 ALL_IN_ONE_PREFIX = "model.diffusion_model."
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
@@ -34,8 +35,6 @@ def load_backbone(path: str | Path, dtype: str = "bf16", device: str | torch.dev
     if p.is_dir():
         bb = DiffusersBackbone.from_pretrained(p, DTYPES[dtype])
     else:
-        from ..files.formats import load_state_dict
-
         sd, _ = load_state_dict(p)
         if any(k.startswith(ALL_IN_ONE_PREFIX) for k in sd):
             sd = {k[len(ALL_IN_ONE_PREFIX):]: v for k, v in sd.items() if k.startswith(ALL_IN_ONE_PREFIX)}
