@@ -28,12 +28,7 @@ from ..files.formats import check_fits, read_adapter_tensors, read_lora
 from ..storage.atomic import atomic_write_text
 from . import prefetch
 from .batches import BucketBatches, DataPosition
-from .checkpoint import (
-    check_compatible,
-    guard_run_folder,
-    load_checkpoint,
-    restore_rng,
-)
+from .checkpoint import guard_run_folder, load_checkpoint, restore_rng
 from .distributed import (
     StoppedByPeer,
     any_rank,
@@ -60,6 +55,7 @@ from .parallel import (
     wrap_step,
 )
 from .prefetch import MicroBatches, batch_preparer, step_generator
+from .resume import check_compatible, data_order
 from .speed import CheckpointPlanner, prepare_forward
 from .step import micro_step_loss
 
@@ -124,6 +120,7 @@ class Trainer(TrainerOutputs):
         held = set(self.holdout)
         buckets = {b: [i for i in idxs if i not in held] for b, idxs in self.cache.buckets().items()}
         buckets = {b: idxs for b, idxs in buckets.items() if idxs}
+        self.data_order = data_order(self.cache, buckets)  # what a checkpoint's data position points at
         prepare_forward(self.backbone, cfg, len(buckets))
         # after prepare_forward (it resets the forward options); FSDP2 shards the adapters in place here
         self.step_module, self.parallel = wrap_step(self.backbone, self.adapters, cfg, world)
@@ -170,6 +167,7 @@ class Trainer(TrainerOutputs):
         d["cache_fingerprint"] = getattr(self.cache, "fingerprint", "")
         d["base_model_hash"] = self.base_hash
         d["distributed"] = {"world_size": self.world.size}  # the global batch is batch_size × world_size
+        d["data_order"] = self.data_order
         return d
 
     def _init_from_file(self, path: str) -> None:
