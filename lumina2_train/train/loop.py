@@ -24,7 +24,7 @@ from .. import recipe
 from ..adapters import AdapterSet, build_adapters
 from ..config import RunConfig
 from ..errors import CheckpointError, ConfigError, TrainingError
-from ..files.formats import check_fits, read_adapter_tensors, read_lora
+from ..files.init_from import load_init_from
 from ..storage.atomic import atomic_write_text
 from . import prefetch
 from .batches import BucketBatches, DataPosition
@@ -114,7 +114,7 @@ class Trainer(TrainerOutputs):
             raise ConfigError(errors)
         self.adapters = build_adapters(self.backbone, cfg.adapter, self.device, seed=cfg.train.seed)
         if cfg.adapter.init_from:
-            self._init_from_file(cfg.adapter.init_from)
+            load_init_from(self.adapters, self.backbone, cfg.adapter.init_from)
         v = cfg.validation
         self.holdout = holdout_indices(len(self.cache), v.eval_holdout, cfg.train.seed)
         held = set(self.holdout)
@@ -169,19 +169,6 @@ class Trainer(TrainerOutputs):
         d["distributed"] = {"world_size": self.world.size}  # the global batch is batch_size × world_size
         d["data_order"] = self.data_order
         return d
-
-    def _init_from_file(self, path: str) -> None:
-        """Continue from an existing file: LoRA from any format we read; LoHa/LoKr/DoRA from ComfyUI files."""
-        if type(self.adapters[self.adapters.names[0]]).__name__ == "LoRA":
-            mods = read_lora(path, self.backbone.arch)
-            check_fits(mods, self.backbone)
-            for name, mod in mods.items():
-                if name in self.adapters.names:
-                    self.adapters[name].load_tensors(mod.down, mod.up, mod.alpha)
-            return
-        for name, tensors in read_adapter_tensors(path).items():
-            if name in self.adapters.names:
-                self.adapters[name].load_file_tensors(tensors)
 
     def _resume(self, path: str) -> None:
         ck = load_checkpoint(path)
