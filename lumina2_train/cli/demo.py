@@ -92,6 +92,15 @@ def report_colours(validations, dataset: Path, path: Path) -> dict:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(args.threads, 1))
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)  # a caller's own setting (tests run the demo in-process)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ..config import to_dict
     from ..demo import write_demo_dataset
     from ..pipeline import run_training
@@ -99,7 +108,6 @@ def run(args: argparse.Namespace) -> int:
     from ..tiny.demo_models import write_demo_models
     from .progress import tqdm_hooks, tqdm_progress
 
-    torch.set_num_threads(max(args.threads, 1))
     out = Path(args.output).resolve()
     log.info("Demo: TINY Lumina2-shaped models (a 2-layer DiT 96 wide, a 2-layer Gemma2 32 wide, a hand-built "
              "VAE that stores 8x8-pixel block colours). The DiT starts random and is first pre-trained to draw "
