@@ -97,5 +97,9 @@ class DiffusersBackbone(Backbone):
                              "Point model.transformer at a Lumina-Image-2.0 or Z-Image model")
         import diffusers
 
-        model = getattr(diffusers, name).from_pretrained(p, torch_dtype=dtype, local_files_only=True)
+        from ..files.weights_errors import require_all_weights
+
+        model, info = getattr(diffusers, name).from_pretrained(p, torch_dtype=dtype, local_files_only=True,
+                                                               output_loading_info=True)
+        require_all_weights("model.transformer", p, info)  # diffusers leaves missing weights uninitialised
         return cls.from_model(model)

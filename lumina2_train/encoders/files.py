@@ -32,7 +32,8 @@ def _keys(path: Path) -> list[str]:
         with safe_open(str(path), framework="pt") as f:
             return list(f.keys())
     except Exception as e:  # safetensors raises its own error types for bad headers
-        raise ModelError(f"{path}: not a readable safetensors file ({e}). Give the model file again") from None
+        raise ModelError(f"{path}: not a readable safetensors file ({e}). The file may be truncated or "
+                         "corrupt: download or export it again") from None
 
 
 def _tensors(path: Path, prefix: str, wanted) -> dict[str, torch.Tensor]:
@@ -150,5 +151,6 @@ def load_vae_file(path: str | Path, device, dtype):
     missing, unexpected = vae.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise ModelError(f"model.vae: {path} does not fit a Flux-shaped AutoencoderKL (missing "
-                         f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+                         f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}). Give the Flux ae.safetensors; download it "
+                         "again if it is damaged")
     return vae.to(device, dtype).eval()

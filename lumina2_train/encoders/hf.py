@@ -19,6 +19,7 @@ import torch
 
 from ..config.choices import TEXT_NUMERICS
 from ..errors import ModelError
+from ..files.weights_errors import naming, require_all_weights
 from ..recipe import LATENT_CHANNELS, latent_in, latent_out
 from ..storage.fingerprint import json_fingerprint, tensor_fingerprint
 from . import EncoderProvider
@@ -58,7 +59,8 @@ def _load_vae_file(path: Path, device, dtype):
     from .files import load_vae_file
 
     log.info("loading VAE %s", path)
-    return load_vae_file(path, device, dtype)
+    with naming("model.vae", path):
+        return load_vae_file(path, device, dtype)
 
 
 def use_comfyui_numerics(model, stored_dtype: torch.dtype) -> None:
@@ -202,7 +204,8 @@ class HFEncoders(EncoderProvider):
         text_identity, load_text = text_source(text_encoder, tokenizer, device, dtype, numerics)
         if Path(os.path.expanduser(vae or "")).is_file():
             vae_file = Path(os.path.expanduser(vae))
-            check_vae_file(vae_file)
+            with naming("model.vae", vae_file):
+                check_vae_file(vae_file)  # header only: a wrong file fails before anything loads
             vae_identity = json_fingerprint({"vae_file": file_identity(vae_file), "dtype": str(dtype)})
             load_vae = lambda: HFLatentEncoder(_load_vae_file(vae_file, device, dtype), device, dtype)  # noqa: E731
         else:
@@ -257,13 +260,15 @@ def text_source(text_encoder: str, tokenizer: str, device, dtype: torch.dtype,
     _check_numerics(numerics)
     if Path(os.path.expanduser(text_encoder or "")).is_file():  # ComfyUI's file (encoders/files.py)
         te_file = Path(os.path.expanduser(text_encoder))
-        check_text_encoder_file(te_file)  # header only: a wrong file fails before anything loads
+        with naming("model.text_encoder", te_file):
+            check_text_encoder_file(te_file)  # header only: a wrong file fails before anything loads
         identity = json_fingerprint({"gemma2_file": file_identity(te_file), "dtype": str(dtype),
                                      "numerics": numerics})
 
         def load() -> HFTextEncoder:
-            model, tok = _load_text_file(te_file, device, dtype)
-            return HFTextEncoder(model, tok, device, numerics, text_encoder_file_dtype(te_file))
+            with naming("model.text_encoder", te_file):
+                model, tok = _load_text_file(te_file, device, dtype)
+                return HFTextEncoder(model, tok, device, numerics, text_encoder_file_dtype(te_file))
         return identity, load
     te_dir, tok_dir = resolve_text_paths(text_encoder, tokenizer)
     identity = json_fingerprint({"gemma2": folder_identity(te_dir), "tokenizer": folder_identity(tok_dir),
@@ -275,6 +280,8 @@ def _folder(value: str, field: str, what: str) -> Path:
     path = Path(os.path.expanduser(value)) if value else None
     if path is None or not path.exists():
         raise ModelError(f"{field}: folder not found ('{value}'). Give the {what} folder.")
+    if not path.is_dir():
+        raise ModelError(f"{field}: {path} is a file where a folder is expected. Give the {what} folder.")
     return path
 
 
@@ -323,14 +330,21 @@ def _load_text(te_dir: Path, tok_dir: Path, device, dtype, numerics: str) -> HFT
 
     log.info("loading text encoder %s", te_dir)
     kw = {"dtype": dtype} if Version(transformers.__version__) >= Version("4.56") else {"torch_dtype": dtype}
-    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
-    model = AutoModel.from_pretrained(str(te_dir), local_files_only=True, **kw)
-    return HFTextEncoder(model.to(device).eval(), tokenizer, device, numerics, folder_dtype(te_dir))
+    with naming("model.tokenizer", tok_dir):
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+    with naming("model.text_encoder", te_dir):
+        model, info = AutoModel.from_pretrained(str(te_dir), local_files_only=True, output_loading_info=True, **kw)
+        stored = folder_dtype(te_dir)
+    require_all_weights("model.text_encoder", te_dir, info)  # transformers would leave them random
+    return HFTextEncoder(model.to(device).eval(), tokenizer, device, numerics, stored)
 
 
 def _load_vae(vae_dir: Path, device, dtype) -> HFLatentEncoder:
     from diffusers import AutoencoderKL
 
     log.info("loading VAE %s", vae_dir)
-    vae = AutoencoderKL.from_pretrained(str(vae_dir), torch_dtype=dtype, local_files_only=True)
+    with naming("model.vae", vae_dir):
+        vae, info = AutoencoderKL.from_pretrained(str(vae_dir), torch_dtype=dtype, local_files_only=True,
+                                                  output_loading_info=True)
+    require_all_weights("model.vae", vae_dir, info)  # diffusers would leave them uninitialised
     return HFLatentEncoder(vae.to(device).eval(), device, dtype)

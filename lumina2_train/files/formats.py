@@ -253,7 +253,8 @@ def _collect(pairs: dict[str, dict[str, torch.Tensor]], source: str) -> dict[str
         up = parts.get("lora_B.weight", parts.get("lora_up.weight"))
         if down is None or up is None:
             raise FormatError(f"{source}: module '{name}' has {sorted(parts)} but needs both a down "
-                              "(lora_A/lora_down) and an up (lora_B/lora_up) weight")
+                              "(lora_A/lora_down) and an up (lora_B/lora_up) weight. Give the complete file: "
+                              "export it again if it was cut short")
         if not (down.any() or up.any()):
             continue  # a zero pair (ΔW = 0), as written for diffusers' converter: not a trained module
         alpha = parts.get("alpha")
@@ -337,12 +338,14 @@ def check_fits(mods: dict[str, LoraModule], backbone) -> None:
             problems.append(f"'{name}' is not a module of this model")
             continue
         out_f, in_f = backbone.linear(name).weight.shape
-        if m.down.shape[1] != in_f or m.up.shape[0] != out_f:
+        if m.down.shape[0] != m.up.shape[1]:
+            problems.append(f"'{name}' has a down of rank {m.down.shape[0]} and an up of rank {m.up.shape[1]}")
+        elif m.down.shape[1] != in_f or m.up.shape[0] != out_f:
             problems.append(f"'{name}' is {m.up.shape[0]}x{m.down.shape[1]}, the model's is {out_f}x{in_f}")
     if problems:
         raise FormatError("this LoRA does not fit the loaded Lumina2 model (" + "; ".join(problems[:4]) +
                           (f"; and {len(problems) - 4} more" if len(problems) > 4 else "") +
-                          "). It was trained for another model or another size")
+                          "). It was trained for another model or another size. Give a LoRA trained for this model")
 
 
 __all__ = ["LoraModule", "QKV_PARTS", "check_fits", "detect_format", "load_state_dict", "lora_metadata",

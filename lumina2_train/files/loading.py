@@ -15,6 +15,7 @@ from ..backbones.nextdit import ArchConfig
 from ..errors import ModelError
 from ..recipe import LATENT_CHANNELS
 from .formats import load_state_dict
+from .weights_errors import naming
 
 ALL_IN_ONE_PREFIX = "model.diffusion_model."
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
@@ -27,20 +28,26 @@ def arch_from_native_state(sd: dict[str, torch.Tensor], where: str = "model.tran
 
 
 def load_backbone(path: str | Path, dtype: str = "bf16", device: str | torch.device = "cpu") -> Backbone:
-    """A Backbone from a diffusers folder or a ComfyUI .safetensors file, moved to `device` in `dtype`."""
+    """A Backbone from a diffusers folder or a ComfyUI .safetensors file, moved to `device` in `dtype`.
+
+    Raises:
+        ModelError: naming model.transformer, the file, the problem (missing, truncated or another kind of file,
+            missing weights, other shapes, not a NextDiT) and the fix (files/weights_errors.py).
+    """
     p = Path(path)
     if not p.exists():
         raise ModelError(f"model.transformer: '{p}' does not exist. Give a diffusers Lumina2 folder or a "
                          ".safetensors diffusion-model file")
-    if p.is_dir():
-        bb = DiffusersBackbone.from_pretrained(p, DTYPES[dtype])
-    else:
-        sd, _ = load_state_dict(p)
-        if any(k.startswith(ALL_IN_ONE_PREFIX) for k in sd):
-            sd = {k[len(ALL_IN_ONE_PREFIX):]: v for k, v in sd.items() if k.startswith(ALL_IN_ONE_PREFIX)}
-        arch = arch_from_native_state(sd, str(p))
-        bb = Backbone(native_tree_from_state({k: v.to(DTYPES[dtype]) for k, v in sd.items()}, arch), arch,
-                      kind="native")
+    with naming("model.transformer", p):
+        if p.is_dir():
+            bb = DiffusersBackbone.from_pretrained(p, DTYPES[dtype])
+        else:
+            sd, _ = load_state_dict(p)
+            if any(k.startswith(ALL_IN_ONE_PREFIX) for k in sd):
+                sd = {k[len(ALL_IN_ONE_PREFIX):]: v for k, v in sd.items() if k.startswith(ALL_IN_ONE_PREFIX)}
+            arch = arch_from_native_state(sd, str(p))
+            bb = Backbone(native_tree_from_state({k: v.to(DTYPES[dtype]) for k, v in sd.items()}, arch), arch,
+                          kind="native")
     bb.tree.to(device=device, dtype=DTYPES[dtype])
     return bb
 

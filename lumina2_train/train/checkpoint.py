@@ -26,21 +26,11 @@ from ..errors import CheckpointError
 from ..storage.atomic import disk_full_error, fsync_dir, is_disk_full, remove_stale_temps, save_torch, temp_prefix
 from ..storage.locks import output_lock
 from .batches import DataPosition
+from .resume import check_compatible  # noqa: F401  (resume checks moved to train/resume.py)
 
 log = logging.getLogger(__name__)
 STEP_PREFIX = "step_"
 OLD_SUFFIX = ".old"  # a checkpoint set aside while a newer save of the same step is moved into place
-# Settings that must match for a resume to continue the same run (steps may grow; everything else may not).
-RESUME_KEYS = {
-    "adapter": None,  # whole section
-    "train": ("batch_size", "grad_accum", "optimizer", "betas", "eps", "weight_decay", "seed",
-              "timestep_sampling", "shift_mode", "static_shift", "logit_mean", "logit_std", "loss_weighting",
-              "caption_dropout", "scheduler", "warmup_steps", "use_ema", "group_by_caption_length",
-              "optimizer_states", "optimizer_in_backward"),  # the optimiser state's layout depends on both
-}
-# Values of resume-critical settings that older checkpoints predate (what those runs did).
-RESUME_DEFAULTS = {("train", "group_by_caption_length"): False, ("train", "optimizer_states"): "fp32",
-                   ("train", "optimizer_in_backward"): False}
 
 
 @dataclass
@@ -237,39 +227,3 @@ def load_checkpoint(path: str | Path) -> CheckpointState:
                               "older checkpoint from the same checkpoints/ folder") from None
     return state
 
-
-def check_compatible(saved: dict, current: dict, where: Path) -> None:
-    """CheckpointError listing every resume-critical setting that differs.
-
-    The batch may be split over another number of processes: what must stay is the global batch
-    (batch_size × processes), which fixes the data order and each sample's noise.
-    """
-    diffs = []
-    for section, keys in RESUME_KEYS.items():
-        a, b = saved.get(section, {}), current.get(section, {})
-        for k in keys or sorted(set(a) | set(b)):
-            was = a.get(k, RESUME_DEFAULTS.get((section, k)))
-            if k != "batch_size" and was != b.get(k):
-                diffs.append(f"{section}.{k}: checkpoint {was!r}, now {b.get(k)!r}")
-    diffs += _global_batch_diff(saved, current)
-    if diffs:
-        raise CheckpointError(f"{where}: this checkpoint was made with other settings ({'; '.join(diffs)}). "
-                              "Resume with the checkpoint's settings, or start a new run")
-
-
-def _global_batch_diff(saved: dict, current: dict) -> list[str]:
-    def world(d: dict) -> int:
-        return int(d.get("distributed", {}).get("world_size", 1))
-
-    was, now = saved.get("train", {}).get("batch_size"), current.get("train", {}).get("batch_size")
-    if was is None or now is None:
-        return [] if was == now else [f"train.batch_size: checkpoint {was!r}, now {now!r}"]
-    w0, w1 = world(saved), world(current)
-    if was * w0 == now * w1:
-        return []
-    line = f"train.batch_size: checkpoint {was!r}, now {now!r}"
-    if w0 != w1:
-        g = was * w0
-        fix = f"set train.batch_size to {g // w1}" if g % w1 == 0 else f"use a number of processes dividing {g}"
-        line += f" (on {w0} → {w1} processes the global batch {g} must stay: {fix})"
-    return [line]

@@ -55,8 +55,13 @@ class ClipScorer:
         if not (p / "config.json").is_file():
             raise ModelError(f"validation.clip_model '{p}': no config.json there. Give a local CLIP folder "
                              "(e.g. a downloaded openai/clip-vit-large-patch14)")
-        self.model = CLIPModel.from_pretrained(p, local_files_only=True).eval().to(device)
-        self.processor = CLIPProcessor.from_pretrained(p, local_files_only=True)
+        from ..files.weights_errors import naming, require_all_weights
+
+        with naming("validation.clip_model", p):
+            model, info = CLIPModel.from_pretrained(p, local_files_only=True, output_loading_info=True)
+            self.processor = CLIPProcessor.from_pretrained(p, local_files_only=True)
+        require_all_weights("validation.clip_model", p, info)
+        self.model = model.eval().to(device)
         self.device = torch.device(device)
 
     @torch.no_grad()

@@ -24,16 +24,11 @@ from .. import recipe
 from ..adapters import AdapterSet, build_adapters, kind_of
 from ..config import RunConfig
 from ..errors import CheckpointError, ConfigError, TrainingError
-from ..files.formats import check_fits, read_adapter_tensors, read_lora
+from ..files.init_from import load_init_from
 from ..storage.atomic import atomic_write_text
 from . import prefetch
 from .batches import BucketBatches, DataPosition
-from .checkpoint import (
-    check_compatible,
-    guard_run_folder,
-    load_checkpoint,
-    restore_rng,
-)
+from .checkpoint import guard_run_folder, load_checkpoint, restore_rng
 from .distributed import (
     StoppedByPeer,
     any_rank,
@@ -60,6 +55,7 @@ from .parallel import (
     wrap_step,
 )
 from .prefetch import MicroBatches, batch_preparer, step_generator
+from .resume import check_compatible, data_order
 from .speed import CheckpointPlanner, prepare_forward
 from .step import micro_step_loss
 
@@ -118,12 +114,13 @@ class Trainer(TrainerOutputs):
             raise ConfigError(errors)
         self.adapters = build_adapters(self.backbone, cfg.adapter, self.device, seed=cfg.train.seed)
         if cfg.adapter.init_from:
-            self._init_from_file(cfg.adapter.init_from)
+            load_init_from(self.adapters, self.backbone, cfg.adapter.init_from)
         v = cfg.validation
         self.holdout = holdout_indices(len(self.cache), v.eval_holdout, cfg.train.seed)
         held = set(self.holdout)
         buckets = {b: [i for i in idxs if i not in held] for b, idxs in self.cache.buckets().items()}
         buckets = {b: idxs for b, idxs in buckets.items() if idxs}
+        self.data_order = data_order(self.cache, buckets)  # what a checkpoint's data position points at
         prepare_forward(self.backbone, cfg, len(buckets))
         # after prepare_forward (it resets the forward options); FSDP2 shards the adapters in place here
         self.step_module, self.parallel = wrap_step(self.backbone, self.adapters, cfg, world)
@@ -170,20 +167,8 @@ class Trainer(TrainerOutputs):
         d["cache_fingerprint"] = getattr(self.cache, "fingerprint", "")
         d["base_model_hash"] = self.base_hash
         d["distributed"] = {"world_size": self.world.size}  # the global batch is batch_size × world_size
+        d["data_order"] = self.data_order
         return d
-
-    def _init_from_file(self, path: str) -> None:
-        """Continue from an existing file: LoRA from any format we read; LoHa/LoKr/DoRA from ComfyUI files."""
-        if kind_of(self.cfg.adapter).init_from == "any":
-            mods = read_lora(path, self.backbone.arch)
-            check_fits(mods, self.backbone)
-            for name, mod in mods.items():
-                if name in self.adapters.names:
-                    self.adapters[name].load_tensors(mod.down, mod.up, mod.alpha)
-            return
-        for name, tensors in read_adapter_tensors(path).items():
-            if name in self.adapters.names:
-                self.adapters[name].load_file_tensors(tensors)
 
     def _resume(self, path: str) -> None:
         ck = load_checkpoint(path)

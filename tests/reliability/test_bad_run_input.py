@@ -123,3 +123,39 @@ def test_blocks_are_checked_against_a_single_file_header_and_the_loaded_model(ti
     # inside ComfyUI the depth is known only from the MODEL: the trainer's selection names the field too
     with pytest.raises(ConfigError, match=r"adapter.blocks '2' has '2', outside 0-1: the model has 2 layers"):
         select_targets(backbone.arch, AdapterConfig(blocks="2"))
+
+
+# ---------------------------------------------------------------- resume after the dataset or settings changed
+
+
+def test_resume_after_the_dataset_changed_is_refused_and_harmless_changes_are_logged(tiny_run, tmp_path, caplog):
+    """Through the whole pipeline on a scanned dataset. Fails before the fix: the other repeats and the added
+    image resumed silently, and the raised step count was not logged."""
+    import logging
+    import shutil
+
+    from lumina2_train.errors import CheckpointError
+    from lumina2_train.pipeline import run_training
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_run["data"], data)
+    own = {**tiny_run, "data": data}
+    first = run_training(run_config(own, tmp_path, train__steps=1))
+    folder = str(first.run_dir)
+    ds = run_dict(own, tmp_path)["data"]["datasets"][0]
+    repeats = run_dict(own, tmp_path, train__steps=2) | {"resume_from": folder}
+    repeats["data"]["datasets"] = [{**ds, "repeats": 2}]
+    with pytest.raises(CheckpointError, match=r"data position no longer means the same batches \(the trained images"
+                       r".*data.datasets\[0\].repeats: checkpoint 1, now 2\). Resume with the checkpoint's settings"):
+        run_training(RunConfig.from_dict(repeats))
+    from ..conftest import _write_image
+
+    _write_image(data / "img9.png", (64, 64), caption="a new picture", seed=9)
+    with pytest.raises(CheckpointError, match=r"\(the trained images, captions, buckets, repeats or their order "
+                       r"\(data order [0-9a-f]{16}, now [0-9a-f]{16}\)\)"):
+        run_training(RunConfig.from_dict(run_dict(own, tmp_path, train__steps=2) | {"resume_from": folder}))
+    (data / "img9.png").unlink()
+    (data / "img9.txt").unlink()
+    with caplog.at_level(logging.WARNING, logger="lumina2_train.train.resume"):
+        res = run_training(RunConfig.from_dict(run_dict(own, tmp_path, train__steps=2) | {"resume_from": folder}))
+    assert res.step == 2 and "train.steps: checkpoint 1, now 2" in caplog.text, caplog.text

@@ -214,3 +214,60 @@ def test_resume_refuses_another_optimizer_state_layout(run_config, tiny_backbone
     cfg = run_config(tmp_path, steps=2, resume_from=str(tmp_path / "a"), optimizer_states="8bit")
     with pytest.raises(CheckpointError, match=r"train.optimizer_states: checkpoint 'fp32', now '8bit'"):
         train_lora(cfg, tiny_backbone, tensor_cache, run_dir=tmp_path / "a")
+
+
+# ---------------------------------------------------------------- resume after the dataset or settings changed
+
+
+def _resume_cfg(run_config, tmp_path, **kw):
+    return run_config(tmp_path, steps=kw.pop("steps", 2), resume_from=str(tmp_path / "a"), **kw)
+
+
+def test_resume_after_the_dataset_changed_is_refused_naming_the_fix(run_config, tiny_backbone, tensor_cache,
+                                                                     tmp_path):
+    """Fails before the fix: every one of these resumed silently from a data position meaning other batches."""
+    import copy
+    import dataclasses
+
+    from lumina2_train.config import ValidationConfig
+
+    train_lora(run_config(tmp_path, steps=1), tiny_backbone, tensor_cache, run_dir=tmp_path / "a")
+    more = copy.copy(tensor_cache)
+    more.sample_repeats = {0: 3}  # repeats of one image
+    recaptioned = copy.copy(tensor_cache)
+    recaptioned.samples = [dataclasses.replace(s, caption="other") if i == 1 else s
+                           for i, s in enumerate(tensor_cache.samples)]
+    fewer = copy.copy(tensor_cache)
+    fewer.samples = tensor_cache.samples[:3]  # an image removed
+    for cache in (more, recaptioned, fewer):
+        with pytest.raises(CheckpointError, match=r"data position no longer means the same batches \(the trained "
+                           r"images, captions, buckets, repeats or their order \(data order [0-9a-f]{16}, now "
+                           r"[0-9a-f]{16}\)\)\. Resume with the checkpoint's settings and dataset.*start a new run"):
+            train_lora(_resume_cfg(run_config, tmp_path), tiny_backbone, cache, run_dir=tmp_path / "a")
+    held = dataclasses.replace(_resume_cfg(run_config, tmp_path), validation=ValidationConfig(eval_holdout=1))
+    with pytest.raises(CheckpointError, match=r"validation.eval_holdout: checkpoint 0, now 1"):
+        train_lora(held, tiny_backbone, tensor_cache, run_dir=tmp_path / "a")
+    with pytest.raises(CheckpointError, match=r"train.seed: checkpoint 5, now 6.*train.grad_accum"
+                       r"|train.grad_accum: checkpoint 1, now 2.*train.seed: checkpoint 5, now 6"):
+        train_lora(_resume_cfg(run_config, tmp_path, seed=6, grad_accum=2), tiny_backbone, tensor_cache,
+                   run_dir=tmp_path / "a")
+
+
+def test_resume_with_harmless_changes_continues_and_logs_each_field(run_config, tiny_backbone, tensor_cache,
+                                                                     tmp_path, caplog):
+    """Fails before the fix: the changes were accepted without a word."""
+    import dataclasses
+
+    from lumina2_train.config import SaveConfig
+
+    train_lora(run_config(tmp_path, steps=2), tiny_backbone, tensor_cache, run_dir=tmp_path / "a")
+    cfg = _resume_cfg(run_config, tmp_path, steps=3, max_grad_norm=0.5)
+    cfg = dataclasses.replace(cfg, save=SaveConfig(output_dir=str(tmp_path), every_n_steps=5))
+    with caplog.at_level(logging.WARNING, logger="lumina2_train.train.resume"):
+        res = train_lora(cfg, tiny_backbone, tensor_cache, run_dir=tmp_path / "a")
+    assert res.step == 3
+    assert "resuming with settings that changed but keep the data position" in caplog.text
+    for line in ("train.steps: checkpoint 2, now 3", "save.every_n_steps: checkpoint 0, now 5",
+                 "train.max_grad_norm: checkpoint 1.0, now 0.5"):
+        assert line in caplog.text, caplog.text
+    assert "resume_from" not in caplog.text  # the resume itself is not a change
