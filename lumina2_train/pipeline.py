@@ -99,6 +99,33 @@ def _block_problems(cfg: RunConfig) -> list[str]:
     return []
 
 
+def check_output_folders(cfg: RunConfig, *, output_what: str = "save.output_dir", cache: bool = True,
+                         create: bool = True) -> None:
+    """Every folder the run writes can be written, checked before any model loads (created unless `create` is
+    off): the output folder (`output_what` names it: save.output_dir, or ComfyUI's output folder), the cache
+    folder (`cache`), tracking.log_dir and, when resuming, the resumed run's folder and its subfolders.
+
+    Raises:
+        PathError: naming the setting, the folder, what is wrong (a file in its place, a parent that cannot be
+            created, no permission, a read-only file system) and the fix.
+    """
+    from .storage.paths import writable_folder
+
+    writable_folder(cfg.save.output_dir, what=output_what, create=create)
+    if cache:
+        if cfg.cache.dir:
+            writable_folder(cfg.cache.dir, what="cache.dir", create=create)
+        else:
+            writable_folder(Path(cfg.save.output_dir) / "cache", what=f"{output_what} (its cache/ folder; or set "
+                            "cache.dir)", create=create)
+    if cfg.tracking.log_dir:
+        writable_folder(cfg.tracking.log_dir, what="tracking.log_dir", create=create)
+    if cfg.resume_from:
+        run_dir = default_run_dir(cfg)  # the checkpoint's run folder: the resumed run writes there
+        for sub in ("checkpoints", "loras", "samples", "logs"):
+            writable_folder(run_dir / sub, what=f"resume_from (the resumed run writes in {run_dir})", create=False)
+
+
 def load_base(cfg: RunConfig, device: torch.device):
     """The DiT on `device`. With an 8-bit base and quantize_via 'cpu' it is stored in 8 bits before it moves,
     so the device never holds the full-precision weights (a full fine-tune then copies the rounded base)."""
@@ -153,6 +180,8 @@ def run_training(cfg: RunConfig, *, run_dir: Path | None = None, hooks: TrainHoo
         raise ConfigError(dist.distributed_errors(cfg, world))
     check_available(cfg.train, device.type)
     check_trackers(cfg)
+    if world.is_main:
+        check_output_folders(cfg)
     run_dir = dist.broadcast_object((run_dir or default_run_dir(cfg)) if world.is_main else None, world)
     encoders = HFEncoders.from_paths(cfg.model.text_encoder, cfg.model.vae, cfg.model.tokenizer, device=device,
                                      numerics=cfg.model.text_encoder_numerics)

@@ -75,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
     from .progress import tqdm_hooks, tqdm_progress
 
     out = Path(args.output).resolve()
+    from ..storage.paths import writable_folder
+
+    writable_folder(out, what="demo --output")
     log.info("Demo: tiny RANDOM Lumina2-shaped models (a 2-layer DiT, a 2-layer Gemma2, a small Flux-shaped VAE).")
     log.info("They run the real pipeline end to end but cannot draw; for real weights see README 'Train from a "
              "config'.")

@@ -116,9 +116,14 @@ def prepare_config(cfg: RunConfig, cache, lora_name: str) -> tuple[RunConfig, Pa
     out = output_root()
     full = cfg.adapter.kind == "full"
     lora_path = lora_file(comfy_diffusion_models_root() if full else comfy_loras_root(), lora_name)
+    from ..pipeline import check_output_folders
+    from ..storage.paths import writable_file
+
+    writable_file(lora_path, what="lora_name")  # a file named like a subfolder, a folder named like the file, ...
     save = dataclasses.replace(cfg.save, output_dir=str(out), name=lora_path.stem)
     cfg = dataclasses.replace(cfg, data=cache.data, cache=cache.config, save=save,
                               resume_from=resume_folder(out, cfg.resume_from)).validate()
+    check_output_folders(cfg, output_what="ComfyUI's output folder", cache=False)  # the Cache node wrote its own
     if not full and cfg.save.format not in ("comfyui", "kohya"):  # full: always a UNETLoader file
         raise ConfigError(f"save.format '{cfg.save.format}': the Train node writes files ComfyUI loads (comfyui or "
                           "kohya). Export other formats with the Save LoRA node")
@@ -263,6 +268,9 @@ def save_lora_file(lora: dict[str, torch.Tensor], name: str, *, fmt: str, dtype:
 
     root = comfy_loras_root() if destination == "loras" else output_root() / "loras"
     path = lora_file(root, name, what="name")
+    from ..storage.paths import writable_file
+
+    writable_file(path, what="name")  # before anything is converted
     sd = {k: v.detach().cpu() for k, v in lora.items()}
     is_plain = all(k.endswith(("lora_A.weight", "lora_B.weight", "lora_up.weight", "lora_down.weight", ".alpha"))
                    for k in sd)

@@ -180,3 +180,33 @@ def test_bad_names_are_refused_before_any_model_loads(pack, comfy_model, setting
     with pytest.raises(errors.ConfigError, match="validation"):  # prompts not in the cache
         v = pack.lib("config").ValidationConfig(prompts=("never cached",))
         pack.run(TRAIN, **train_inputs(pack, settings, model=comfy_model, lora_name="x", steps=1, validation=v))
+
+
+def test_unusable_output_paths_are_refused_naming_the_input_before_training(pack, comfy, comfy_model, comfy_models,
+                                                                             settings, trained):
+    """A file where lora_name's subfolder goes, a folder where its file goes, a file as ComfyUI's output folder, and
+    the same for Save LoRA's name: a PathError naming the input and the fix, and no run folder is made. Fails before
+    the fix: raw FileExistsError / NotADirectoryError / IsADirectoryError, the lora_name ones after training."""
+    errors, paths = pack.lib("errors"), pack.lib("storage.paths")
+    loras = comfy_models["loras"]
+    (loras / "blocked").write_text("a file where a subfolder goes")
+    (loras / "taken.safetensors").mkdir()
+    runs = pack.output / "lumina2_train"
+    before = set(runs.iterdir()) if runs.is_dir() else set()
+    for name, words in (("blocked/x", "is a file, not a folder"), ("taken", "is a folder where the file goes")):
+        with pytest.raises(paths.PathError, match=rf"lora_name: .*{words}.*(Move|Choose)"):
+            pack.run(TRAIN, **train_inputs(pack, settings, model=comfy_model, lora_name=name, steps=1))
+    blocker = pack.base / "output_is_a_file"
+    blocker.write_text("not a folder")
+    comfy.folder_paths.set_output_directory(str(blocker))
+    try:
+        with pytest.raises(paths.PathError, match=r"ComfyUI's output folder: .*output_is_a_file is a file, not a "
+                           r"folder.*Move that file away"):
+            pack.run(TRAIN, **train_inputs(pack, settings, model=comfy_model, lora_name="fine", steps=1))
+    finally:
+        comfy.folder_paths.set_output_directory(str(pack.output))
+    assert (set(runs.iterdir()) if runs.is_dir() else set()) == before  # no run folder was made
+    _, lora, *_ = trained["out"].args
+    with pytest.raises(errors.ConfigError, match=r"name: .*blocked is a file, not a folder"):
+        pack.run("Lumina2T_SaveLoRA", lora=lora, name="blocked/y", format="comfyui", dtype="fp32",
+                 destination="loras")
