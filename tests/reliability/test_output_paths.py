@@ -176,3 +176,20 @@ def test_demo_bench_and_tiny_models_refuse_unusable_outputs_first(tmp_path, kind
         cli(["bench", "--profile", str(path)])
     assert_clear(e, "bench --profile", path)
     shutil.rmtree(tmp_path / "sub", ignore_errors=True)
+
+
+def test_a_write_that_fails_later_names_the_file_and_keeps_oserror(tmp_path):
+    """The backstop under the early checks: a folder that became unusable during a run (atomic writes, checkpoint
+    folders) is a WriteError (still an OSError) naming the file and the fix, not a raw traceback."""
+    from lumina2_train.storage.atomic import WriteError, atomic_write_text
+    from lumina2_train.train.checkpoint import checkpoint_temp
+
+    (tmp_path / "samples").write_text("a file where the folder goes")
+    with pytest.raises(WriteError, match=r"samples/a.txt: cannot be written .*Make sure .*samples is a folder"):
+        atomic_write_text(tmp_path / "samples" / "a.txt", "x")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoints").write_text("a file where the folder goes")
+    with pytest.raises(OSError, match=r"step_00000003: cannot be written") as e:
+        checkpoint_temp(run, 3)
+    assert isinstance(e.value, WriteError)
