@@ -26,6 +26,8 @@ UNSUPPORTED_KEYS = (
     ("time_text_embed.1.weight", "NewBie-image (NextDiT with a pooled Jina CLIP input, clip_text_dim)"),
     ("siglip_embedder.0.weight", "Z-Image Omni (NextDiT with a SigLIP image-feature path, siglip_feat_dim)"),
     ("dec_net.cond_embed.weight", "pixel-space Z-Image (NextDiTPixelSpace: a pixel decoder head, no VAE)"),
+    # ComfyUI 0.38 marks a Ming-Image NextDiT (image_model "ming_image") with this empty buffer
+    ("__ming_image__", "Ming-Image (NextDiT with a frame axis, zero-masked padding and a second caption input)"),
 )
 _FIX = ("Train a Lumina-Image-2.0 or Z-Image (Turbo or Base) model; docs/recipe.md lists the NextDiT models "
         "this pack trains")

@@ -1,6 +1,7 @@
 """The bundled demo dataset, drawn deterministically with Pillow: simple coloured shapes with captions.
 
-Small enough for the tiny models on a laptop CPU; two aspect ratios so bucketing shows.
+Small enough for the tiny models on a laptop CPU; two aspect ratios so bucketing shows. `colour_errors`
+measures how far a sample's mean colour is from the mean colour of its caption's training images.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ SHAPES = [  # (file stem, shape, colour, background, caption)
     ("red_square_wide", "square", (220, 40, 40), (200, 225, 245), "a red square on a pale blue background, wide"),
     ("blue_circle_wide", "circle", (40, 70, 210), (200, 225, 245), "a blue circle on a pale blue background, wide"),
 ]
-VALIDATION_PROMPTS = ("a red circle on a cream background", "a blue square on a dark background")
+# Captions of the training set, so that each sample has training images to be compared with (colour_errors).
+VALIDATION_PROMPTS = tuple(s[4] for s in SHAPES)
 
 
 def _draw(shape: str, colour, background, size: tuple[int, int]):
@@ -47,3 +49,23 @@ def write_demo_dataset(folder: str | Path, size_px: int = 64) -> Path:
         _draw(shape, colour, background, size).save(folder / f"{stem}.png")
         (folder / f"{stem}.txt").write_text(caption + "\n", encoding="utf-8")
     return folder
+
+
+def colour_errors(images, prompts, folder: str | Path) -> list[float]:
+    """Per prompt: the distance, in 0-255 RGB units, between the mean colour of its sample (`images`, (N, 3, H, W)
+    in [0, 1]) and the mean colour of the training images in `folder` whose caption is that prompt.
+
+    Raises:
+        KeyError: a prompt that is not a caption of the demo set.
+    """
+    import numpy as np
+    from PIL import Image
+
+    stems = {caption: stem for stem, *_, caption in SHAPES}
+    out = []
+    for image, prompt in zip(images, prompts):
+        pixels = np.asarray(Image.open(Path(folder) / f"{stems[prompt]}.png").convert("RGB"), dtype=np.float64)
+        target = pixels.reshape(-1, 3).mean(0)
+        got = image.double().mean((1, 2)).numpy() * 255.0
+        out.append(float(np.linalg.norm(got - target)))
+    return out

@@ -51,8 +51,10 @@ def make_tiny_transformer(seed: int = 0, config: dict | None = None, std: float 
     return model
 
 
-def write_tiny_diffusers(root, seed: int = 0) -> dict:
+def write_tiny_diffusers(root, seed: int = 0, extra_corpus: tuple[str, ...] = (), vocab_size: int = 384) -> dict:
     """A diffusers-layout Lumina2 folder: transformer/, text_encoder/, tokenizer/, vae/, model_index.json.
+    `extra_corpus` / `vocab_size`: sentences whose words the tiny tokenizer also learns, in a vocabulary of
+    that size (tiny/text.py; the default 384 is TINY_VOCAB).
 
     Returns {"root", "transformer", "text_encoder", "tokenizer", "vae"} paths.
     """
@@ -65,7 +67,7 @@ def write_tiny_diffusers(root, seed: int = 0) -> dict:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     make_tiny_transformer(seed).save_pretrained(str(root / "transformer"))
-    te_dir, tok_dir = save_tiny_text_encoder(root, seed)
+    te_dir, tok_dir = save_tiny_text_encoder(root, seed, extra_corpus, vocab_size)
     vae_dir = save_tiny_vae(root, seed)
     index = {"_class_name": "Lumina2Pipeline", "_diffusers_version": "0.32.0",
              "transformer": ["diffusers", "Lumina2Transformer2DModel"],

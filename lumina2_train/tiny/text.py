@@ -36,14 +36,15 @@ _CORPUS = (
 )
 
 
-def tiny_spiece_model() -> bytes:
-    """Train the tiny sentencepiece BPE model on the built-in corpus; deterministic, well under a second."""
+def tiny_spiece_model(extra_corpus: tuple[str, ...] = (), vocab_size: int = TINY_VOCAB) -> bytes:
+    """Train the tiny sentencepiece BPE model on the built-in corpus (plus `extra_corpus`, so that its words
+    become whole tokens instead of letters); deterministic, well under a second."""
     import sentencepiece as spm
 
-    corpus = [*SYSTEM_PROMPT_TEXT.values(), *_CORPUS] * 8
+    corpus = [*SYSTEM_PROMPT_TEXT.values(), *_CORPUS] * 8 + [*extra_corpus] * 32
     out = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus), model_writer=out, vocab_size=TINY_VOCAB, model_type="bpe",
+        sentence_iterator=iter(corpus), model_writer=out, vocab_size=vocab_size, model_type="bpe",
         pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
         unk_piece="<unk>", byte_fallback=True, character_coverage=1.0, num_threads=1, add_dummy_prefix=False,
         normalization_rule_name="identity", remove_extra_whitespaces=False, split_digits=True,
@@ -52,8 +53,9 @@ def tiny_spiece_model() -> bytes:
     return out.getvalue()
 
 
-def make_tiny_tokenizer(directory: str | Path):
-    """Write the tiny tokenizer into `directory` (tokenizer.model + the transformers files) and return it.
+def make_tiny_tokenizer(directory: str | Path, extra_corpus: tuple[str, ...] = (), vocab_size: int = TINY_VOCAB):
+    """Write the tiny tokenizer (trained on `extra_corpus` too) into `directory` (tokenizer.model + the
+    transformers files) and return it.
 
     The folder then loads offline with `AutoTokenizer.from_pretrained(directory)`.
     """
@@ -62,18 +64,18 @@ def make_tiny_tokenizer(directory: str | Path):
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model_file = directory / "tokenizer.model"
-    model_file.write_bytes(tiny_spiece_model())
+    model_file.write_bytes(tiny_spiece_model(extra_corpus, vocab_size))
     tokenizer = GemmaTokenizer.from_pretrained(str(directory), add_bos_token=True, add_eos_token=False)
     tokenizer.padding_side = "right"
     tokenizer.save_pretrained(str(directory))
     return tokenizer
 
 
-def make_tiny_text_encoder(seed: int = 0):
+def make_tiny_text_encoder(seed: int = 0, vocab_size: int = TINY_VOCAB):
     """A transformers Gemma2Model (2 layers, width 32 = TINY_DIT cap_feat_dim), fp32, eval mode."""
     from transformers import Gemma2Config, Gemma2Model
 
-    config = Gemma2Config(**TINY_TEXT)
+    config = Gemma2Config(**dict(TINY_TEXT, vocab_size=vocab_size))
     config.architectures = ["Gemma2Model"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -81,12 +83,16 @@ def make_tiny_text_encoder(seed: int = 0):
     return model.eval()
 
 
-def save_tiny_text_encoder(root: str | Path, seed: int = 0) -> tuple[Path, Path]:
-    """Write `root/text_encoder/` and `root/tokenizer/` (diffusers pipeline layout); returns both folders."""
+def save_tiny_text_encoder(root: str | Path, seed: int = 0, extra_corpus: tuple[str, ...] = (),
+                           vocab_size: int = TINY_VOCAB) -> tuple[Path, Path]:
+    """Write `root/text_encoder/` and `root/tokenizer/` (diffusers pipeline layout); returns both folders.
+    `extra_corpus` / `vocab_size`: sentences the tokenizer also learns from, and a larger vocabulary for them
+    (tiny_spiece_model)."""
     root = Path(root)
     te_dir, tok_dir = root / "text_encoder", root / "tokenizer"
-    if te_dir.exists():
-        shutil.rmtree(te_dir)
-    make_tiny_text_encoder(seed).save_pretrained(str(te_dir))
-    make_tiny_tokenizer(tok_dir)
+    for folder in (te_dir, tok_dir):  # a stale tokenizer.json would win over the new tokenizer.model
+        if folder.exists():
+            shutil.rmtree(folder)
+    make_tiny_text_encoder(seed, vocab_size).save_pretrained(str(te_dir))
+    make_tiny_tokenizer(tok_dir, extra_corpus, vocab_size)
     return te_dir, tok_dir

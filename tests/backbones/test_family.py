@@ -30,6 +30,7 @@ def test_lumina2_arch_is_read_from_the_weights(native_sd, tiny_backbone):
     ({"dec_net.cond_embed.weight": (64, 32)}, "pixel-space Z-Image"),
     ({"cap_pad_token": (1, 32), "x_pad_token": (1, 32)}, "unknown NextDiT variant"),
     ({"layers.0.attention.out.bias": (32,)}, "attention output bias"),
+    ({"__ming_image__": (0,)}, "Ming-Image"),  # the buffer ComfyUI 0.38 gives a Ming-Image NextDiT (ModelSave keeps it)
 ])
 def test_a_file_of_an_unsupported_variant_is_refused_by_name(tmp_path, native_sd, extra, variant):
     sd = {**native_sd, **{k: torch.zeros(s) for k, s in extra.items()}}

@@ -6,8 +6,16 @@ substituted), presses Run and checks that the Train node's chart receives points
 a validation preview appears on the node; the finished run stays in the saved workflow and is redrawn when that
 workflow is opened again. A second run is followed across a page reload (the chart catches up from
 /lumina2t/history) and stopped with the Cancel button: the run stops and the status line names the resumable
-checkpoint. Screenshots go to the test's folder (and to $LUMINA2T_SCREENSHOTS when set, for docs/img;
-$LUMINA2T_BROWSER_STEPS sets the first run's steps, 4 by default).
+checkpoint. The template browser lists the example workflows under the pack's name, and the node's Info panel
+shows its help page (web/docs). Screenshots go to the test's folder (and to $LUMINA2T_SCREENSHOTS when set, for
+docs/img; $LUMINA2T_BROWSER_STEPS sets the first run's steps, 4 by default).
+
+Which frontend: the one the ComfyUI tree pins (installed by its requirements), or the `static` folder of another
+`comfyui-frontend-package` given as $LUMINA2T_FRONTEND_ROOT (passed as --front-end-root); with
+$LUMINA2T_FRONTEND_VERSION set, the page must report that version. Both node renderers run where the frontend has
+two that render DOM widgets (LiteGraph's canvas and the Vue nodes): the template browser, the help page and the
+chart on both; the training run on each renderer named in $LUMINA2T_BROWSER_RUNS (default: both). .ci/run runs
+every frontend of tests/requirements-frontends.txt and the ComfyUI trees' own pins.
 
 Skips with the reason when there is no ComfyUI (COMFYUI_PATH), no Chromium or no Playwright. About 3-5 minutes
 on 2 CPU cores:
@@ -33,11 +41,18 @@ import pytest
 pytestmark = [pytest.mark.comfy, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = "Lumina2T_TrainLoRA"
+HELP_LINE = "Trains the adapter on the cached dataset"  # web/docs/Lumina2T_TrainLoRA.md, first paragraph
+TEMPLATES = ("Train a LoRA and sample with it", "Resume a training run")  # example_workflows/*.json
+# The Vue node renderer of frontends before 1.30 was an experimental preview that drew no DOM widget of any pack
+# (nor ComfyUI's own text boxes), so the chart cannot appear there; 1.49.6 and 1.58.1 render them.
+VUE_MIN = (1, 30)
+RENDERERS = ("litegraph", "vue")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.NodeBadge.NodeSourceBadgeMode": "None",
             "Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False,
-            "Comfy.Workflow.ShowMissingModelsWarning": False}
+            "Comfy.Workflow.ShowMissingModelsWarning": False, "Comfy.Canvas.SelectionToolbox": True,
+            "Comfy.VueNodes.Enabled": False}
 CHART = "(id) => {{ const c = app.graph?.getNodeById(id)?.lumina2tChart; return !!c && ({cond}); }}"
 STATE = """(id) => { const c = app.graph?.getNodeById(id)?.lumina2tChart; if (!c) return null;
   return {status: c.status, detail: c.detail, points: c.points.length, last: c.points.at(-1)?.step ?? null,
@@ -72,7 +87,10 @@ def ui(comfy_path, tmp_path_factory):
     base = tmp_path_factory.mktemp("browser")
     models = e2e.prepare_base(base)
     port = e2e.free_port()
-    proc, log_path = e2e.start_server(comfy_path, os.environ.get("COMFYUI_PYTHON") or sys.executable, base, port)
+    frontend = os.environ.get("LUMINA2T_FRONTEND_ROOT", "").strip()
+    extra = ("--front-end-root", str(Path(frontend).resolve())) if frontend else ()
+    proc, log_path = e2e.start_server(comfy_path, os.environ.get("COMFYUI_PYTHON") or sys.executable, base, port,
+                                      extra)
     client = ComfyClient("127.0.0.1", port)
     try:
         e2e.wait_ready(client, proc, log_path, timeout_s=300)
@@ -92,7 +110,8 @@ def ui(comfy_path, tmp_path_factory):
             page.on("pageerror", lambda e: errors.append(f"{e}\n{getattr(e, 'stack', '')}"))
             page.set_default_timeout(120_000)
             yield SimpleNamespace(page=page, client=client, url=f"http://127.0.0.1:{port}/", workflow=workflow,
-                                  steps=steps, train_id=train_id, errors=errors, base=base, log=log_path)
+                                  steps=steps, train_id=train_id, errors=errors, base=base, log=log_path,
+                                  pack=e2e.PACK_NAME)
             context.close()
     finally:
         e2e.stop_server(proc)
@@ -100,10 +119,31 @@ def ui(comfy_path, tmp_path_factory):
 
 # ---------------------------------------------------------------- page helpers
 
-def open_ui(ui) -> None:
+def open_ui(ui, renderer: str = "litegraph") -> None:
+    """The UI with `renderer` drawing the nodes (the setting is the user's; it is stored on the server)."""
+    ui.client.post(f"/settings/{urllib.parse.quote('Comfy.VueNodes.Enabled')}", renderer == "vue")
     ui.page.goto(ui.url, wait_until="domcontentloaded")
     ui.page.wait_for_function("() => window.app?.graph && app.canvas && app.extensions?.some("
                               "e => e.name === 'lumina2t.lossChart')", polling=500)
+    enabled = ui.page.evaluate("() => app.extensionManager.setting.get('Comfy.VueNodes.Enabled')")
+    assert enabled == (renderer == "vue"), f"the frontend did not take the {renderer} renderer setting"
+
+
+def frontend_version(ui) -> tuple[int, ...]:
+    text = ui.page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ || ''")
+    return tuple(int(x) for x in re.findall(r"\d+", text)[:3])
+
+
+def require_renderer(ui, renderer: str) -> None:
+    if renderer == "vue" and frontend_version(ui) < VUE_MIN:
+        pytest.skip(f"frontend {'.'.join(map(str, frontend_version(ui)))}: its Vue node renderer is an experimental "
+                    "preview that draws no DOM widgets (the chart); LiteGraph's renderer is tested")
+
+
+def chart_shown(ui) -> bool:
+    return ui.page.evaluate("""(id) => { const e = app.graph.getNodeById(id)?.lumina2tChart?.root;
+      if (!e || !e.isConnected || !e.offsetParent) return false; const r = e.getBoundingClientRect();
+      return r.width > 100 && r.height > 100; }""", ui.train_id)
 
 
 def wait_chart(ui, cond: str, timeout_s: float) -> dict:
@@ -129,13 +169,16 @@ def set_widgets(ui, **values) -> None:
         w.callback?.(v); } }""", [ui.train_id, values])
 
 
-def screenshot(ui, name: str, folder: Path) -> Path:
-    """The Train node (centred on the canvas at scale 1) as a PNG in `folder` and in $LUMINA2T_SCREENSHOTS."""
-    ui.page.evaluate("(id) => { app.canvas.ds.scale = 1; app.canvas.centerOnNode(app.graph.getNodeById(id));"
-                     " app.canvas.setDirty(true, true); }", ui.train_id)
-    ui.page.wait_for_timeout(600)
-    box = ui.page.evaluate(NODE_BOX, ui.train_id)
-    path = folder / f"{name}.png"
+def screenshot(ui, name: str, folder: Path, *, clip: bool = True) -> Path:
+    """The Train node (centred on the canvas at scale 1), or the whole page with `clip` off, as a PNG in `folder`
+    and in $LUMINA2T_SCREENSHOTS (named after the frontend: `<name>.<version>.png`)."""
+    if clip:
+        ui.page.evaluate("(id) => { app.canvas.ds.scale = 1; app.canvas.centerOnNode(app.graph.getNodeById(id));"
+                         " app.canvas.setDirty(true, true); }", ui.train_id)
+        ui.page.wait_for_timeout(600)
+    box = ui.page.evaluate(NODE_BOX, ui.train_id) if clip else None
+    version = ".".join(map(str, frontend_version(ui))) or "unknown"
+    path = folder / f"{name}.{version}.png"
     ui.page.screenshot(path=str(path), clip=box)
     extra = os.environ.get("LUMINA2T_SCREENSHOTS")
     if extra:
@@ -146,11 +189,59 @@ def screenshot(ui, name: str, folder: Path) -> Path:
 
 # ---------------------------------------------------------------- the tests
 
-def test_chart_follows_a_run_shows_previews_and_is_kept_in_the_workflow(ui, tmp_path):
-    page = ui.page
+def test_the_page_runs_the_expected_frontend(ui):
     open_ui(ui)
+    served = ui.page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ || ''")
+    print(f"frontend {served}")  # shown by .ci/run's -rA summary
+    expected = os.environ.get("LUMINA2T_FRONTEND_VERSION", "").strip()
+    assert served, "the page reports no frontend version (window.__COMFYUI_FRONTEND_VERSION__)"
+    if expected:
+        assert served == expected, f"the server served frontend {served}, not {expected}: check --front-end-root"
+
+
+@pytest.mark.parametrize("renderer", RENDERERS)
+def test_the_template_browser_lists_the_example_workflows(ui, renderer):
+    page = ui.page
+    open_ui(ui, renderer)
+    require_renderer(ui, renderer)
+    page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    page.get_by_text(ui.pack, exact=True).last.click()  # the pack's own section of the browser
+    for title in TEMPLATES:
+        page.get_by_text(title, exact=True).first.wait_for(state="visible", timeout=30_000)
+    page.keyboard.press("Escape")
+
+
+@pytest.mark.parametrize("renderer", RENDERERS)
+def test_the_train_node_shows_its_help_page_and_its_chart(ui, renderer):
+    page = ui.page
+    open_ui(ui, renderer)
+    require_renderer(ui, renderer)
     page.evaluate("(wf) => app.loadGraphData(wf)", ui.workflow)
     wait_chart(ui, "c.status === 'idle'", 30)
+    page.wait_for_function("(id) => { const e = app.graph.getNodeById(id)?.lumina2tChart?.root; return e && "
+                           "e.isConnected && e.getBoundingClientRect().height > 100; }", arg=ui.train_id,
+                           timeout=30_000, polling=500)
+    assert chart_shown(ui), f"the chart is not drawn on the Train node with the {renderer} renderer"
+    page.evaluate("(id) => { app.canvas.deselectAll?.(); app.canvas.selectNode(app.graph.getNodeById(id)); "
+                  "app.canvas.setDirty(true, true); }", ui.train_id)
+    info = page.locator("button[aria-label='Node Info'], .selection-toolbox button:has(i[class*='info'])")
+    info.first.click(timeout=30_000)  # the selection toolbox's Info button opens the node's help
+    page.get_by_text(HELP_LINE).first.wait_for(state="visible", timeout=30_000)
+    screenshot(ui, f"help_{renderer}", ui.base, clip=False)
+
+
+@pytest.mark.parametrize("renderer", RENDERERS)
+def test_chart_follows_a_run_shows_previews_and_is_kept_in_the_workflow(ui, renderer, tmp_path):
+    runs = os.environ.get("LUMINA2T_BROWSER_RUNS", ",".join(RENDERERS)).split(",")
+    if renderer not in runs:
+        pytest.skip(f"a training run under the {renderer} renderer is not asked for here (LUMINA2T_BROWSER_RUNS="
+                    f"{','.join(runs)}; .ci/run asks for it on the newest frontend)")
+    page = ui.page
+    open_ui(ui, renderer)
+    require_renderer(ui, renderer)
+    page.evaluate("(wf) => app.loadGraphData(wf)", ui.workflow)
+    wait_chart(ui, "c.status === 'idle'", 30)
+    set_widgets(ui, lora_name=f"browser/{renderer}")  # a new input: ComfyUI would reuse a cached run's outputs
     started = time.monotonic()
     page.get_by_role("button", name="Run", exact=True).click()
 
@@ -163,13 +254,13 @@ def test_chart_follows_a_run_shows_previews_and_is_kept_in_the_workflow(ui, tmp_
     page.wait_for_function("(id) => (app.nodePreviewImages?.[String(id)] || []).length > 0", arg=ui.train_id,
                            timeout=120_000, polling=500)  # a validation sample, as ComfyUI's progress preview
     wait_chart(ui, f"c.points.length >= {max(2, ui.steps // 2)}", 600)
-    mid = screenshot(ui, "train_node_mid_run", tmp_path)
+    mid = screenshot(ui, f"train_node_mid_run_{renderer}", tmp_path)
 
     state = wait_chart(ui, "c.status === 'done'", 420 + 60 * ui.steps)
     assert state["points"] == ui.steps and state["last"] == ui.steps and "LoRA:" in state["detail"]
     page.wait_for_function("(id) => (app.nodeOutputs?.[String(id)]?.images || []).length > 0", arg=ui.train_id,
                            timeout=60_000, polling=500)  # the final samples shown on the node
-    done = screenshot(ui, "train_node_done", tmp_path)
+    done = screenshot(ui, f"train_node_done_{renderer}", tmp_path)
     assert mid.stat().st_size > 10_000 and done.stat().st_size > 10_000
 
     saved = page.evaluate("() => app.graph.serialize()")
@@ -189,6 +280,9 @@ def test_reload_catches_up_cancel_stops_and_the_saved_run_redraws(ui, tmp_path):
     saved_path = ui.base / "saved_workflow.json"
     if not saved_path.is_file():
         pytest.skip("needs the first test's finished run")
+    open_ui(ui)  # LiteGraph's renderer, which every frontend has
+    page.evaluate("(wf) => app.loadGraphData(wf)", json.loads(saved_path.read_text()))
+    wait_chart(ui, "c.status === 'done'", 30)
     set_widgets(ui, steps=40, lora_name="browser/cancelled")
     page.get_by_role("button", name="Run", exact=True).click()
     before = wait_chart(ui, "c.status !== 'done' && c.points.length >= 2", 300)

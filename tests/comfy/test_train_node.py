@@ -211,3 +211,35 @@ def test_unusable_output_paths_are_refused_naming_the_input_before_training(pack
     with pytest.raises(errors.ConfigError, match=r"name: .*blocked is a file, not a folder"):
         pack.run("Lumina2T_SaveLoRA", lora=lora, name="blocked/y", format="comfyui", dtype="fp32",
                  destination="loras")
+
+
+def test_comfyuis_training_state_is_set_during_the_run_where_it_exists(pack, comfy, comfy_model, settings):
+    """[newer] `comfy.model_management.in_training` is on while the Train node trains (ComfyUI's models skip
+    their fused inference kernels then; ComfyUI's own trainer sets it the same way) and back to its old value
+    afterwards; a ComfyUI without it (0.3.64) is left without it. Observed from ComfyUI's progress hook, which
+    the Train node calls after every step."""
+    has_flag = hasattr(comfy.mm, "in_training")
+    before = getattr(comfy.mm, "in_training", None)
+    seen = []
+    comfy.utils.set_progress_bar_global_hook(
+        lambda v, total, preview, node_id=None: seen.append((v, getattr(comfy.mm, "in_training", None))))
+    try:
+        pack.run(TRAIN, **train_inputs(pack, settings, model=comfy_model, lora_name="unit/state", steps=2))
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    steps = [flag for v, flag in seen if v >= 1]
+    assert len(steps) >= 2, f"the progress hook saw no training steps: {seen}"
+    assert steps == [True if has_flag else None] * len(steps)
+    assert hasattr(comfy.mm, "in_training") == has_flag and getattr(comfy.mm, "in_training", None) == before
+
+
+def test_comfyuis_cpu_models_are_not_dynamic_so_the_dynamic_path_needs_a_gpu(comfy, comfy_model):
+    """[newer] On a CPU, ComfyUI itself builds an ordinary ModelPatcher (ModelPatcherDynamic reroutes CPU load
+    devices), so the Train node's dynamic-VRAM branch (a `clone(disable_dynamic=True)` copy) cannot run here;
+    this pins that fact, so the GPU-only gap stays named (docs/comfyui.md)."""
+    is_dynamic = getattr(comfy_model, "is_dynamic", None)
+    assert not (callable(is_dynamic) and is_dynamic())
+    from lumina2_train.backbones.comfy import training_clone
+
+    clone = training_clone(comfy_model)
+    assert type(clone) is type(comfy_model) and clone.model is comfy_model.model  # a plain clone over the module

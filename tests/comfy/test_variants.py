@@ -5,6 +5,7 @@ import inspect
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from lumina2_train.backbones.comfy import ComfyBackbone, check_nextdit
 from lumina2_train.errors import ModelError
@@ -70,3 +71,34 @@ def test_lumina2_as_newer_comfyui_builds_it_is_accepted(build):
 def test_zimage_as_comfyui_builds_it_is_accepted(build):
     model = build(**ZIMAGE)
     assert check_nextdit(model) is model.model.diffusion_model
+
+
+def _as_newer_comfyui_builds(build, lumina_kwarg: str, value, config: dict):
+    """A NextDiT built with `lumina_kwarg=value` where this ComfyUI's NextDiT takes it (0.38), else built without
+    it and given what 0.38's constructor stores for it (`masked_pad_multiple`, or the `__ming_image__` buffer
+    that `image_model="ming_image"` registers)."""
+    import comfy.ldm.lumina.model as lumina
+
+    takes_it = lumina_kwarg in inspect.signature(lumina.NextDiT.__init__).parameters
+    model = build(**config, **({lumina_kwarg: value} if takes_it else {}))
+    tree = model.model.diffusion_model
+    if lumina_kwarg == "masked_pad_multiple" and not takes_it:
+        tree.masked_pad_multiple = value
+    if lumina_kwarg == "image_model" and "__ming_image__" not in tree.state_dict():
+        tree.register_buffer("__ming_image__", torch.empty(0, device="meta"))
+    return model
+
+
+@pytest.mark.parametrize("config", [LUMINA2, ZIMAGE], ids=["lumina2", "zimage"])
+def test_a_nextdit_with_masked_padding_is_refused(build, config):
+    """ComfyUI 0.38's `masked_pad_multiple` (Ming-Image) rounds the caption length up before the image RoPE
+    positions; the library's forward does not, so such a module is refused rather than trained off by a shift."""
+    model = _as_newer_comfyui_builds(build, "masked_pad_multiple", 32, config)
+    with pytest.raises(ModelError, match="NextDiT with masked_pad_multiple=32 .*does not train"):
+        check_nextdit(model)
+
+
+def test_ming_image_is_refused_by_name(build):
+    model = _as_newer_comfyui_builds(build, "image_model", "ming_image", ZIMAGE)
+    with pytest.raises(ModelError, match="model: this is Ming-Image .*does not train"):
+        check_nextdit(model)
