@@ -167,6 +167,12 @@ def require_cuda() -> None:
 
 def run(args: argparse.Namespace) -> int:
     groups = groups_from_args(args)
+    from ..storage.paths import writable_file, writable_folder
+
+    if args.json:
+        writable_file(args.json, what="bench --json")  # found now, not after an hour of measuring
+    if args.profile:
+        writable_folder(args.profile, what="bench --profile")
     require_cuda()
     from .runner import run_bench
 

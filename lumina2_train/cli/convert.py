@@ -36,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
         what = "is the input file" if dst.resolve() == src.resolve() else "exists"
         raise FormatError(f"{dst}: the output {what}. Choose another output name"
                           + ("" if what == "is the input file" else ", or add --force to replace it"))
+    from ..storage.paths import writable_file
+
+    writable_file(dst, what="convert OUTPUT")  # before the input is read
     sd, metadata = formats.load_state_dict(src)
     if any(".hada_" in k or ".lokr_" in k or k.endswith(".dora_scale") for k in sd):
         raise FormatError(f"{src}: holds LoHa/LoKr/DoRA weights; convert handles plain LoRA. Those files are "

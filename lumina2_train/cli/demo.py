@@ -109,6 +109,9 @@ def _run(args: argparse.Namespace) -> int:
     from .progress import tqdm_hooks, tqdm_progress
 
     out = Path(args.output).resolve()
+    from ..storage.paths import writable_folder
+
+    writable_folder(out, what="demo --output")
     log.info("Demo: TINY Lumina2-shaped models (a 2-layer DiT 96 wide, a 2-layer Gemma2 32 wide, a hand-built "
              "VAE that stores 8x8-pixel block colours). The DiT starts random and is first pre-trained to draw "
              "flat colours; the LoRA then learns the demo set's shapes and colours. For real weights see README "

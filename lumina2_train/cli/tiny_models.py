@@ -17,9 +17,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..storage.paths import writable_folder
     from ..tiny import write_tiny_diffusers
 
-    root = Path(args.dir)
+    root = writable_folder(Path(args.dir), what="make-tiny-models DIR")
     if args.only != "comfyui":
         paths = write_tiny_diffusers(root / "diffusers", seed=args.seed)
         log.info("diffusers layout: %s (transformer/, text_encoder/, tokenizer/, vae/)", paths["root"])

@@ -39,6 +39,7 @@ from ..plot import plot_losses
 from ..storage.locks import training_lock
 from ..storage.paths import lora_file as confined_lora_file
 from ..storage.paths import resume_folder as confined_resume_folder
+from ..storage.paths import writable_file
 from ..train import combine_hooks
 from ..train.checkpoint import resolve_checkpoint
 from ..train.distributed import current_world
@@ -130,6 +131,7 @@ def prepare_plan(cfg: RunConfig, cache, lora_name: str) -> run.Plan:
     out = output_root()
     kind = kind_of(cfg.adapter)
     lora_path = lora_file(comfy_folder(kind.comfy_folder), lora_name)
+    writable_file(lora_path, what="lora_name")  # a file named like a subfolder, a folder named like the file, ...
     save = dataclasses.replace(cfg.save, output_dir=str(out), name=lora_path.stem)
     cfg = dataclasses.replace(cfg, data=cache.data, cache=cache.config, save=save,
                               resume_from=resume_folder(out, cfg.resume_from)).validate()
@@ -139,7 +141,9 @@ def prepare_plan(cfg: RunConfig, cache, lora_name: str) -> run.Plan:
     check_cached_prompts(cache, cfg)
     import comfy.model_management as mm
 
-    return run.prepare(cfg, current_world(), device=mm.get_torch_device(), output=lora_path)
+    # The Cache node wrote its own cache folder; the output folder is ComfyUI's.
+    return run.prepare(cfg, current_world(), device=mm.get_torch_device(), output=lora_path,
+                       output_what="ComfyUI's output folder", check_cache=False)
 
 
 # ---------------------------------------------------------------- training
@@ -235,6 +239,7 @@ def save_lora_file(lora: dict[str, torch.Tensor], name: str, *, fmt: str, dtype:
         raise ConfigError(f"dtype '{dtype}' is unknown; choose one of {', '.join(SAVE_DTYPES)}")
     root = comfy_loras_root() if destination == "loras" else output_root() / "loras"
     path = lora_file(root, name, what="name")
+    writable_file(path, what="name")  # before anything is converted
     sd = {k: v.detach().cpu() for k, v in lora.items()}
     is_plain = all(k.endswith(("lora_A.weight", "lora_B.weight", "lora_up.weight", "lora_down.weight", ".alpha"))
                    for k in sd)

@@ -31,6 +31,17 @@ class DiskFullError(Lumina2TrainError, OSError):
     pass
 
 
+class WriteError(Lumina2TrainError, OSError):
+    """An output file whose folder cannot be made or written (a file in the way, no permission, read-only)."""
+
+
+def write_error(target: Path, exc: OSError) -> WriteError:
+    err = WriteError(f"{target}: cannot be written ({exc.strerror or exc}). Make sure {target.parent} is a folder "
+                     "you can write to (no file in its place), or choose another output folder")
+    err.errno = exc.errno
+    return err
+
+
 def temp_prefix(name: str) -> str:
     """The start of a temporary name for final name `name` (used with mkstemp/mkdtemp and suffix '.tmp')."""
     return f".{name}.{TEMP_MARK}-{owner_token()}-"
@@ -67,8 +78,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     target = Path(path)
     tmp: Path | None = None
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(target.name), suffix=".tmp", dir=target.parent)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(target.name), suffix=".tmp", dir=target.parent)
+        except OSError as e:
+            if is_disk_full(e):
+                raise
+            raise write_error(target, e) from e
         os.close(fd)
         tmp = Path(tmp_name)
         yield tmp

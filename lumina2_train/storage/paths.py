@@ -9,8 +9,10 @@ creates anything.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import tempfile
 import unicodedata
 from pathlib import Path
 
@@ -152,7 +154,7 @@ def new_run_folder(output_root: str | Path, name: str, *, what: str = "save.name
     Creation is exclusive, so two runs started at once with the same name get two folders.
     """
     base = run_folder(output_root, name, what=what)
-    base.parent.mkdir(parents=True, exist_ok=True)
+    writable_folder(base.parent, what="save.output_dir")
     candidate, n = base, 1
     while True:
         try:
@@ -161,6 +163,8 @@ def new_run_folder(output_root: str | Path, name: str, *, what: str = "save.name
         except FileExistsError:
             n += 1
             candidate = base.with_name(f"{base.name}_{n}")
+        except OSError as e:
+            raise unusable_folder(candidate, what, e) from None
 
 
 def resume_folder(output_root: str | Path, value: str, *, what: str = "resume_from") -> Path:
@@ -187,3 +191,78 @@ def readable_folder(value: str, *, what: str) -> Path:
     if not path.is_dir():
         raise _fail(what, value, "is not an existing folder", "Check the path")
     return path
+
+
+def _in_the_way(path: Path) -> Path | None:
+    """The first part of `path` that exists but is not a folder (a file where a folder must go), or None."""
+    for part in (*reversed(path.parents), path):
+        if part.exists() and not part.is_dir():
+            return part
+    return None
+
+
+def _nearest_existing(path: Path) -> Path:
+    for part in (path, *path.parents):
+        if part.exists():
+            return part
+    return path
+
+
+def unusable_folder(path: Path, what: str, e: OSError) -> PathError:
+    """The message for an output folder that cannot be created or written, naming the setting `what`."""
+    blocker = _in_the_way(path)
+    near = _nearest_existing(path)
+    if blocker is not None:
+        problem = f"{blocker} is a file, not a folder" + ("" if blocker == path else f", so {path} cannot be made")
+        fix = "Move that file away, or choose another folder"
+    elif e.errno in (errno.EACCES, errno.EPERM):
+        problem = f"no permission to create or write in {near} ({e.strerror})"
+        fix = "Fix its permissions, or choose a folder you can write to"
+    elif e.errno == errno.EROFS:
+        problem, fix = f"{near} is on a read-only file system", "Choose a folder on a writable drive"
+    else:
+        problem = f"{path} cannot be created or written ({e.strerror or e}, in {near})"
+        fix = "Choose a folder on a normal, writable drive"
+    return PathError(f"{what}: {problem} (got {str(path)!r}). {fix}")
+
+
+def writable_folder(path: str | Path, *, what: str, create: bool = True) -> Path:
+    """`path` as a folder we can write in, checked before anything heavy runs: created (with its parents) and
+    probed with a temporary file that is removed again. With `create=False` nothing is left behind: the
+    nearest existing parent is probed instead.
+
+    Raises:
+        PathError: a file is in the way, no permission, a read-only file system, or any other OSError,
+            naming the setting `what` (save.output_dir, cache.dir, ...) and the folder.
+    """
+    folder = Path(os.path.abspath(Path(path).expanduser()))
+    try:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        probe = folder
+        while not create and not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(probe))
+        from .atomic import temp_prefix  # a leftover (a kill right here) is cleaned like any temporary
+
+        fd, name = tempfile.mkstemp(prefix=temp_prefix("write-check"), suffix=".tmp", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise unusable_folder(folder, what, e) from None
+    return folder
+
+
+def writable_file(path: str | Path, *, what: str, create: bool = True) -> Path:
+    """`path` as a file we can write: no folder in its place, and its folder writable (`writable_folder`).
+
+    Raises:
+        PathError: naming the setting `what`, the path, the problem and the fix.
+    """
+    file = Path(os.path.abspath(Path(path).expanduser()))
+    if file.is_dir():
+        raise PathError(f"{what}: {file} is a folder where the file goes (got {str(path)!r}). Choose another file "
+                        "name, or move that folder away")
+    writable_folder(file.parent, what=what, create=create)
+    return file

@@ -23,7 +23,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
-from ..storage.atomic import disk_full_error, fsync_dir, is_disk_full, remove_stale_temps, save_torch, temp_prefix
+from ..storage.atomic import (
+    disk_full_error,
+    fsync_dir,
+    is_disk_full,
+    remove_stale_temps,
+    save_torch,
+    temp_prefix,
+    write_error,
+)
 from ..storage.locks import output_lock
 from .batches import DataPosition
 from .resume import check_compatible  # noqa: F401  (resume checks moved to train/resume.py)
@@ -74,8 +82,13 @@ def restore_rng(rng: dict) -> None:
 def checkpoint_temp(run_dir: Path, step: int) -> Path:
     """A new temporary folder for step `step`'s checkpoint (shards are written into it before it completes)."""
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=temp_prefix(f"{STEP_PREFIX}{step:08d}"), suffix=".tmp", dir=root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=temp_prefix(f"{STEP_PREFIX}{step:08d}"), suffix=".tmp", dir=root))
+    except OSError as e:
+        if is_disk_full(e):
+            raise disk_full_error(root, e, "no checkpoint of this step was started") from e
+        raise write_error(root / f"{STEP_PREFIX}{step:08d}", e) from e
 
 
 def save_checkpoint(run_dir: Path, state: CheckpointState, keep_last: int = 2, tmp: Path | None = None) -> Path:

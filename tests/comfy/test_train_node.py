@@ -182,6 +182,35 @@ def test_bad_names_are_refused_before_any_model_loads(pack, comfy_model, setting
         pack.run(TRAIN, **train_inputs(pack, settings, model=comfy_model, lora_name="x", steps=1, validation=v))
 
 
+def test_unusable_output_paths_are_refused_naming_the_input_before_training(pack, comfy, comfy_model, comfy_models,
+                                                                             settings):
+    """A file where lora_name's subfolder goes, a file as ComfyUI's output folder, and a file where Save LoRA's
+    name's subfolder goes: a PathError naming the input and the fix, and no run folder is made. Fails before
+    the fix: raw FileExistsError / NotADirectoryError / IsADirectoryError, the lora_name ones after training."""
+    errors, paths = pack.lib("errors"), pack.lib("storage.paths")
+    loras = comfy_models["loras"]
+    (loras / "blocked").write_text("a file where a subfolder goes")
+    runs = pack.output / "lumina2_train"
+    before = set(runs.iterdir()) if runs.is_dir() else set()
+    with pytest.raises(paths.PathError, match=r"lora_name: .*blocked is a file, not a folder.*Move that file away"):
+        pack.run(TRAIN, **train_inputs(pack, settings, model=comfy_model, lora_name="blocked/x", steps=1))
+    blocker = pack.base / "output_is_a_file"
+    blocker.write_text("not a folder")
+    comfy.folder_paths.set_output_directory(str(blocker))
+    try:
+        with pytest.raises(paths.PathError, match=r"ComfyUI's output folder: .*output_is_a_file is a file, not a "
+                           r"folder.*Move that file away"):
+            pack.run(TRAIN, **train_inputs(pack, settings, model=comfy_model, lora_name="fine", steps=1))
+    finally:
+        comfy.folder_paths.set_output_directory(str(pack.output))
+    assert (set(runs.iterdir()) if runs.is_dir() else set()) == before  # no run folder was made
+    lora = {"diffusion_model.layers.0.attention.out.lora_A.weight": torch.zeros(4, 96),  # checked before it is read
+            "diffusion_model.layers.0.attention.out.lora_B.weight": torch.zeros(96, 4)}
+    with pytest.raises(errors.ConfigError, match=r"name: .*blocked is a file, not a folder"):
+        pack.run("Lumina2T_SaveLoRA", lora=lora, name="blocked/y", format="comfyui", dtype="fp32",
+                 destination="loras")
+
+
 def test_comfyuis_training_state_is_set_during_the_run_where_it_exists(pack, comfy, comfy_model, settings):
     """[newer] `comfy.model_management.in_training` is on while the Train node trains (ComfyUI's models skip
     their fused inference kernels then; ComfyUI's own trainer sets it the same way) and back to its old value
