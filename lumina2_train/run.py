@@ -17,7 +17,7 @@ import torch
 from .config import RunConfig
 from .errors import ConfigError
 from .publish.hub import hub_hooks, push_run
-from .storage.paths import new_run_folder, relative_parts
+from .storage.paths import new_run_folder, relative_parts, writable_folder
 from .train import Trainer, TrainHooks, TrainResult, combine_hooks
 from .train.checkpoint import resolve_checkpoint
 from .train.distributed import World, broadcast_object, device_of, distributed_errors
@@ -58,15 +58,42 @@ def default_run_dir(cfg: RunConfig) -> Path:
     return unique_run_dir(cfg.save.output_dir, cfg.save.name)
 
 
+def check_output_folders(cfg: RunConfig, *, output_what: str = "save.output_dir", cache: bool = True,
+                         create: bool = True) -> None:
+    """Every folder the run writes can be written, checked before any model loads (created unless `create` is
+    off): the output folder (`output_what` names it: save.output_dir, or ComfyUI's output folder), the cache
+    folder (`cache`), tracking.log_dir and, when resuming, the resumed run's folder and its subfolders.
+
+    Raises:
+        PathError: naming the setting, the folder, what is wrong (a file in its place, a parent that cannot be
+            created, no permission, a read-only file system) and the fix.
+    """
+    writable_folder(cfg.save.output_dir, what=output_what, create=create)
+    if cache:
+        if cfg.cache.dir:
+            writable_folder(cfg.cache.dir, what="cache.dir", create=create)
+        else:
+            writable_folder(Path(cfg.save.output_dir) / "cache", what=f"{output_what} (its cache/ folder; or set "
+                            "cache.dir)", create=create)
+    if cfg.tracking.log_dir:
+        writable_folder(cfg.tracking.log_dir, what="tracking.log_dir", create=create)
+    if cfg.resume_from:
+        run_dir = default_run_dir(cfg)  # the checkpoint's run folder: the resumed run writes there
+        for sub in ("checkpoints", "loras", "samples", "logs"):
+            writable_folder(run_dir / sub, what=f"resume_from (the resumed run writes in {run_dir})", create=False)
+
+
 def prepare(cfg: RunConfig, world: World, *, device: torch.device | None = None, run_dir: Path | None = None,
-            output: Path | None = None) -> Plan:
+            output: Path | None = None, output_what: str = "save.output_dir", check_cache: bool = True) -> Plan:
     """Check everything a run needs that no model is needed for, and pick its run folder (rank 0 picks; every
     process gets the same one).
 
     Raises:
         ConfigError: a setting is invalid, cannot run on `world`, or names an optimizer this device lacks.
         OptionalDependencyError: a chosen tracker's package is missing.
-        PathError, CheckpointError: save.name is unsafe, resume_from holds no checkpoint.
+        PathError, CheckpointError: save.name is unsafe, a folder the run writes cannot be written (see
+            check_output_folders; `output_what` names the output folder, `check_cache` off when the cache was
+            written elsewhere), resume_from holds no checkpoint.
     """
     cfg = cfg.validate()
     device = device or (device_of(world) if world.is_distributed else pick_device())
@@ -75,6 +102,8 @@ def prepare(cfg: RunConfig, world: World, *, device: torch.device | None = None,
         raise ConfigError(errors)
     check_available(cfg.train, device.type)
     check_trackers(cfg)  # a missing tensorboard / wandb fails here, before any model loads
+    if world.is_main:
+        check_output_folders(cfg, output_what=output_what, cache=check_cache)
     run_dir = broadcast_object((run_dir or default_run_dir(cfg)) if world.is_main else None, world)
     return Plan(cfg, world, device, Path(run_dir), Path(output) if output else None)
 
@@ -106,4 +135,4 @@ def publish(plan: Plan, result: Result) -> None:
         push_run(plan.cfg, result)
 
 
-__all__ = ["Plan", "Result", "default_run_dir", "pick_device", "prepare", "publish", "train", "unique_run_dir"]
+__all__ = ["Plan", "Result", "check_output_folders", "default_run_dir", "pick_device", "prepare", "publish", "train", "unique_run_dir"]

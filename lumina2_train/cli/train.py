@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     cfg.validate()
     check_model_paths(cfg)
     if args.check:
-        from ..pipeline import check_output_folders
+        from ..run import check_output_folders
 
         check_output_folders(cfg, create=False)  # a check leaves nothing behind; a run creates them
         from ..data import scan_dataset
