@@ -126,7 +126,7 @@ def test_fp8_stored_model_goes_through_comfy_casting(comfy, comfy_models, comfy_
 def test_fp8_compute_runs_on_comfyui_weights_without_touching_them(backbone, comfy_inputs):
     """model.base_compute on a ComfyUI MODEL (its inference-mode weights, through comfy.ops casting): the
     block GEMMs go through the fp8 path (CPU emulation here), gradients reach the input, none the weights."""
-    from lumina2_train.comfy_bridge import training_mode
+    from lumina2_train.comfyui.bridge import training_mode
 
     x, sigma, feats = comfy_inputs(b=1, L=5, seed=5)
     outs, grads = {}, {}
