@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    """A run started in the background of a non-interactive shell (`cmd &`, nohup) inherits SIGINT ignored; then
+    Ctrl-C never reaches Python, here or in the runs the tests start. The Ctrl-C tests need Python's own handler
+    (children inherit the default disposition from a handled signal), so it is restored for the session."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

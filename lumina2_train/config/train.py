@@ -37,7 +37,7 @@ class TrainConfig:
     power: float = 1.0  # polynomial
     min_lr_ratio: float = 0.0  # linear / cosine / polynomial decay end, as a fraction of lr
     seed: int = 42
-    precision: str = "bf16"  # autocast dtype of the forward/backward
+    precision: str = "bf16"  # autocast dtype of the forward/backward (fp32 on a CPU without native bf16: train/speed.py)
     checkpointing: str = "on"
     timestep_sampling: str = "logit_normal"
     logit_mean: float = 0.0

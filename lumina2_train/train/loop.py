@@ -56,7 +56,7 @@ from .parallel import (
 )
 from .prefetch import MicroBatches, batch_preparer, step_generator
 from .resume import check_compatible, data_order
-from .speed import CheckpointPlanner, prepare_forward
+from .speed import CheckpointPlanner, compute_dtype, prepare_forward
 from .step import micro_step_loss
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class Trainer(TrainerOutputs):
         self.lora_path = Path(lora_path) if lora_path else self.run_dir / f"{Path(cfg.save.name).name}.safetensors"
         self.decode, self.workflow = decode, workflow
         self.device = backbone.device
-        self.dtype = torch.float32 if cfg.train.precision == "fp32" else torch.bfloat16
+        self.dtype = compute_dtype(cfg.train.precision, self.device)
         t = cfg.train
         self.timesteps = recipe.TimestepSampling(t.timestep_sampling, t.logit_mean, t.logit_std, t.shift_mode,
                                                  t.static_shift)

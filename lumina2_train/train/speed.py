@@ -20,6 +20,30 @@ from .memory import plan_checkpointing, refine_plan, shape_key
 
 log = logging.getLogger(__name__)
 
+def cpu_has_bf16() -> bool:
+    """True when this CPU runs bf16 matmuls natively (AVX512-BF16 or AMX, through oneDNN)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The step's autocast dtype for train.precision on `device`.
+
+    "bf16" on a CPU without native bf16 matmuls would run every GEMM through PyTorch's reference kernel, some
+    tens of times slower than fp32 (a 3-step run of ComfyUI's smallest Lumina2 took minutes): there the step
+    runs in fp32, which is exact where bf16 rounds, and the log says so. GPUs and bf16 CPUs get bf16.
+    """
+    if precision == "fp32":
+        return torch.float32
+    if device.type == "cpu" and not cpu_has_bf16():
+        log.info("train.precision 'bf16': this CPU has no native bf16 matmuls (%s); the step runs in fp32",
+                 torch.backends.cpu.get_cpu_capability())
+        return torch.float32
+    return torch.bfloat16
+
+
 GRAPHS_PER_BUCKET = 4  # context refiner, noise refiner, main block; one spare (inference or a new mask shape)
 
 
