@@ -164,9 +164,9 @@ def test_save_lora_and_plot_loss(pack, trained):
 
 def test_dataset_from_images(pack):
     images = [torch.rand(2, 64, 64, 3), torch.rand(1, 64, 96, 3)]
-    out = pack.run("Lumina2T_LoadImageDataset", images=images, captions=["one\ntwo\nthree"],
-                   **{k: [v] for k, v in pack.defaults("Lumina2T_LoadImageDataset", resolution=64).items()
-                      if k != "captions"})
+    # two image batches from an upstream list output (as ComfyUI's cache holds them), the rest widget values
+    out = pack.run("Lumina2T_LoadImageDataset", links={"images": images},
+                   **pack.defaults("Lumina2T_LoadImageDataset", resolution=64, captions="one\ntwo\nthree"))
     handle = out.args[0]
     assert [i.caption for i in handle.items] == ["one", "two", "three"]
     assert len({i.bucket for i in handle.items}) == 2  # two aspect ratios, two buckets
