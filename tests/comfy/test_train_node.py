@@ -30,13 +30,16 @@ def velocity(comfy, model, seed: int = 5):
 
 @pytest.fixture(scope="module")
 def settings(pack, comfy_clip, comfy_vae):
+    """Dataset, cache, validation and adapter for the Train-node runs. No system prompt: every token is a step's
+    cost on ComfyUI's 2304-wide model (docs/ci.md); the system-prompt join is pinned in test_encoders and the
+    full fine-tune run keeps it."""
     write_demo_dataset(pack.input / "shapes", size_px=64)
     dataset = pack.run("Lumina2T_LoadDataset", **pack.defaults("Lumina2T_LoadDataset", folder="shapes",
                                                                   resolution=64, min_size_px=0))
     validation = pack.run("Lumina2T_ConfigureValidation", **pack.defaults(
         "Lumina2T_ConfigureValidation", prompts=VALIDATION_PROMPTS[0], steps=2, width=64, height=64))[0]
     cache = pack.run("Lumina2T_CacheLatentsText", dataset=dataset[0], clip=comfy_clip, vae=comfy_vae,
-                     validation=validation, **pack.defaults("Lumina2T_CacheLatentsText"))
+                     validation=validation, **pack.defaults("Lumina2T_CacheLatentsText", system_prompt="none"))
     adapter = pack.run("Lumina2T_ConfigureAdapter", **pack.defaults("Lumina2T_ConfigureAdapter", rank=4,
                                                                       alpha=4.0, target_ffn=True))[0]
     return {"dataset": dataset, "cache": cache, "validation": validation, "adapter": adapter}
