@@ -59,9 +59,6 @@ def file_inputs() -> list[io.Input]:
                          tooltip="Also read images in sub-folders."),
         io.Int.Input("max_size_px", default=_D.max_size_px, min=0, max=16384, optional=True,
                      tooltip="Images whose long side is larger are downsampled before bucketing (0 = no limit)."),
-        io.Int.Input("max_image_pixels", default=_D.max_image_pixels, min=0, max=2**31 - 1, optional=True,
-                     tooltip="Images with more pixels are refused before decoding (bad_image policy; 0 = Pillow's "
-                             "own limit)."),
         io.Int.Input("target_downsample_px", default=_D.target_downsample_px, min=0, max=16384, optional=True,
                      tooltip="The long side after that downsample (0 = max_size_px)."),
         io.Combo.Input("empty_caption", options=list(CAPTION_POLICIES), default=_D.empty_caption, optional=True,
@@ -78,6 +75,10 @@ def file_inputs() -> list[io.Input]:
                         tooltip="Colour transparent pixels are composited on: a name or #rrggbb."),
         io.Combo.Input("missing_mask", options=list(FILE_POLICIES), default=_D.missing_mask, optional=True,
                        tooltip="With mask_strategy 'folder': an image without a mask file: error or skip."),
+        # added after the previous release: last, so a saved workflow's widget values keep their places
+        io.Int.Input("max_image_pixels", default=_D.max_image_pixels, min=0, max=2**31 - 1, optional=True,
+                     tooltip="Images with more pixels are refused before decoding (bad_image policy; 0 = Pillow's "
+                             "own limit)."),
     )]
 
 

@@ -118,11 +118,14 @@ def stop_server(proc: subprocess.Popen) -> None:
 # ---------------------------------------------------------------- the prompt
 
 def tiny_settings(models: dict[str, str], steps: int) -> dict[str, dict]:
-    """Widget values by node type: the tiny models, 64 px images, a few steps, validation every 2 steps."""
+    """Widget values by node type: the tiny models, 64 px images, no system prompt, a few steps, validation every 2
+    steps."""
     return {
         "UNETLoader": {"unet_name": models["diffusion_model"], "weight_dtype": "default"},
         "VAELoader": {"vae_name": models["vae"]},
         "Lumina2T_LoadDataset": {"folder": "lumina2_dataset", "resolution": 64, "min_size_px": 0},
+        # no system prompt: fewer tokens per step on ComfyUI's 2304-wide model (docs/ci.md)
+        "Lumina2T_CacheLatentsText": {"system_prompt": "none"},
         "Lumina2T_ConfigureValidation": {"prompts": "a red circle on a cream background", "steps": 2, "width": 64,
                                          "height": 64, "every_n_steps": 2},
         "Lumina2T_ConfigureAdapter": {"rank": 4, "alpha": 4.0},

@@ -170,11 +170,14 @@ def pack(comfy, tmp_path_factory) -> SimpleNamespace:
     return ns
 
 
-def run_node(pack, node_id: str, *, unique_id: str = "1", extra_pnginfo=None, **inputs):
+def run_node(pack, node_id: str, *, unique_id: str = "1", extra_pnginfo=None, links: dict | None = None, **inputs):
     """Execute one of our nodes through ComfyUI's own execution path, as a server runs a prompt's node:
     `execution.get_input_data` (the declared inputs, the hidden ones the schema asks for, V3 data) and
     `execution._async_map_node_over_list` (the class clone, the locked execute), under inference mode. Undeclared
-    inputs are dropped as ComfyUI drops them; a value is passed as a constant widget/link value would be."""
+    inputs are dropped as ComfyUI drops them; a value is passed as a constant widget/link value would be.
+
+    `links` gives inputs as ComfyUI's output cache holds a link's value: the list of the upstream node's outputs
+    (one item per execution, or an OUTPUT_IS_LIST node's whole list), which get_input_data passes on unwrapped."""
     import asyncio
     import inspect
 
@@ -184,6 +187,10 @@ def run_node(pack, node_id: str, *, unique_id: str = "1", extra_pnginfo=None, **
     input_data, missing, v3 = execution.get_input_data(inputs, cls, unique_id,
                                                        extra_data={"extra_pnginfo": extra_pnginfo})
     assert not missing, f"{node_id}: inputs given as links: {sorted(missing)}"
+    declared = {k for kind in ("required", "optional") for k in cls.INPUT_TYPES().get(kind, {})}
+    for name, outputs in (links or {}).items():
+        assert name in declared and isinstance(outputs, list), f"{node_id}: link {name!r} must be a declared input's list"
+        input_data[name] = outputs
     params = inspect.signature(execution._async_map_node_over_list).parameters
     # the third item of get_input_data: `hidden_inputs` [0.3.64], the whole `v3_data` [newer]
     extra = {"v3_data" if "v3_data" in params else "hidden_inputs": v3}

@@ -163,6 +163,13 @@ def step_counter(ui) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def run_command(ui, command: str) -> None:
+    """Run a frontend command, as its button or key does: Comfy.QueuePrompt is the Run button, Comfy.Interrupt the
+    'Cancel current run' one. The buttons differ per frontend (1.49.6 has two 'Run' buttons; on 1.58.1 the Cancel
+    button never became clickable after a reload, a 120 s timeout); the commands are the same in all of them."""
+    ui.page.evaluate("(c) => app.extensionManager.command.execute(c)", command)
+
+
 def set_widgets(ui, **values) -> None:
     ui.page.evaluate("""([id, values]) => { const n = app.graph.getNodeById(id);
       for (const [k, v] of Object.entries(values)) { const w = n.widgets.find(w => w.name === k); w.value = v;
@@ -224,7 +231,9 @@ def test_the_train_node_shows_its_help_page_and_its_chart(ui, renderer):
     assert chart_shown(ui), f"the chart is not drawn on the Train node with the {renderer} renderer"
     page.evaluate("(id) => { app.canvas.deselectAll?.(); app.canvas.selectNode(app.graph.getNodeById(id)); "
                   "app.canvas.setDirty(true, true); }", ui.train_id)
-    info = page.locator("button[aria-label='Node Info'], .selection-toolbox button:has(i[class*='info'])")
+    # the selection toolbox's Info button: [1.27] data-testid info-button (an svg icon) [newer] aria-label Node Info
+    info = page.locator("button[aria-label='Node Info'], .selection-toolbox [data-testid='info-button'], "
+                        ".selection-toolbox button:has(i[class*='info'])")
     info.first.click(timeout=30_000)  # the selection toolbox's Info button opens the node's help
     page.get_by_text(HELP_LINE).first.wait_for(state="visible", timeout=30_000)
     screenshot(ui, f"help_{renderer}", ui.base, clip=False)
@@ -243,7 +252,7 @@ def test_chart_follows_a_run_shows_previews_and_is_kept_in_the_workflow(ui, rend
     wait_chart(ui, "c.status === 'idle'", 30)
     set_widgets(ui, lora_name=f"browser/{renderer}")  # a new input: ComfyUI would reuse a cached run's outputs
     started = time.monotonic()
-    page.get_by_role("button", name="Run", exact=True).click()
+    run_command(ui, "Comfy.QueuePrompt")
 
     state = wait_chart(ui, "c.points.length >= 1", 300)
     first = step_counter(ui)
@@ -284,7 +293,7 @@ def test_reload_catches_up_cancel_stops_and_the_saved_run_redraws(ui, tmp_path):
     page.evaluate("(wf) => app.loadGraphData(wf)", json.loads(saved_path.read_text()))
     wait_chart(ui, "c.status === 'done'", 30)
     set_widgets(ui, steps=40, lora_name="browser/cancelled")
-    page.get_by_role("button", name="Run", exact=True).click()
+    run_command(ui, "Comfy.QueuePrompt")
     before = wait_chart(ui, "c.status !== 'done' && c.points.length >= 2", 300)
 
     page.reload(wait_until="domcontentloaded")  # the workflow comes back from the browser's storage
@@ -294,7 +303,7 @@ def test_reload_catches_up_cancel_stops_and_the_saved_run_redraws(ui, tmp_path):
     caught_up = wait_chart(ui, f"c.points.at(-1).step > {after['last']}", 180)  # live events after the reload
     assert caught_up["points"] > before["points"]
 
-    page.get_by_role("button", name="Cancel current run").click()
+    run_command(ui, "Comfy.Interrupt")
     stopped = wait_chart(ui, "c.status === 'cancelled' && c.detail.includes('resumable checkpoint')", 120)
     assert "resume_from" in stopped["detail"] and "step_" in stopped["detail"]
     job = ui.client.get(f"/lumina2t/history?node={ui.train_id}")["job"]

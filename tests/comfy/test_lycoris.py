@@ -39,7 +39,7 @@ def trained(comfy, comfy_model, comfy_models, tmp_path_factory):
 
     def train(kind: str):
         if kind not in done:
-            cfg = RunConfig(adapter=KINDS[kind], train=TrainConfig(steps=2, batch_size=1, lr=5e-3, precision="fp32",
+            cfg = RunConfig(adapter=KINDS[kind], train=TrainConfig(steps=1, batch_size=1, lr=5e-3, precision="fp32",
                                                                    checkpointing="off", seed=3),
                             save=SaveConfig(dtype="fp32"))
             with torch.inference_mode():

@@ -100,48 +100,36 @@ def load_encoders(tiny, text_encoder=None, vae=None, tokenizer="") -> None:
     enc.latent_encoder()
 
 
-def transformer_cases(t, w):
-    f, d = t["files"]["diffusion_model"], t["folders"]["transformer"]
+def damaged(file: Path, folder: Path, work: Path, stem: str, weights: str, pick) -> dict:
+    """The ways one component's weights can be broken, as a single file and as a folder (`weights`: the folder's
+    weights file; `pick`: the keys to drop or reshape)."""
+    out = work / f"{stem}.safetensors"
     return {
-        "file truncated": lambda: truncated(f, w / "t.safetensors"),
-        "file is a PNG": lambda: png(w / "t.safetensors"),
-        "file is text": lambda: (w / "t.txt").write_text("hello") and w / "t.txt",
-        "file misses weights": lambda: without_keys(f, w / "t.safetensors", layer0),
-        "file has other shapes": lambda: reshaped(f, w / "t.safetensors", layer0),
-        "folder without config": lambda: (w / "empty").mkdir() or w / "empty",
-        "folder weights truncated": lambda: folder_with(d, w / "t", WEIGHTS, truncated),
-        "folder misses a weight": lambda: folder_with(d, w / "t", WEIGHTS, lambda s, o: without_keys(s, o, n=1)),
-        "folder has other shapes": lambda: folder_with(d, w / "t", WEIGHTS, lambda s, o: reshaped(s, o, layer0)),
-        "folder config damaged": lambda: folder_with(d, w / "t", "config.json", bad_json),
+        "file truncated": lambda: truncated(file, out),
+        "file is a PNG": lambda: png(out),
+        "file misses weights": lambda: without_keys(file, out, pick),
+        "file has other shapes": lambda: reshaped(file, out, pick),
+        "folder weights truncated": lambda: folder_with(folder, work / stem, weights, truncated),
+        "folder misses a weight": lambda: folder_with(folder, work / stem, weights,
+                                                      lambda s, o: without_keys(s, o, n=1)),
+        "folder has other shapes": lambda: folder_with(folder, work / stem, weights, lambda s, o: reshaped(s, o, pick)),
     }
+
+
+def transformer_cases(t, w):
+    return {**damaged(t["files"]["diffusion_model"], t["folders"]["transformer"], w, "t", WEIGHTS, layer0),
+            "file is text": lambda: (w / "t.txt").write_text("hello") and w / "t.txt",
+            "folder without config": lambda: (w / "empty").mkdir() or w / "empty",
+            "folder config damaged": lambda: folder_with(t["folders"]["transformer"], w / "t", "config.json",
+                                                         bad_json)}
 
 
 def text_cases(t, w):
-    f, d = t["files"]["text_encoder"], t["folders"]["text_encoder"]
-    return {
-        "file truncated": lambda: truncated(f, w / "e.safetensors"),
-        "file is a PNG": lambda: png(w / "e.safetensors"),
-        "file misses weights": lambda: without_keys(f, w / "e.safetensors", layer0),
-        "file has other shapes": lambda: reshaped(f, w / "e.safetensors", layer0),
-        "folder weights truncated": lambda: folder_with(d, w / "e", "model.safetensors", truncated),
-        "folder misses a weight": lambda: folder_with(d, w / "e", "model.safetensors",
-                                                      lambda s, o: without_keys(s, o, n=1)),
-        "folder has other shapes": lambda: folder_with(d, w / "e", "model.safetensors",
-                                                       lambda s, o: reshaped(s, o, layer0)),
-    }
+    return damaged(t["files"]["text_encoder"], t["folders"]["text_encoder"], w, "e", "model.safetensors", layer0)
 
 
 def vae_cases(t, w):
-    f, d = t["files"]["vae"], t["folders"]["vae"]
-    return {
-        "file truncated": lambda: truncated(f, w / "v.safetensors"),
-        "file is a PNG": lambda: png(w / "v.safetensors"),
-        "file misses weights": lambda: without_keys(f, w / "v.safetensors", vae_block),
-        "file has other shapes": lambda: reshaped(f, w / "v.safetensors", vae_block),
-        "folder weights truncated": lambda: folder_with(d, w / "v", WEIGHTS, truncated),
-        "folder misses a weight": lambda: folder_with(d, w / "v", WEIGHTS, lambda s, o: without_keys(s, o, n=1)),
-        "folder has other shapes": lambda: folder_with(d, w / "v", WEIGHTS, lambda s, o: reshaped(s, o, vae_block)),
-    }
+    return damaged(t["files"]["vae"], t["folders"]["vae"], w, "v", WEIGHTS, vae_block)
 
 
 def tokenizer_cases(t, w):
