@@ -84,6 +84,8 @@ def widget_spec(cls: type, name: str, *, id: str | None = None, **overrides: Any
         raise TypeError(f"widget_spec: {', '.join(sorted(unknown))} cannot be overridden")
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
     spec = spec_of(cls, name)
+    if isinstance(f.default, tuple):
+        raise TypeError(f"{cls.__name__}.{name} is a list setting: it has no single widget; write the node's own")
     kind = "COMBO" if spec.choices else _KINDS[type(f.default)]
     out: dict[str, Any] = {"kind": kind, "id": id or name, "default": f.default, "tooltip": spec.help}
     if kind == "COMBO":
