@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import inspect
 
+from ..lumina2_train.config.settings import widget_spec
+
 try:
     from comfy_api.latest import ComfyExtension, io, ui
 except ImportError:  # a ComfyUI that has retired `latest`
@@ -29,4 +31,19 @@ def advanced(widget: io.Input) -> io.Input:
     return widget
 
 
-__all__ = ["ComfyExtension", "advanced", "io", "ui"]
+_INPUTS = {"INT": io.Int.Input, "FLOAT": io.Float.Input, "COMBO": io.Combo.Input, "BOOLEAN": io.Boolean.Input,
+           "STRING": io.String.Input}
+
+
+def widget(cls: type, name: str, *, id: str | None = None, options=None, default=None, tooltip: str | None = None,
+           **comfy_kwargs) -> io.Input:
+    """The widget of setting `name` of config class `cls`: default, range, step, options and tooltip come from the
+    field's declaration (config/settings.py, `widget_spec`). `options` / `default` / `tooltip` are node-only
+    overrides (rare); `comfy_kwargs` are display options of ComfyUI's input (optional, multiline, round, ...)."""
+    overrides = {k: v for k, v in (("options", options), ("default", default), ("tooltip", tooltip)) if v is not None}
+    spec = widget_spec(cls, name, id=id, **overrides)
+    kind, input_id = spec.pop("kind"), spec.pop("id")
+    return _INPUTS[kind](input_id, **spec, **comfy_kwargs)
+
+
+__all__ = ["ComfyExtension", "advanced", "io", "ui", "widget"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import folder_paths
 
-from ..lumina2_train.config import LORA_INITS, TARGET_GROUPS, AdapterConfig
+from ..lumina2_train.config import TARGET_GROUPS, AdapterConfig
 from ..lumina2_train.errors import ConfigError
 from . import types
-from ._api import advanced, io
+from ._api import advanced, io, widget
 
 CATEGORY = "Lumina2 Trainer/3 Train"
 NO_LORA = "(none)"
@@ -37,33 +37,12 @@ class ConfigureAdapter(io.ComfyNode):
             description="LoRA / LoHa / LoKr (+ DoRA) settings, or a full fine-tune, and which layers to train. "
                         "Feeds the Train node.",
             inputs=[
-                io.Combo.Input("kind", options=["lora", "loha", "lokr", "full"], default=_A.kind,
-                               tooltip="lora: low-rank pair per layer. loha: Hadamard product of two pairs. lokr: "
-                                       "Kronecker product (very small files). All load in stock ComfyUI. full: train "
-                                       "the chosen layers' weights themselves (a copy; the MODEL is never changed) "
-                                       "and save the whole model to models/diffusion_models for Load Diffusion "
-                                       "Model; rank, alpha, dropout, init, DoRA and init_from do not apply, and "
-                                       "with no target ticked every layer trains."),
-                io.Int.Input("rank", default=_A.rank, min=1, max=1024, tooltip="Rank (dimension) of the adapter."),
-                io.Float.Input("alpha", default=_A.alpha, min=0.0, max=4096.0, step=0.5,
-                               tooltip="Scale = alpha / rank. alpha = rank trains at scale 1."),
-                io.Float.Input("dropout", default=_A.dropout, min=0.0, max=0.99, step=0.01,
-                               tooltip="Dropout on the adapter's input during training (0 = off)."),
-                io.Combo.Input("init", options=list(LORA_INITS), default=_A.init,
-                               tooltip="default: PEFT's init (kaiming down, zero up). gaussian: N(0, 1/rank) down."),
+                *[widget(AdapterConfig, name) for name in ("kind", "rank", "alpha", "dropout", "init")],
                 *[io.Boolean.Input(f"target_{g}", default=g in _A.targets,
                                    tooltip=f"Train {tip}. (kind full: none ticked = every layer.)")
                   for g, tip in _GROUP_TIPS.items()],
-                io.String.Input("blocks", default=_A.blocks,
-                                tooltip="Main blocks to adapt: 'all', or indices and ranges like '0-12,20,25' "
-                                        "(Lumina2 has 26, numbered 0-25)."),
-                io.Boolean.Input("refiners", default=_A.refiners,
-                                 tooltip="Also adapt the 2 noise and 2 context refiner blocks."),
-                io.Boolean.Input("use_dora", default=_A.use_dora,
-                                 tooltip="DoRA: learn a per-column magnitude besides the direction (LoRA only)."),
-                advanced(io.Int.Input("lokr_factor", default=_A.lokr_factor, min=-1, max=1024,
-                                      tooltip="LoKr: the factor of the Kronecker split; -1 = as square as "
-                                              "possible.")),
+                *[widget(AdapterConfig, name) for name in ("blocks", "refiners", "use_dora")],
+                advanced(widget(AdapterConfig, "lokr_factor")),
                 io.Combo.Input("init_from", options=[NO_LORA, *folder_paths.get_filename_list("loras")],
                                default=NO_LORA,
                                tooltip="Continue from a LoRA in models/loras (ComfyUI, kohya, diffusers or "

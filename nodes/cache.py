@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ..lumina2_train.comfyui import data as comfy_data
-from ..lumina2_train.config import SYSTEM_PROMPTS, CacheConfig
+from ..lumina2_train.config import CacheConfig
 from . import types
-from ._api import advanced, io, ui
+from ._api import advanced, io, ui, widget
 
 _C = CacheConfig()
 
@@ -24,25 +24,15 @@ class CacheLatentsText(io.ComfyNode):
                 io.Clip.Input("clip", tooltip="Lumina2's text encoder (Gemma2-2B): the CLIP of Load Checkpoint, or "
                                               "Load CLIP with type 'lumina2'."),
                 io.Vae.Input("vae", tooltip="The Flux VAE (ae.safetensors) Lumina2 uses."),
-                io.Combo.Input("system_prompt", options=list(SYSTEM_PROMPTS), default=_C.system_prompt,
-                               tooltip="Prefix encoded before each caption, as CLIP Text Encode for Lumina2 does "
-                                       "(superior / alignment are its two strings). Sample with the same one. "
-                                       "'custom' uses the text below; 'none' encodes the bare caption."),
-                io.String.Input("custom_system_prompt", default="", multiline=True,
-                                tooltip="For system_prompt 'custom': the prefix text (before ' <Prompt Start> ')."),
-                io.Int.Input("max_caption_tokens", default=_C.max_caption_tokens, min=8, max=4096,
-                             tooltip="Gemma tokens kept per caption, system prompt included (Lumina2 trains at 256)."),
+                widget(CacheConfig, "system_prompt"),
+                widget(CacheConfig, "custom_system_prompt", multiline=True),
+                widget(CacheConfig, "max_caption_tokens"),
                 types.Validation.Input("validation", optional=True,
                                        tooltip="The Validation Settings you give the Train node: their prompts are "
                                                "encoded here too (the Train node has no text encoder)."),
-                advanced(io.Int.Input("vae_batch_size", default=_C.vae_batch_size, min=1, max=64,
-                                      tooltip="Images per VAE call. 1 keeps latents bit-identical whatever the "
-                                              "batch; larger is faster on a GPU.")),
-                advanced(io.Int.Input("encode_batch_size", default=_C.encode_batch_size, min=1, max=256,
-                                      optional=True,  # optional: prompts saved before it existed still run
-                                      tooltip="Captions per text-encoder call. Larger is faster on a GPU and "
-                                              "needs more memory while caching; the features do not depend on it "
-                                              "beyond the last float bits.")),
+                advanced(widget(CacheConfig, "vae_batch_size")),
+                # optional: prompts saved before it existed still run
+                advanced(widget(CacheConfig, "encode_batch_size", optional=True)),
             ],
             outputs=[types.Cache.Output("cache", display_name="cache", tooltip="The cache handle, for the Train node."),
                      io.String.Output("summary", display_name="summary", tooltip="What was cached, and where.")],

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..lumina2_train.comfyui import train as comfy_run
-from ..lumina2_train.config import LORA_FORMATS, SAVE_DTYPES
-from ._api import io, ui
+from ..lumina2_train.config import SaveConfig
+from ._api import io, ui, widget
 
 CATEGORY = "Lumina2 Trainer/4 Use"
 
@@ -23,12 +23,8 @@ class SaveLoRA(io.ComfyNode):
                 io.LoraModel.Input("lora", tooltip="The Train node's 'lora' output (or any LORA_MODEL)."),
                 io.String.Input("name", default="lumina2_lora_export",
                                 tooltip="File name (a subfolder is allowed); an existing file is never overwritten."),
-                io.Combo.Input("format", options=list(LORA_FORMATS), default="comfyui",
-                               tooltip="comfyui (native names, loads in ComfyUI), kohya (lora_unet_*, loads in "
-                                       "ComfyUI and kohya tools) or diffusers (transformer.*, qkv split: for "
-                                       "diffusers' Lumina2Pipeline; ComfyUI cannot load it). LoHa/LoKr/DoRA and "
-                                       "a full fine-tune's .diff patches: comfyui only."),
-                io.Combo.Input("dtype", options=list(SAVE_DTYPES), default="bf16", tooltip="dtype of the file."),
+                widget(SaveConfig, "format"),
+                widget(SaveConfig, "dtype"),
                 io.Combo.Input("destination", options=["loras", "output"], default="loras",
                                tooltip="loras: models/loras (listed by the LoRA loaders). output: "
                                        "output/lumina2_train/loras (e.g. for diffusers files)."),

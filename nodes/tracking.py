@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from ..lumina2_train.config import REPORT_TO, HubConfig, TrackingConfig
 from . import types
-from ._api import io
+from ._api import io, widget
 from .adapter import CATEGORY, check_config
 
 _TR = TrackingConfig()
-_H = HubConfig()
 BOTH = "tensorboard+wandb"
 
 
@@ -26,11 +25,7 @@ class ConfigureTracking(io.ComfyNode):
                                tooltip="tensorboard (pip install tensorboard), wandb (pip install wandb; offline "
                                        "when its server cannot be reached: upload later with `wandb sync`), both, "
                                        "or none. A missing package fails the Train node before any model loads."),
-                io.String.Input("project", default=_TR.project, tooltip="W&B project name."),
-                io.String.Input("run_name", default=_TR.run_name,
-                                tooltip="Run name shown by the tracker; empty = the run folder's name."),
-                io.Int.Input("log_every_n_steps", default=_TR.log_every_n_steps, min=1, max=1_000_000,
-                             tooltip="Log the step scalars every N optimizer steps (and at the last step)."),
+                *[widget(TrackingConfig, n) for n in ("project", "run_name", "log_every_n_steps")],
             ],
             outputs=[types.Tracking.Output("tracking", display_name="tracking",
                                            tooltip="For the Train node's 'tracking' input.")],
@@ -53,17 +48,7 @@ class ConfigureHub(io.ComfyNode):
                         "Hugging Face Hub repository after training. Needs a login on the ComfyUI machine (`hf auth "
                         "login` or HF_TOKEN). Connect it to the Train node's 'hub' input.",
             inputs=[
-                io.String.Input("model_id", default=_H.model_id,
-                                tooltip="The repository: 'user/name', or 'name' under your account. Created if "
-                                        "missing."),
-                io.Boolean.Input("push", default=_H.push,
-                                 tooltip="Upload after training. The files are always written locally first; if the "
-                                         "upload fails (offline, no login) the Train node fails with the command "
-                                         "that uploads them later."),
-                io.Boolean.Input("push_checkpoints", default=_H.push_checkpoints,
-                                 tooltip="Also upload each intermediate checkpoint and file as it is saved (needs "
-                                         "push; a failed intermediate upload only logs a warning)."),
-                io.Boolean.Input("private", default=_H.private, tooltip="Create the repository as private."),
+                *[widget(HubConfig, n) for n in ("model_id", "push", "push_checkpoints", "private")],
             ],
             outputs=[types.Hub.Output("hub", display_name="hub", tooltip="For the Train node's 'hub' input.")],
         )

@@ -22,7 +22,7 @@ from ..lumina2_train.config import (
 )
 from ..lumina2_train.storage.paths import name_problem
 from . import types
-from ._api import io, ui
+from ._api import io, ui, widget
 from .train_options import advanced_train_inputs, model_from_widgets, save_from_widgets, train_from_widgets
 
 CATEGORY = "Lumina2 Trainer/3 Train"
@@ -114,16 +114,13 @@ class TrainLoRA(io.ComfyNode):
                         "and outputs the MODEL with it applied.",
             inputs=[
                 *head_inputs(),
-                io.Int.Input("steps", default=_T.steps, min=1, max=10_000_000, tooltip="Optimizer steps."),
-                io.Float.Input("lr", default=_T.lr, min=0.0, max=1.0, step=1e-6, round=False,
-                               tooltip="Learning rate (AdamW, constant)."),
-                io.Int.Input("batch_size", default=_T.batch_size, min=1, max=1024,
-                             tooltip="Images per step (each batch comes from one aspect bucket)."),
-                io.Int.Input("seed", default=_T.seed, min=0, max=2**31 - 1, control_after_generate=False,
-                             tooltip="Seed of the adapter init, noise, timesteps and batch order."),
-                io.Int.Input("save_every_n_steps", default=_S.every_n_steps, min=0, max=10_000_000,
-                             tooltip="Also write a resumable checkpoint and a LoRA file every N steps (in the run "
-                                     "folder); 0 = only at the end."),
+                widget(TrainConfig, "steps"),
+                # this node trains with AdamW at a constant lr (the Advanced node has the schedule)
+                widget(TrainConfig, "lr", round=False, tooltip="Learning rate (AdamW, constant)."),
+                widget(TrainConfig, "batch_size", tooltip="Images per step (each batch comes from one aspect "
+                                                          "bucket)."),
+                widget(TrainConfig, "seed", control_after_generate=False),
+                widget(SaveConfig, "every_n_steps", id="save_every_n_steps"),
                 *tail_inputs(),
             ],
             outputs=outputs(),

@@ -15,7 +15,8 @@ FILE_POLICIES = ("error", "skip")  # unreadable/corrupt images, non-UTF-8 captio
 DUPLICATE_POLICIES = ("error", "skip", "keep")  # images sharing one caption file (same stem)
 BUCKET_STEPS = (16, 32, 64)
 SYSTEM_PROMPTS = ("superior", "alignment", "base", "none", "custom")
-ADAPTER_KINDS = ("lora", "lokr", "loha", "full")
+MASK_STRATEGIES = ("none", "alpha", "folder")
+ADAPTER_KINDS = ("lora", "loha", "lokr", "full")
 TARGET_GROUPS = ("attention", "ffn", "adaln", "final", "embedders")
 TARGET_PRESETS = {
     "attention": ("attention",),  # diffusers / SimpleTuner default
@@ -40,6 +41,10 @@ SAVED_ACTIVATIONS = ("bf16", "fp8")  # what blocks that keep their activations s
 SAVE_DTYPES = ("bf16", "fp16", "fp32")
 LORA_FORMATS = ("comfyui", "kohya", "diffusers")
 NONFINITE_POLICIES = ("stop", "skip")
+LR_SCALINGS = ("none", "linear", "sqrt")  # train.scale_lr
+QUANTIZE_VIA = ("cpu", "accelerator")
+EVALUATION_TYPES = ("none", "clip")
+SEED_MAX = 2**31 - 1  # seed widgets' upper end
 
 
 def _choice(at: str, value: Any, options: tuple | dict) -> list[str]:

@@ -10,31 +10,39 @@ from .choices import (
     BASE_PRECISIONS,
     LORA_INITS,
     PRECISIONS,
+    QUANTIZE_VIA,
     TARGET_GROUPS,
     TARGET_PRESETS,
     TEXT_NUMERICS,
-    _choice,
-    _range,
 )
+from .settings import setting, setting_errors
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Where the base weights come from (CLI). Inside ComfyUI the MODEL/CLIP/VAE inputs replace this."""
 
-    transformer: str = ""  # diffusers Lumina2 folder (with transformer/), or a ComfyUI diffusion-model / all-in-one file
-    text_encoder: str = ""  # diffusers text_encoder folder, HF Gemma2 folder, or ComfyUI text-encoder file
-    tokenizer: str = ""  # optional; defaults to the text encoder's folder / the tokenizer inside the file
-    vae: str = ""  # diffusers vae folder or a ComfyUI/Flux ae.safetensors
-    # comfyui: captions encoded as ComfyUI's Gemma2 encodes prompts at inference (no attention soft-capping,
-    # norm scales rounded as ComfyUI stores them); transformers: transformers' Gemma2 (docs/recipe.md)
-    text_encoder_numerics: str = "comfyui"
-    dtype: str = "bf16"  # compute dtype of the frozen base
-    base_precision: str = "no_change"  # storage of the frozen base: fp8 | int8 (backbones/quant.py), *-torchao
-    quantize_via: str = "accelerator"  # cpu | accelerator
-    # the frozen base's block GEMMs: bf16 (exact) | fp8 (e4m3 tensor cores, row-wise scales; opt-in, changes
-    # the numbers slightly: docs/benchmarks.md) | fp8_emulated (the same maths on any device, slow; tests)
-    base_compute: str = "bf16"
+    transformer: str = setting("", "A diffusers Lumina2 folder (with transformer/), or a ComfyUI diffusion-model "
+                                   "/ all-in-one file.")
+    text_encoder: str = setting("", "A diffusers text_encoder folder, a Hugging Face Gemma2 folder, or a ComfyUI "
+                                    "text-encoder file.")
+    tokenizer: str = setting("", "Optional; defaults to the text encoder's folder / the tokenizer inside the "
+                                 "file.")
+    vae: str = setting("", "A diffusers vae folder or a ComfyUI/Flux ae.safetensors.")
+    text_encoder_numerics: str = setting(
+        "comfyui", "comfyui: captions encoded as ComfyUI's Gemma2 encodes prompts at inference (no attention "
+        "soft-capping, norm scales rounded as ComfyUI stores them); transformers: transformers' Gemma2 "
+        "(docs/recipe.md).", choices=TEXT_NUMERICS)
+    dtype: str = setting("bf16", "Compute dtype of the frozen base.", choices=PRECISIONS)
+    base_precision: str = setting("no_change", "Storage of the frozen base: fp8 | int8 (backbones/quant.py); the "
+                                               "*-torchao names select the same storage.", choices=BASE_PRECISIONS)
+    quantize_via: str = setting("accelerator", "Where the base is quantised: cpu | accelerator.",
+                                choices=QUANTIZE_VIA)
+    base_compute: str = setting(
+        "bf16", "GEMMs of the frozen model's block Linears while training: bf16 (exact) or fp8 (e4m3 tensor cores, "
+        "NVIDIA Ada/Hopper; about 1.3x faster at 1024 px, the loss within 0.3 % of bf16's, docs/benchmarks.md). "
+        "fp8_emulated: the same maths on any device, slow (for checking). Adapters, loss and previews stay exact.",
+        choices=BASE_COMPUTES)
 
     @property
     def storage_format(self) -> str:
@@ -44,36 +52,37 @@ class ModelConfig:
         return {"int8-torchao": "int8", "fp8-torchao": "fp8"}.get(self.base_precision, self.base_precision)
 
     def errors(self, at: str = "model") -> list[str]:
-        out = _choice(f"{at}.dtype", self.dtype, PRECISIONS)
-        out += _choice(f"{at}.base_precision", self.base_precision, BASE_PRECISIONS)
-        out += _choice(f"{at}.quantize_via", self.quantize_via, ("cpu", "accelerator"))
-        out += _choice(f"{at}.base_compute", self.base_compute, BASE_COMPUTES)
-        out += _choice(f"{at}.text_encoder_numerics", self.text_encoder_numerics, TEXT_NUMERICS)
-        return out
+        return setting_errors(self, at)
 
 
 @dataclass(frozen=True)
 class AdapterConfig:
-    kind: str = "lora"
-    rank: int = 16
-    alpha: float = 16.0  # scale = alpha / rank
-    dropout: float = 0.0
-    init: str = "default"  # default: kaiming-uniform down, zero up (PEFT); gaussian: N(0, 1/rank) down
-    targets: tuple[str, ...] = TARGET_PRESETS["attention"]
-    blocks: str = "all"  # main-layer indices: 'all' or e.g. '0-12,20,25'
-    refiners: bool = True  # also adapt noise_refiner / context_refiner blocks
-    use_dora: bool = False
-    lokr_factor: int = -1  # LoKr: -1 = as square as possible
-    init_from: str = ""  # continue from an existing LoRA file (any format formats.py reads)
+    kind: str = setting(
+        "lora", "lora: low-rank pair per layer. loha: Hadamard product of two pairs. lokr: Kronecker product (very "
+        "small files). All load in stock ComfyUI. full: train the chosen layers' weights themselves (a copy; the "
+        "MODEL is never changed) and save the whole model to models/diffusion_models for Load Diffusion Model; "
+        "rank, alpha, dropout, init, DoRA and init_from do not apply, and with no target ticked every layer "
+        "trains.", choices=ADAPTER_KINDS)
+    rank: int = setting(16, "Rank (dimension) of the adapter.", min=1, max=1024)
+    alpha: float = setting(16.0, "Scale = alpha / rank. alpha = rank trains at scale 1.", min=0.0,
+                           widget_max=4096.0, step=0.5)
+    dropout: float = setting(0.0, "Dropout on the adapter's input during training (0 = off).", min=0.0, max=0.99,
+                             step=0.01)
+    init: str = setting("default", "default: PEFT's init (kaiming down, zero up). gaussian: N(0, 1/rank) down.",
+                        choices=LORA_INITS)
+    targets: tuple[str, ...] = setting(TARGET_PRESETS["attention"], "The layer groups to train.",
+                                       choices=TARGET_GROUPS)
+    blocks: str = setting("all", "Main blocks to adapt: 'all', or indices and ranges like '0-12,20,25' (Lumina2 "
+                                 "has 26, numbered 0-25).")
+    refiners: bool = setting(True, "Also adapt the 2 noise and 2 context refiner blocks.")
+    use_dora: bool = setting(False, "DoRA: learn a per-column magnitude besides the direction (LoRA only).")
+    lokr_factor: int = setting(-1, "LoKr: the factor of the Kronecker split; -1 = as square as possible.",
+                               widget_min=-1, widget_max=1024)
+    init_from: str = setting("", "Continue from an existing LoRA file (any format files/formats.py reads) instead "
+                                 "of a fresh adapter.")
 
     def errors(self, at: str = "adapter") -> list[str]:
-        out = _choice(f"{at}.kind", self.kind, ADAPTER_KINDS)
-        out += _choice(f"{at}.init", self.init, LORA_INITS)
-        out += _range(f"{at}.rank", self.rank, 1, 1024)
-        out += _range(f"{at}.alpha", self.alpha, 0.0)
-        out += _range(f"{at}.dropout", self.dropout, 0.0, 0.99)
-        for t in self.targets:
-            out += _choice(f"{at}.targets", t, TARGET_GROUPS)
+        out = setting_errors(self, at)
         if self.kind in ADAPTER_KINDS:
             out += self._kind_errors(at)
         if self.blocks != "all":

@@ -14,6 +14,7 @@ from .choices import nonfinite_errors
 from .data import CacheConfig, DataConfig
 from .model import AdapterConfig, ModelConfig
 from .outputs import HubConfig, SaveConfig, TrackingConfig, ValidationConfig
+from .settings import setting
 from .train import TrainConfig
 
 try:  # Python 3.11+
@@ -30,7 +31,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     save: SaveConfig = field(default_factory=SaveConfig)
-    resume_from: str = ""  # a checkpoint folder written by a previous run
+    resume_from: str = setting("", "A run folder or one of its checkpoint folders, written by a previous run; "
+                                   "empty = a new run.")
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     hub: HubConfig = field(default_factory=HubConfig)
 

@@ -7,112 +7,112 @@ from dataclasses import dataclass
 from .choices import (
     CHECKPOINTING,
     LOSS_WEIGHTINGS,
+    LR_SCALINGS,
     NONFINITE_POLICIES,
     OPTIMIZER_STATES,
     OPTIMIZERS,
     PRECISIONS,
     SAVED_ACTIVATIONS,
     SCHEDULERS,
+    SEED_MAX,
     SHIFT_MODES,
     TIMESTEP_SAMPLINGS,
-    _choice,
-    _range,
 )
+from .settings import setting, setting_errors
+
+BIG = 10_000_000  # the widget's upper end of step counts
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 1000  # optimizer steps
-    batch_size: int = 1  # per micro-step
-    grad_accum: int = 1
-    lr: float = 1e-4
-    optimizer: str = "adamw"
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0  # 0 = no clipping
-    scheduler: str = "constant"
-    warmup_steps: int = 0
-    num_cycles: int = 1  # cosine_with_restarts
-    power: float = 1.0  # polynomial
-    min_lr_ratio: float = 0.0  # linear / cosine / polynomial decay end, as a fraction of lr
-    seed: int = 42
-    precision: str = "bf16"  # autocast dtype of the forward/backward (fp32 on a CPU without native bf16: train/speed.py)
-    checkpointing: str = "on"
-    timestep_sampling: str = "logit_normal"
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    shift_mode: str = "resolution"  # resolution-dependent shift (flux/lumina auto shift), static, none
-    static_shift: float = 3.0
-    loss_weighting: str = "none"
-    min_snr_gamma: float = 5.0
-    caption_dropout: float = 0.0  # off by default; the official recipe trains with 0.1 (docs/recipe.md)
-    use_ema: bool = False
-    ema_decay: float = 0.999
-    ema_every_n_steps: int = 1
-    ema_on_cpu: bool = False
-    on_nonfinite: str = "stop"
-    # Scheduled sampling (EXPERIMENTAL): with this probability a sample's x_σ comes from the model's own
-    # Euler rollout from a higher noise level instead of the exact interpolation (train/rollout.py).
-    rollout_probability: float = 0.0
-    rollout_max_offset: float = 0.2  # the rollout starts at σ + U(0, offset)·(1 − σ)
-    rollout_steps: int = 2
-    compile: bool = False  # regional torch.compile of the transformer blocks (CUDA)
-    # checkpointing 'auto': GiB the run may use on the GPU (0 = 90 % of the card); blocks keep their
-    # activations (no recompute) while the measured step still fits (train/memory.py)
-    memory_budget_gib: float = 0.0
-    # what blocks that keep their activations store for backward: bf16 (exact) | fp8 (e4m3, a scale per row;
-    # half the bytes, so 'auto' keeps more blocks; opt-in, changes the gradients slightly)
-    saved_activations: str = "bf16"
-    optimizer_states: str = "fp32"  # adamw moments: fp32 | 8bit (fp8 with block scales, train/lowmem.py)
-    optimizer_in_backward: bool = False  # update each weight as its gradient completes (no gradient buffer)
-    # Within a bucket, batch samples of equal caption length first (attention needs no padding mask); only
-    # the leftovers mix lengths. Changes the batch order, not what a batch computes.
-    group_by_caption_length: bool = True
-    # a batch of mixed caption lengths runs one unmasked forward per length instead of one masked forward
-    # (train/lengths.py): the same loss, no padding-mask attention kernel
-    split_caption_lengths: bool = False
-    # lr × f(batch_size × grad_accum × processes): none | linear | sqrt (train/distributed.py; logged)
-    scale_lr: str = "none"
+    steps: int = setting(1000, "Optimizer steps.", min=1, widget_max=BIG)
+    batch_size: int = setting(1, "Images per micro-step (one aspect bucket each).", min=1, widget_max=1024)
+    grad_accum: int = setting(1, "Micro-steps accumulated per optimizer step (effective batch = batch_size x "
+                                 "this).", min=1, widget_max=1024)
+    lr: float = setting(1e-4, "Learning rate (peak, after warm-up).", min=0.0, max=1.0, step=1e-6)
+    optimizer: str = setting(
+        "adamw", "adamw (default), adamw_bf16, adamw8bit (CUDA, bitsandbytes), lion, prodigy (set lr 1.0), "
+        "optimi-stableadamw, adamw_schedulefree, adafactor. Optional packages are named in the error if missing.",
+        choices=OPTIMIZERS)
+    betas: tuple[float, float] = setting((0.9, 0.999), "Adam beta1, beta2, each in [0, 1).")
+    eps: float = setting(1e-8, "Adam epsilon.", widget_min=0.0, widget_max=1.0, step=1e-9)
+    weight_decay: float = setting(0.0, "Decoupled weight decay.", widget_min=0.0, widget_max=10.0, step=0.001)
+    max_grad_norm: float = setting(1.0, "Clip the gradient norm to this; 0 = no clipping.", min=0.0,
+                                   widget_max=1e4, step=0.1)
+    scheduler: str = setting("constant", "Learning-rate schedule after warm-up.", choices=SCHEDULERS)
+    warmup_steps: int = setting(0, "Linear warm-up steps from 0 to lr.", min=0, widget_max=BIG)
+    num_cycles: int = setting(1, "cosine_with_restarts: number of cycles.", min=1, widget_max=1000)
+    power: float = setting(1.0, "polynomial: the power of the decay.", widget_min=0.0, widget_max=10.0, step=0.1)
+    min_lr_ratio: float = setting(0.0, "Where linear / cosine / polynomial decay ends, as a fraction of lr.",
+                                  min=0.0, max=1.0, step=0.01)
+    seed: int = setting(42, "Seed of the adapter init, noise, timesteps and batch order.", widget_min=0,
+                        widget_max=SEED_MAX)
+    # fp32 on a CPU without native bf16 (train/speed.py)
+    precision: str = setting("bf16", "Autocast dtype of forward/backward (bf16 on GPUs; fp32 on CPU).",
+                             choices=PRECISIONS)
+    checkpointing: str = setting("on", "Activation checkpointing: on (least memory), off (fastest), auto (keeps "
+                                       "activations while memory_budget_gib allows).", choices=CHECKPOINTING)
+    timestep_sampling: str = setting("logit_normal", "How noise levels are drawn: logit_normal (Lumina2's recipe) "
+                                                     "or uniform.", choices=TIMESTEP_SAMPLINGS)
+    logit_mean: float = setting(0.0, "logit_normal: mean.", widget_min=-10.0, widget_max=10.0, step=0.01)
+    logit_std: float = setting(1.0, "logit_normal: standard deviation.", min=1e-3, widget_max=10.0, step=0.01)
+    shift_mode: str = setting("resolution", "resolution: shift sigma by the image size (Lumina2/Flux auto shift); "
+                                            "static: by static_shift; none: no shift.", choices=SHIFT_MODES)
+    static_shift: float = setting(3.0, "shift_mode static: the shift.", min=0.01, max=100.0, step=0.1)
+    loss_weighting: str = setting("none", "Per-noise-level loss weights: none, min_snr, cosmap.",
+                                  choices=LOSS_WEIGHTINGS)
+    min_snr_gamma: float = setting(5.0, "min_snr: gamma.", widget_min=0.0, widget_max=100.0, step=0.1)
+    # off by default; the official recipe trains with 0.1 (docs/recipe.md)
+    caption_dropout: float = setting(0.0, "Probability of training a sample with an empty text (helps CFG). "
+                                          "Default 0; the official recipe uses 0.1.", min=0.0, max=1.0, step=0.01)
+    use_ema: bool = setting(False, "Keep an exponential moving average of the adapter weights.")
+    ema_decay: float = setting(0.999, "EMA decay (with warm-up).", min=0.0, max=1.0, step=0.0001)
+    ema_every_n_steps: int = setting(1, "Update the EMA every N steps.", min=1, widget_max=100_000)
+    ema_on_cpu: bool = setting(False, "Keep the EMA on the CPU (saves GPU memory).")
+    on_nonfinite: str = setting("stop", "A NaN/inf loss: stop (after a checkpoint) or skip the update.",
+                                choices=NONFINITE_POLICIES)
+    # Scheduled sampling (EXPERIMENTAL, train/rollout.py)
+    rollout_probability: float = setting(0.0, "Probability of reaching a sample's noise level by a short Euler "
+                                              "rollout from a higher one instead of exact interpolation.",
+                                         min=0.0, max=1.0, step=0.01)
+    rollout_max_offset: float = setting(0.2, "Rollout start: sigma + U(0, offset) x (1 - sigma).", min=0.0,
+                                        max=1.0, step=0.01)
+    rollout_steps: int = setting(2, "Euler steps of a rollout.", min=1, max=50)
+    compile: bool = setting(False, "Regional torch.compile of the transformer blocks (CUDA).")
+    # blocks keep their activations (no recompute) while the measured step still fits (train/memory.py)
+    memory_budget_gib: float = setting(0.0, "checkpointing auto: GiB the run may use (0 = 90 % of the card).",
+                                       min=0.0, widget_max=4096.0, step=0.5)
+    # fp8: e4m3 with a scale per row (opt-in)
+    saved_activations: str = setting(
+        "bf16", "What blocks that keep their activations store for backward: bf16 (exact) or fp8 (half the "
+        "memory, so checkpointing auto keeps more blocks; changes the gradients slightly). Needs checkpointing "
+        "auto/off.", choices=SAVED_ACTIVATIONS)
+    # 8bit: fp8 with block scales (train/lowmem.py)
+    optimizer_states: str = setting("fp32", "adamw moments in fp32 or 8-bit.", choices=OPTIMIZER_STATES)
+    optimizer_in_backward: bool = setting(False, "Update each weight as its gradient completes (needs grad_accum "
+                                                 "1 and max_grad_norm 0).")
+    # only the leftovers of a bucket mix lengths
+    group_by_caption_length: bool = setting(True, "Within a bucket, batch captions of equal length first (no "
+                                                  "attention padding). Changes the batch order only.")
+    # train/lengths.py
+    split_caption_lengths: bool = setting(False, "A batch of mixed caption lengths runs one unmasked forward per "
+                                                 "length instead of a masked one (same loss, faster kernel).")
+    # train/distributed.py; logged
+    scale_lr: str = setting("none", "Scale lr by the effective batch size (batch_size x grad_accum x "
+                                    "processes): none, linear or sqrt.", choices=LR_SCALINGS)
 
     @property
     def effective_batch_size(self) -> int:
         return self.batch_size * self.grad_accum
 
     def errors(self, at: str = "train") -> list[str]:
-        out = _range(f"{at}.steps", self.steps, 1)
-        out += _range(f"{at}.batch_size", self.batch_size, 1)
-        out += _range(f"{at}.grad_accum", self.grad_accum, 1)
-        out += _range(f"{at}.lr", self.lr, 0.0, 1.0)
-        out += _choice(f"{at}.optimizer", self.optimizer, OPTIMIZERS)
-        out += _choice(f"{at}.scheduler", self.scheduler, SCHEDULERS)
-        out += _choice(f"{at}.precision", self.precision, PRECISIONS)
-        out += _choice(f"{at}.checkpointing", self.checkpointing, CHECKPOINTING)
-        out += _choice(f"{at}.timestep_sampling", self.timestep_sampling, TIMESTEP_SAMPLINGS)
-        out += _choice(f"{at}.shift_mode", self.shift_mode, SHIFT_MODES)
-        out += _choice(f"{at}.loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
-        out += _choice(f"{at}.on_nonfinite", self.on_nonfinite, NONFINITE_POLICIES)
-        out += _choice(f"{at}.scale_lr", self.scale_lr, ("none", "linear", "sqrt"))
-        out += _range(f"{at}.warmup_steps", self.warmup_steps, 0)
-        out += _range(f"{at}.max_grad_norm", self.max_grad_norm, 0.0)
-        out += _range(f"{at}.caption_dropout", self.caption_dropout, 0.0, 1.0)
-        out += _range(f"{at}.static_shift", self.static_shift, 0.01, 100.0)
-        out += _range(f"{at}.logit_std", self.logit_std, 1e-3)
-        out += _range(f"{at}.ema_decay", self.ema_decay, 0.0, 1.0)
-        out += _range(f"{at}.ema_every_n_steps", self.ema_every_n_steps, 1)
-        out += _range(f"{at}.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
-        out += _range(f"{at}.num_cycles", self.num_cycles, 1)
-        out += _range(f"{at}.rollout_probability", self.rollout_probability, 0.0, 1.0)
-        out += _range(f"{at}.rollout_max_offset", self.rollout_max_offset, 0.0, 1.0)
-        out += _range(f"{at}.rollout_steps", self.rollout_steps, 1, 50)
+        out = setting_errors(self, at)
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             out.append(f"{at}.betas must be two numbers in [0, 1) (got {list(self.betas)})")
         return out + self._memory_errors(at)
 
     def _memory_errors(self, at: str) -> list[str]:
-        out = _range(f"{at}.memory_budget_gib", self.memory_budget_gib, 0.0)
-        out += _choice(f"{at}.optimizer_states", self.optimizer_states, OPTIMIZER_STATES)
-        out += _choice(f"{at}.saved_activations", self.saved_activations, SAVED_ACTIVATIONS)
+        out = []
         if self.saved_activations != "bf16" and self.checkpointing == "on":
             out.append(f"{at}.saved_activations '{self.saved_activations}' applies to blocks that keep their "
                        "activations, and checkpointing 'on' keeps none; set checkpointing to 'auto' or 'off'")
