@@ -23,7 +23,13 @@ from ..lumina2_train.config import (
 from ..lumina2_train.storage.paths import name_problem
 from . import types
 from ._api import io, ui, widget
-from .train_options import advanced_train_inputs, model_from_widgets, save_from_widgets, train_from_widgets
+from .train_options import (
+    added_inputs,
+    advanced_train_inputs,
+    model_from_widgets,
+    save_from_widgets,
+    train_from_widgets,
+)
 
 CATEGORY = "Lumina2 Trainer/3 Train"
 _T = TrainConfig()
@@ -151,7 +157,7 @@ class TrainLoRAAdvanced(io.ComfyNode):
             description="The Train node with every training and saving option: optimizer, schedule, warm-up, "
                         "timestep sampling and shift, loss weighting, caption dropout, EMA, precision, activation "
                         "checkpointing, save format and frequency. Same function as 'Train Adapter or Full Model'.",
-            inputs=[*head_inputs(), *advanced_train_inputs(), *tail_inputs()],
+            inputs=[*head_inputs(), *advanced_train_inputs(), *tail_inputs(), *added_inputs()],
             outputs=outputs(),
             hidden=[io.Hidden.unique_id],
             is_output_node=True,

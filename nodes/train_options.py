@@ -23,7 +23,10 @@ _RECIPE = ("precision", "checkpointing", "timestep_sampling", "logit_mean", "log
            "static_shift", "loss_weighting", "min_snr_gamma", "caption_dropout", "+rollout_probability",
            "+rollout_max_offset", "+rollout_steps", "use_ema", "ema_decay", "+ema_every_n_steps", "+ema_on_cpu",
            "on_nonfinite", "+compile", "+memory_budget_gib", "+optimizer_states", "+optimizer_in_backward",
-           "+group_by_caption_length", "+split_caption_lengths", "+scale_lr")
+           "+group_by_caption_length", "+scale_lr")
+# widgets added after the previous release: after every older widget (resume_from included), so the positional
+# widget values of workflows saved before they existed keep their places (tests/comfy/test_previous_release.py)
+_ADDED = ("+split_caption_lengths",)
 
 
 def _train_widget(entry: str) -> io.Input:
@@ -52,13 +55,16 @@ def _save_inputs() -> list[io.Input]:
     ]
 
 
-def _fp8_inputs() -> list[io.Input]:
-    """Last in the node, so the widget values of workflows saved before they existed keep their places."""
-    return [advanced(widget(TrainConfig, "saved_activations")), advanced(widget(ModelConfig, "base_compute"))]
-
-
 def advanced_train_inputs() -> list[io.Input]:
-    return [*map(_train_widget, _OPTIMIZER + _RECIPE), *_save_inputs(), *_fp8_inputs()]
+    return [*map(_train_widget, _OPTIMIZER + _RECIPE), *_save_inputs()]
+
+
+def added_inputs() -> list[io.Input]:
+    """The widgets added after the previous release, for the end of the node (see _ADDED). Optional: the frontend
+    orders required widgets before optional ones, and resume_from, the previous release's last, is optional."""
+    return [*(advanced(widget(TrainConfig, e.lstrip("+"), optional=True)) for e in _ADDED),
+            advanced(widget(TrainConfig, "saved_activations", optional=True)),
+            advanced(widget(ModelConfig, "base_compute", optional=True))]
 
 
 def model_from_widgets(widgets: dict) -> ModelConfig:
@@ -77,5 +83,5 @@ def save_from_widgets(widgets: dict) -> SaveConfig:
     return from_dict(SaveConfig, {field: widgets[w] for w, field in SAVE_WIDGETS.items()})
 
 
-__all__ = ["MODEL_WIDGETS", "SAVE_WIDGETS", "advanced_train_inputs", "model_from_widgets", "save_from_widgets",
+__all__ = ["MODEL_WIDGETS", "SAVE_WIDGETS", "added_inputs", "advanced_train_inputs", "model_from_widgets", "save_from_widgets",
            "train_from_widgets"]

@@ -206,3 +206,17 @@ def defaults(pack, node_id: str, **overrides) -> dict:
     schema = pack.nodes[node_id].GET_SCHEMA()
     values = {i.id: i.default for i in schema.inputs if getattr(i, "default", None) is not None}
     return {**values, **overrides}
+
+
+@pytest.fixture
+def object_info(comfy) -> dict:
+    """What GET /object_info returns, for every registered node (V3 and V1)."""
+    out = {}
+    for name, cls in comfy.nodes.NODE_CLASS_MAPPINGS.items():
+        if hasattr(cls, "GET_NODE_INFO_V1"):
+            out[name] = cls.GET_NODE_INFO_V1()
+        else:
+            spec = cls.INPUT_TYPES()
+            out[name] = {"input": spec, "input_order": {k: list(v) for k, v in spec.items()},
+                         "output": list(cls.RETURN_TYPES)}
+    return out

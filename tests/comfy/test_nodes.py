@@ -21,19 +21,6 @@ EXPECTED = {"Lumina2T_LoadDataset", "Lumina2T_LoadImageDataset", "Lumina2T_Cache
             "Lumina2T_ConfigureTracking", "Lumina2T_ConfigureHub"}
 
 
-def _object_info(comfy) -> dict:
-    """What GET /object_info returns, for every registered node (V3 and V1)."""
-    out = {}
-    for name, cls in comfy.nodes.NODE_CLASS_MAPPINGS.items():
-        if hasattr(cls, "GET_NODE_INFO_V1"):
-            out[name] = cls.GET_NODE_INFO_V1()
-        else:
-            spec = cls.INPUT_TYPES()
-            out[name] = {"input": spec, "input_order": {k: list(v) for k, v in spec.items()},
-                         "output": list(cls.RETURN_TYPES)}
-    return out
-
-
 def test_every_node_registers_with_a_valid_schema(pack):
     assert set(pack.nodes) == EXPECTED
     registered = {cls.GET_SCHEMA().node_id for cls in pack.module.nodes.NODES}
@@ -108,7 +95,7 @@ def test_seeds_have_no_control_widget_and_the_train_nodes_output_the_samples_las
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
-def test_example_workflow_uses_registered_nodes_and_validates(pack, comfy, comfy_models, path):
+def test_example_workflow_uses_registered_nodes_and_validates(pack, comfy, comfy_models, object_info, path):
     workflow = json.loads(path.read_text(encoding="utf-8"))
     unknown = node_types(workflow) - set(comfy.nodes.NODE_CLASS_MAPPINGS) - FRONTEND_ONLY
     assert not unknown
@@ -121,7 +108,7 @@ def test_example_workflow_uses_registered_nodes_and_validates(pack, comfy, comfy
     from lumina2_train.comfyui.e2e import tiny_prompt
 
     names = {k: Path(v).name for k, v in comfy_models.items() if k in ("diffusion_model", "text_encoder", "vae")}
-    prompt = tiny_prompt(workflow, _object_info(comfy), names, steps=2)
+    prompt = tiny_prompt(workflow, object_info, names, steps=2)
     (pack.input / "lumina2_dataset").mkdir(exist_ok=True)
     import execution
 
@@ -129,7 +116,7 @@ def test_example_workflow_uses_registered_nodes_and_validates(pack, comfy, comfy
     assert ok, (error, node_errors)
 
 
-def test_bad_inputs_are_refused_when_queued(pack, comfy, comfy_models):
+def test_bad_inputs_are_refused_when_queued(pack, comfy, comfy_models, object_info):
     """validate_inputs: a missing dataset folder and an unsafe LoRA name fail validation, before anything runs."""
     import execution
 
@@ -137,7 +124,7 @@ def test_bad_inputs_are_refused_when_queued(pack, comfy, comfy_models):
 
     workflow = json.loads(WORKFLOWS[-1].read_text(encoding="utf-8"))  # "Train a LoRA and sample with it"
     names = {k: Path(v).name for k, v in comfy_models.items() if k in ("diffusion_model", "text_encoder", "vae")}
-    prompt = tiny_prompt(workflow, _object_info(comfy), names, steps=2)
+    prompt = tiny_prompt(workflow, object_info, names, steps=2)
     (pack.input / "lumina2_dataset").mkdir(exist_ok=True)
     for node in prompt.values():
         if node["class_type"] == "Lumina2T_LoadDataset":

@@ -25,15 +25,10 @@ SAVED = {  # what the two workflows were saved with, by input name (at the previ
 }
 
 
-def _object_info(comfy) -> dict:
-    return {name: cls.GET_NODE_INFO_V1() for name, cls in comfy.nodes.NODE_CLASS_MAPPINGS.items()
-            if hasattr(cls, "GET_NODE_INFO_V1")}
-
-
-def test_the_widgets_a_previous_workflow_stores_keep_their_places(pack, comfy):
+def test_the_widgets_a_previous_workflow_stores_keep_their_places(pack, object_info):
     """Widget values are stored by position: a widget inserted before an old one shifts every later value of a
     saved workflow onto the wrong input (widgets.json: the previous release's order, read from its nodes)."""
-    info, before = _object_info(comfy), json.loads((FIXTURES / "widgets.json").read_text(encoding="utf-8"))
+    info, before = object_info, json.loads((FIXTURES / "widgets.json").read_text(encoding="utf-8"))
     assert len(before) == 12
     for node_id, widgets in before.items():
         now = [list(w) for w in widget_names(info[node_id])]
@@ -41,10 +36,10 @@ def test_the_widgets_a_previous_workflow_stores_keep_their_places(pack, comfy):
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
-def test_a_previous_workflow_loads_with_its_values_and_validates(pack, comfy, comfy_models, path):
+def test_a_previous_workflow_loads_with_its_values_and_validates(pack, comfy, comfy_models, object_info, path):
     workflow = json.loads(path.read_text(encoding="utf-8"))
     assert not node_types(workflow) - set(comfy.nodes.NODE_CLASS_MAPPINGS) - FRONTEND_ONLY
-    info = _object_info(comfy)
+    info = object_info
     prompt = ui_to_api(workflow, info)
     seen = set()
     for node in prompt.values():
