@@ -76,13 +76,26 @@ def quantize_fp8(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_model(comfy: SimpleNamespace, native: dict[str, torch.Tensor], *, quantized: bool):
-    """A MODEL (ModelPatcher) over the bench's weights in ComfyUI's layout, as UNETLoader builds it."""
+def load_model(comfy: SimpleNamespace, native: dict[str, torch.Tensor], *, quantized: bool, folder: Path | None = None):
+    """A MODEL (ModelPatcher) over the bench's weights in ComfyUI's layout, as UNETLoader builds it.
+
+    With `folder`, the state dict is written there as a safetensors file and loaded by
+    `comfy.sd.load_diffusion_model(path)`, UNETLoader's own call: ComfyUI 0.33.0's TrainLoraNode clones the MODEL
+    with `force_deepcopy`, which reloads it through the `cached_patcher_init` that only the file loader records
+    (a MODEL from `load_diffusion_model_state_dict` makes that clone raise). Without `folder`, or on a ComfyUI
+    without the file loader, the state dict is loaded directly."""
     sd = {k: v.detach().cpu() for k, v in native.items()}
     dim = sd["x_embedder.weight"].shape[0]
     sd.setdefault("norm_final.weight", torch.ones(dim, dtype=torch.bfloat16))  # in every Lumina2 checkpoint
     if quantized:
         sd = quantize_fp8(sd)
+    if folder is not None and hasattr(comfy.sd, "load_diffusion_model"):
+        from safetensors.torch import save_file
+
+        path = Path(folder) / ("comfy_unet_fp8.safetensors" if quantized else "comfy_unet.safetensors")
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+        del sd
+        return comfy.sd.load_diffusion_model(str(path), model_options={})
     model = comfy.sd.load_diffusion_model_state_dict(sd, model_options={})
     if model is None:
         raise PeerError("ComfyUI did not recognise the bench's state dict as a diffusion model")

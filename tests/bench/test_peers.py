@@ -110,3 +110,36 @@ def test_kohya_lumina_step_on_a_tiny_model(tmp_path):
     assert "error" not in row, row.get("traceback")
     assert row["lora_modules"] == 6  # qkv and out of 1 layer + 1 noise refiner + 1 context refiner
     assert row["samples_per_s"] > 0 and len(row["steps_s"]) == 2 and Path(paths["weights"]).is_file()
+
+
+def test_shared_weights_carry_norm_final_as_every_lumina2_checkpoint(tmp_path):
+    from safetensors.torch import load_file
+
+    from lumina2_train.bench.peers.worker import write_shared
+
+    native = models.native_state(models.random_weights(TINY, torch.device("cpu")))
+    inputs = models.make_inputs(Group("g", res=64, batch=1, caption_tokens=8), TINY, torch.device("cpu"))
+    paths = write_shared(tmp_path, native, inputs)
+    saved = load_file(paths["weights"])
+    assert torch.equal(saved["norm_final.weight"], torch.ones(TINY["hidden_size"], dtype=saved["norm_final.weight"].dtype))
+    assert set(saved) == set(native) | {"norm_final.weight"}
+
+
+def test_comfy_model_is_loaded_from_a_file_by_unetloaders_call(tmp_path):
+    from types import SimpleNamespace
+
+    from lumina2_train.comfyui.peer_trainlora import load_model
+
+    calls = []
+
+    def from_file(path, model_options):
+        from safetensors.torch import load_file
+
+        calls.append(sorted(load_file(path)))
+        return "MODEL"
+
+    sd = SimpleNamespace(load_diffusion_model=from_file, load_diffusion_model_state_dict=lambda *a, **k: "DIRECT")
+    native = {"x_embedder.weight": torch.zeros(8, 4, dtype=torch.bfloat16)}
+    assert load_model(SimpleNamespace(sd=sd), native, quantized=False, folder=tmp_path) == "MODEL"
+    assert calls == [["norm_final.weight", "x_embedder.weight"]]
+    assert load_model(SimpleNamespace(sd=sd), native, quantized=False) == "DIRECT"

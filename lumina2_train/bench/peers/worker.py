@@ -40,8 +40,17 @@ def run_comfy(spec: dict, config: dict, native: dict, inputs: models.Inputs, dev
     widgets = cn.node_defaults(node)
     missing = sorted(set(setting.widgets) - set(widgets))
     if missing:
-        return {"skipped": f"ComfyUI {comfy.version}'s TrainLoraNode has no {', '.join(missing)} widget"}
-    model = cn.load_model(comfy, native, quantized=setting.quantized)
+        return {"skipped": f"ComfyUI {comfy.version}'s TrainLoraNode has no {', '.join(missing)} widget",
+                "version": comfy.version}
+    with tempfile.TemporaryDirectory(prefix="lumina2t-comfy-unet-") as folder:  # kept while the node runs
+        return _run_node(comfy, node, widgets, setting, spec, native, inputs, device, Path(folder))
+
+
+def _run_node(comfy, node, widgets: dict, setting: NodeSetting, spec: dict, native: dict, inputs: models.Inputs,
+              device: torch.device, folder: Path) -> dict:
+    from ...comfyui import peer_trainlora as cn
+
+    model = cn.load_model(comfy, native, quantized=setting.quantized, folder=folder)
     seen, handle = cn.forward_batch_sizes(model)
     accum = int(setting.widgets.get("grad_accumulation_steps", 1))
     per_step = int(setting.widgets.get("batch_size", widgets.get("batch_size", 1))) * accum
@@ -91,7 +100,13 @@ def write_shared(folder: Path, native: dict[str, torch.Tensor], inputs: models.I
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"weights": str(folder / "weights.safetensors"), "inputs": str(folder / "inputs.safetensors")}
-    save_file({k: v.detach().cpu().contiguous() for k, v in native.items()}, paths["weights"])
+    weights = {k: v.detach().cpu().contiguous() for k, v in native.items()}
+    # Every Lumina2 checkpoint ships norm_final.weight (diffusers' model has no such parameter, so the bench's
+    # state dict lacks it); kohya's loader builds on the meta device and loads with strict=False, so without
+    # it that weight stays on the meta device and moving the model to the GPU fails.
+    dim = weights["x_embedder.weight"].shape[0]
+    weights.setdefault("norm_final.weight", torch.ones(dim, dtype=weights["x_embedder.weight"].dtype))
+    save_file(weights, paths["weights"])
     save_file({"latents": inputs.latents.detach().cpu().contiguous(),
                "cap_feats": inputs.cap_feats.detach().cpu().contiguous()}, paths["inputs"])
     return paths
