@@ -14,6 +14,8 @@ from lumina2_train.errors import FormatError
 from lumina2_train.files.formats import adapter_state_dict, read_adapter_tensors, save_adapters
 from lumina2_train.train import train_lora
 
+from builders import velocity_inputs
+
 KINDS = {
     "loha": AdapterConfig(kind="loha", rank=4, alpha=2.0, targets=("attention", "ffn", "adaln")),
     "lokr": AdapterConfig(kind="lokr", rank=2, alpha=4.0, targets=("attention", "ffn", "adaln")),
@@ -23,8 +25,7 @@ KINDS = {
 
 
 def _batch():
-    gen = torch.Generator().manual_seed(5)
-    return torch.randn(2, 16, 8, 8, generator=gen), torch.tensor([0.3, 0.8]), torch.randn(2, 5, 32, generator=gen)
+    return velocity_inputs(2, 5, sigmas=[0.3, 0.8], seed=5)
 
 
 def _randomise(adapters):

@@ -12,6 +12,8 @@ from lumina2_train.files.loading import load_backbone
 from lumina2_train.tiny import NATIVE_WIDTH_DIT, TINY_DIT
 from lumina2_train.train import Trainer
 
+from builders import velocity_inputs
+
 
 @pytest.fixture
 def trained(tiny_backbone, tensor_cache, run_config, tmp_path):
@@ -23,8 +25,7 @@ def trained(tiny_backbone, tensor_cache, run_config, tmp_path):
 
 
 def _inputs():
-    gen = torch.Generator().manual_seed(4)
-    return torch.randn(2, 16, 8, 8, generator=gen), torch.tensor([0.3, 0.7]), torch.randn(2, 5, 32, generator=gen)
+    return velocity_inputs(2, 5, sigmas=[0.3, 0.7], seed=4)
 
 
 def test_the_model_file_loads_and_matches_the_trained_model(trained, tiny_backbone):

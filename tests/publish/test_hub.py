@@ -10,6 +10,8 @@ from lumina2_train.errors import HubError
 from lumina2_train.publish.hub import hub_hooks, model_card, push_run, write_model_card
 from lumina2_train.train import train_lora
 
+from builders import linear_decode
+
 
 @pytest.fixture(autouse=True)
 def _no_real_hub(tmp_path, monkeypatch):
@@ -29,15 +31,8 @@ def _hub_cfg(cfg, negative="", **hub):
         validation=ValidationConfig(prompts=("a red cube",), negative_prompt=negative, width=32, height=32, steps=2))
 
 
-def _decode(latents):
-    import torch
-
-    w = torch.linspace(-1, 1, 48).view(3, 16, 1, 1) / 4
-    return torch.nn.functional.interpolate(torch.nn.functional.conv2d(latents, w), scale_factor=8).tanh()
-
-
 def _trained(cfg, tiny_backbone, tensor_cache, run_dir, hooks=None):
-    return train_lora(cfg, tiny_backbone, tensor_cache, hooks, run_dir=run_dir, decode=_decode)
+    return train_lora(cfg, tiny_backbone, tensor_cache, hooks, run_dir=run_dir, decode=linear_decode)
 
 
 def test_model_card_front_matter_prompts_settings_and_samples(run_config, tmp_path):
@@ -102,7 +97,7 @@ class FakeApi:
 
 def test_push_uploads_card_lora_samples_and_an_outside_lora(run_config, tiny_backbone, tensor_cache, tmp_path):
     cfg = _hub_cfg(run_config(tmp_path, steps=1), private=True)
-    res = train_lora(cfg, tiny_backbone, tensor_cache, run_dir=tmp_path / "run", decode=_decode,
+    res = train_lora(cfg, tiny_backbone, tensor_cache, run_dir=tmp_path / "run", decode=linear_decode,
                      lora_path=tmp_path / "comfy_loras" / "shapes.safetensors")
     api = FakeApi()
     assert push_run(cfg, res, api=api) == "https://hub.invalid/me/shapes-lora"

@@ -12,14 +12,11 @@ from lumina2_train.train import TrainHooks, train_lora
 from lumina2_train.train.evaluation import holdout_indices
 from lumina2_train.train.validation import named_prompts
 
+from builders import linear_decode
+
 
 def _with_validation(cfg, **v):
     return dataclasses.replace(cfg, validation=dataclasses.replace(cfg.validation, **v))
-
-
-def _decode(latents):  # a fixed linear "VAE": 16 latent channels -> 3 pixel channels, ×8 upsampling
-    w = torch.linspace(-1, 1, 48).view(3, 16, 1, 1) / 4
-    return torch.nn.functional.interpolate(torch.nn.functional.conv2d(latents, w), scale_factor=8).tanh()
 
 
 def test_prompt_library_names_prompts_and_files(tiny_backbone, tensor_cache, run_config, tmp_path):
@@ -29,7 +26,7 @@ def test_prompt_library_names_prompts_and_files(tiny_backbone, tensor_cache, run
     assert [n for n, _ in named_prompts(v)] == ["prompt_00", "cube", "../evil name"]
     cfg = _with_validation(run_config(tmp_path, steps=1), prompts=v.prompts, prompt_library=str(lib), width=32,
                            height=32, steps=2)
-    res = train_lora(cfg, tiny_backbone, tensor_cache, run_dir=tmp_path / "r", decode=_decode)
+    res = train_lora(cfg, tiny_backbone, tensor_cache, run_dir=tmp_path / "r", decode=linear_decode)
     names = sorted(p.name for p in (tmp_path / "r" / "samples").glob("step_000001_*.png"))
     assert names == ["step_000001____evil_name.png", "step_000001_cube.png", "step_000001_grid.png",
                      "step_000001_prompt_00.png"]
@@ -50,7 +47,7 @@ def test_clip_scores_are_computed_with_a_local_clip(tiny_backbone, tensor_cache,
     clip = write_tiny_clip(tmp_path / "clip")
     cfg = _with_validation(run_config(tmp_path, steps=1), prompts=("a red cube",), width=32, height=32, steps=2,
                            evaluation_type="clip", clip_model=str(clip))
-    res = train_lora(cfg, tiny_backbone, tensor_cache, run_dir=tmp_path / "r", decode=_decode)
+    res = train_lora(cfg, tiny_backbone, tensor_cache, run_dir=tmp_path / "r", decode=linear_decode)
     scores = res.validations[-1].clip_scores
     assert len(scores) == 1 and 0.0 <= scores[0] <= 100.0
 
