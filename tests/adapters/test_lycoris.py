@@ -59,6 +59,7 @@ def test_lokr_forward_matches_the_kronecker_product():
     assert mod.decomposed and mod.lokr_w1.shape[0] * mod.lokr_w2_a.shape[0] == 192
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_comfyui_file_round_trip_is_exact(tiny_backbone, tmp_path, kind):
     adapters = build_adapters(tiny_backbone, KINDS[kind])
@@ -83,6 +84,7 @@ def test_non_lora_adapters_refuse_kohya_and_diffusers_files(tiny_backbone):
         adapter_state_dict(adapters, "kohya", tiny_backbone.arch)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["loha", "lokr", "dora"])
 def test_each_kind_trains_and_continues_from_its_file(tiny_backbone, tensor_cache, run_config, tmp_path, kind):
     cfg = dataclasses.replace(run_config(tmp_path, steps=3, lr=1e-2), adapter=KINDS[kind])

@@ -26,6 +26,7 @@ def _deltas(mods):
     return {n: m.delta_weight() for n, m in mods.items()}
 
 
+@pytest.mark.slow
 def test_comfyui_file_keys_are_native_and_round_trip_bit_exact(tiny_backbone, tmp_path):
     adapters = _random_adapters(tiny_backbone, targets=TARGET_PRESETS["all"])
     mods = formats.lora_modules(adapters)
@@ -43,6 +44,7 @@ def test_comfyui_file_keys_are_native_and_round_trip_bit_exact(tiny_backbone, tm
         torch.testing.assert_close(back[n].delta_weight(), adapters[n].delta_weight())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["kohya", "diffusers"])
 def test_other_formats_read_back_to_the_same_deltas(tiny_backbone, tmp_path, fmt):
     adapters = _random_adapters(tiny_backbone, targets=("attention", "ffn", "adaln", "final", "embedders"))

@@ -48,6 +48,7 @@ def test_model_card_front_matter_prompts_settings_and_samples(run_config, tmp_pa
     assert "| steps | 7 of 7 (batch 2 × accumulation 1) |" in body
 
 
+@pytest.mark.slow
 def test_written_card_links_the_final_samples(run_config, tiny_backbone, tensor_cache, tmp_path):
     cfg = _hub_cfg(run_config(tmp_path, steps=1))
     res = _trained(cfg, tiny_backbone, tensor_cache, tmp_path / "run")
@@ -56,6 +57,7 @@ def test_written_card_links_the_final_samples(run_config, tiny_backbone, tensor_
     assert (tmp_path / "run" / "samples" / "step_000001_prompt_00.png").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("offline", [True, False], ids=["HF_HUB_OFFLINE", "closed-endpoint"])
 def test_push_without_network_fails_clearly_after_the_local_files(run_config, tiny_backbone, tensor_cache, tmp_path,
                                                                   monkeypatch, offline):
@@ -95,6 +97,7 @@ class FakeApi:
         return self._record("upload_file", *a, **k)
 
 
+@pytest.mark.slow
 def test_push_uploads_card_lora_samples_and_an_outside_lora(run_config, tiny_backbone, tensor_cache, tmp_path):
     cfg = _hub_cfg(run_config(tmp_path, steps=1), private=True)
     res = train_lora(cfg, tiny_backbone, tensor_cache, run_dir=tmp_path / "run", decode=linear_decode,
@@ -109,6 +112,7 @@ def test_push_uploads_card_lora_samples_and_an_outside_lora(run_config, tiny_bac
     assert (u_name, u_kw["path_in_repo"]) == ("upload_file", "shapes.safetensors")
 
 
+@pytest.mark.slow
 def test_checkpoint_uploads_follow_saves_and_a_failure_never_stops_training(run_config, tiny_backbone, tensor_cache,
                                                                            tmp_path, caplog):
     cfg = _hub_cfg(run_config(tmp_path, steps=3), push_checkpoints=True)

@@ -19,6 +19,7 @@ def _with_validation(cfg, **v):
     return dataclasses.replace(cfg, validation=dataclasses.replace(cfg.validation, **v))
 
 
+@pytest.mark.slow
 def test_prompt_library_names_prompts_and_files(tiny_backbone, tensor_cache, run_config, tmp_path):
     lib = tmp_path / "prompts.json"
     lib.write_text(json.dumps({"cube": "a red cube", "../evil name": "a red cube"}))
@@ -41,6 +42,7 @@ def test_prompt_library_errors_name_the_field(tmp_path):
     assert "validation.prompt_library" in ValidationConfig(prompt_library=str(tmp_path / "no.json")).errors()[0]
 
 
+@pytest.mark.slow
 def test_clip_scores_are_computed_with_a_local_clip(tiny_backbone, tensor_cache, run_config, tmp_path):
     from lumina2_train.tiny.clip import write_tiny_clip
 
@@ -52,6 +54,7 @@ def test_clip_scores_are_computed_with_a_local_clip(tiny_backbone, tensor_cache,
     assert len(scores) == 1 and 0.0 <= scores[0] <= 100.0
 
 
+@pytest.mark.slow
 def test_heldout_items_never_train_and_eval_loss_is_logged(tiny_backbone, tensor_cache, run_config, tmp_path,
                                                            monkeypatch):
     held = holdout_indices(len(tensor_cache), 1, 5)
@@ -78,6 +81,7 @@ def test_heldout_items_never_train_and_eval_loss_is_logged(tiny_backbone, tensor
     assert [e["step"] for e in logged] == [0, 2, 4]
 
 
+@pytest.mark.slow
 def test_heldout_loss_is_deterministic(tiny_backbone, tensor_cache):
     from lumina2_train.train.evaluation import heldout_loss
 
