@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny real models built in code (no downloads)."""
+"""Shared fixtures: tiny real models built in code (no downloads); what they build comes from builders.py."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import signal
 
 import pytest
 import torch
+
+import builders
 
 
 def pytest_configure(config):
@@ -39,42 +41,16 @@ def tiny_backbone(tiny_dit):
 # ---------------------------------------------------------------- image files and tiny encoders (data, cache, encoders)
 
 
-def _noise_image(size, mode="RGB", seed=0):
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    w, h = size
-    img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB")
-    return img if mode == "RGB" else img.convert(mode)
-
-
-def _write_image(path, size=(64, 48), *, caption="a photo", seed=0, mode="RGB", **save_kw):
-    """Write a random-pixel image (format from the suffix) and, unless caption is None, its .txt caption."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _noise_image(size, mode, seed).save(path, **save_kw)
-    if caption is not None:
-        path.with_suffix(".txt").write_text(caption, encoding="utf-8")
-    return path
-
-
-def _dataset(path, **kw):
-    """A DatasetConfig sized for tiny test images (resolution 64, min side 16)."""
-    from lumina2_train.config import DatasetConfig
-
-    return DatasetConfig(**{"path": str(path), "resolution": 64, "min_size_px": 16, **kw})
-
-
 @pytest.fixture
 def write_image():
     """write_image(path, size=(w, h), caption='a photo' | None, seed=0, mode='RGB', **PIL save kwargs) -> path"""
-    return _write_image
+    return builders.write_image
 
 
 @pytest.fixture
 def make_dataset():
     """make_dataset(path, **DatasetConfig overrides) -> DatasetConfig at test-image scale."""
-    return _dataset
+    return builders.dataset
 
 
 @pytest.fixture(scope="session")
@@ -92,29 +68,13 @@ def tiny_encoder_dir(tmp_path_factory):
 # ---------------------------------------------------------------- in-memory training data and run configs (train, adapters)
 
 
-from lumina2_train.config import AdapterConfig, RunConfig, SaveConfig, TrainConfig, ValidationConfig  # noqa: E402
-from lumina2_train.train import TensorCache, TensorSample  # noqa: E402
-
-
 @pytest.fixture
 def tensor_cache():
-    gen = torch.Generator().manual_seed(7)
-    lat = [torch.randn(16, 4, 4, generator=gen) for _ in range(3)] + [torch.randn(16, 4, 6, generator=gen)]
-    feats = [torch.randn(n, 32, generator=gen) for n in (5, 3, 5, 4)]
-    samples = [TensorSample(latent=x, cap_feats=f, caption=f"c{i}") for i, (x, f) in enumerate(zip(lat, feats))]
-    return TensorCache(samples, prompts={"a red cube": torch.randn(6, 32, generator=gen),
-                                         "": torch.randn(1, 32, generator=gen)},
-                       empty=torch.randn(1, 32, generator=gen))
+    """Four in-memory samples in two buckets, with features for 'a red cube' and the empty prompt."""
+    return builders.tensor_cache()
 
 
 @pytest.fixture
 def run_config():
-    return _run_config
-
-
-def _run_config(tmp_path, resume_from: str = "", **train) -> RunConfig:
-    t = dict(steps=4, batch_size=2, lr=1e-3, precision="fp32", checkpointing="off", caption_dropout=0.2, seed=5)
-    t.update(train)
-    return RunConfig(adapter=AdapterConfig(rank=4, alpha=4.0, targets=("attention", "ffn"), dropout=0.1),
-                     train=TrainConfig(**t), validation=ValidationConfig(), save=SaveConfig(output_dir=str(tmp_path)),
-                     resume_from=resume_from)
+    """run_config(tmp_path, resume_from='', save=None, **TrainConfig overrides) -> a tiny LoRA RunConfig."""
+    return builders.run_config

@@ -18,6 +18,8 @@ from lumina2_train.errors import FormatError
 from lumina2_train.files.formats import save_adapters
 from lumina2_train.tiny import NATIVE_WIDTH_DIT, make_tiny_transformer
 
+from builders import diffusers_velocity, lumina2_pipeline, velocity_inputs
+
 KINDS = {
     "loha": AdapterConfig(kind="loha", rank=4, alpha=2.0, targets=TARGET_PRESETS["all"]),
     "lokr": AdapterConfig(kind="lokr", rank=4, alpha=8.0, targets=TARGET_PRESETS["all"]),
@@ -33,21 +35,8 @@ def _trained(backbone, kind: str):
     return adapters
 
 
-def _pipeline(model):
-    from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline
-
-    return Lumina2Pipeline(transformer=model, scheduler=FlowMatchEulerDiscreteScheduler(), vae=None, text_encoder=None,
-                           tokenizer=None)
-
-
 def _inputs():
-    gen = torch.Generator().manual_seed(0)
-    return torch.randn(1, 16, 8, 8, generator=gen), torch.tensor([0.6]), torch.randn(1, 5, 32, generator=gen)
-
-
-def _diffusers_velocity(pipe, x, sigma, feats):
-    with torch.no_grad():
-        return -pipe.transformer(x, 1 - sigma, feats, torch.ones(1, 5, dtype=torch.long), return_dict=False)[0]
+    return velocity_inputs(1, 5, sigmas=[0.6], seed=0)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -65,7 +54,7 @@ def test_diffusers_cannot_load_loha_or_lokr_files(tmp_path, kind):
     backbone = DiffusersBackbone.from_model(model)
     path = save_adapters(_trained(backbone, kind), tmp_path / f"{kind}.safetensors", dtype="fp32", arch=backbone.arch)
     with pytest.raises((KeyError, ValueError)):  # diffusers 0.42: KeyError '<module>.lora_A.weight' in its converter
-        _pipeline(model).load_lora_weights(str(path))
+        lumina2_pipeline(model).load_lora_weights(str(path))
 
 
 @pytest.mark.slow
@@ -83,8 +72,8 @@ def test_diffusers_drops_dora_scale_so_a_dora_file_loads_as_plain_lora(tmp_path)
     with torch.no_grad():
         ours = backbone.velocity(x, sigma, feats, None, dora.as_dict())
         directions_only = backbone.velocity(x, sigma, feats, None, plain.as_dict())
-    pipe = _pipeline(model)
+    pipe = lumina2_pipeline(model)
     pipe.load_lora_weights(str(path))
-    theirs = _diffusers_velocity(pipe, x, sigma, feats)
+    theirs = diffusers_velocity(pipe, x, sigma, feats)
     torch.testing.assert_close(theirs, directions_only, atol=1e-4, rtol=1e-4)  # the magnitude was ignored
     assert (theirs - ours).abs().max() > 1e-2  # so the DoRA's output is not reproduced

@@ -5,6 +5,7 @@ are checked on a real ComfyUI in tests/comfy/test_previous_release.py."""
 import json
 from pathlib import Path
 
+import pytest
 from safetensors import safe_open
 
 from lumina2_train.cli.main import main
@@ -27,6 +28,7 @@ def _demo_config(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_the_previous_demo_config_loads_validates_and_trains(tmp_path):
     path = _demo_config(tmp_path)
     cfg = load_run_config(path).validate()

@@ -1,5 +1,6 @@
 """Full fine-tune as an adapter: identity at creation, trains copies, never writes the base tree."""
 
+import pytest
 import torch
 
 from lumina2_train.adapters import FullWeight, build_adapters, select_targets
@@ -19,6 +20,7 @@ def test_full_adapter_is_the_identity_and_covers_every_linear(tiny_backbone):
                                    tiny_backbone.velocity(x, s, f, None), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_full_fine_tune_trains_copies_in_backward(tiny_backbone, tensor_cache, tmp_path):
     base = {k: v.clone() for k, v in tiny_backbone.tree.state_dict().items()}
     cfg = RunConfig(adapter=AdapterConfig(kind="full", targets=("attention", "ffn")),

@@ -8,10 +8,11 @@ from lumina2_train.backbones import Backbone
 from lumina2_train.backbones.diffusers import native_tree_from_state
 from lumina2_train.config import AdapterConfig, parse_block_spec
 
+from builders import velocity_inputs
+
 
 def _batch():
-    gen = torch.Generator().manual_seed(3)
-    return torch.randn(2, 16, 8, 8, generator=gen), torch.tensor([0.2, 0.7]), torch.randn(2, 5, 32, generator=gen)
+    return velocity_inputs(2, 5, sigmas=[0.2, 0.7], seed=3)
 
 
 def _all(rank=4, **kw):

@@ -14,6 +14,8 @@ from lumina2_train.errors import FormatError
 from lumina2_train.files.formats import adapter_state_dict, read_adapter_tensors, save_adapters
 from lumina2_train.train import train_lora
 
+from builders import velocity_inputs
+
 KINDS = {
     "loha": AdapterConfig(kind="loha", rank=4, alpha=2.0, targets=("attention", "ffn", "adaln")),
     "lokr": AdapterConfig(kind="lokr", rank=2, alpha=4.0, targets=("attention", "ffn", "adaln")),
@@ -23,8 +25,7 @@ KINDS = {
 
 
 def _batch():
-    gen = torch.Generator().manual_seed(5)
-    return torch.randn(2, 16, 8, 8, generator=gen), torch.tensor([0.3, 0.8]), torch.randn(2, 5, 32, generator=gen)
+    return velocity_inputs(2, 5, sigmas=[0.3, 0.8], seed=5)
 
 
 def _randomise(adapters):
@@ -58,6 +59,7 @@ def test_lokr_forward_matches_the_kronecker_product():
     assert mod.decomposed and mod.lokr_w1.shape[0] * mod.lokr_w2_a.shape[0] == 192
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_comfyui_file_round_trip_is_exact(tiny_backbone, tmp_path, kind):
     adapters = build_adapters(tiny_backbone, KINDS[kind])
@@ -82,6 +84,7 @@ def test_non_lora_adapters_refuse_kohya_and_diffusers_files(tiny_backbone):
         adapter_state_dict(adapters, "kohya", tiny_backbone.arch)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["loha", "lokr", "dora"])
 def test_each_kind_trains_and_continues_from_its_file(tiny_backbone, tensor_cache, run_config, tmp_path, kind):
     cfg = dataclasses.replace(run_config(tmp_path, steps=3, lr=1e-2), adapter=KINDS[kind])

@@ -1,5 +1,6 @@
 """Regional compilation: one traced graph per block kind serves every layer (bounded recompiles)."""
 
+import pytest
 import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
@@ -9,6 +10,7 @@ from lumina2_train.backbones.nextdit import compile_block
 from lumina2_train.config import AdapterConfig
 
 
+@pytest.mark.slow
 def test_one_graph_per_block_kind_and_the_same_result(tiny_backbone):
     adapters = build_adapters(tiny_backbone, AdapterConfig(rank=4, targets=("attention", "ffn", "adaln")), seed=0)
     x, s, f = torch.randn(2, 16, 8, 8), torch.rand(2), torch.randn(2, 5, 32)

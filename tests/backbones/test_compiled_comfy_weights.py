@@ -5,6 +5,7 @@ A per-weight autograd-safety check inside the block once broke its graph at ever
 slower on an H200, docs/benchmarks.md); the decision is now made once per forward, outside the block.
 """
 
+import pytest
 import torch
 import torch._dynamo
 import torch._dynamo.utils as dynamo_utils
@@ -15,6 +16,7 @@ from lumina2_train.backbones.nextdit import NativeNextDiT, compile_block
 from lumina2_train.config import AdapterConfig
 
 
+@pytest.mark.slow
 def test_compiled_blocks_over_inference_weights_do_not_break_and_match_eager(tiny_backbone):
     with torch.inference_mode():
         tree = NativeNextDiT(tiny_backbone.arch)

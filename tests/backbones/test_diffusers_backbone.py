@@ -4,13 +4,11 @@ import torch
 
 from lumina2_train.backbones import keys
 
+from builders import velocity_inputs
+
 
 def _inputs(b=3, L=7, d=32, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, 16, 8, 12, generator=gen)
-    sigma = torch.rand(b, generator=gen)
-    feats = torch.randn(b, L, d, generator=gen)
-    return x, sigma, feats
+    return velocity_inputs(b, L, seed=seed, hw=(8, 12), dim=d)
 
 
 def test_velocity_is_minus_diffusers_output_at_one_minus_sigma(tiny_dit, tiny_backbone):

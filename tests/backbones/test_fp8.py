@@ -100,6 +100,7 @@ def _grads(backbone, adapters, x, s, f):
     return out.detach(), torch.cat([p.grad.flatten() for a in adapters.values() for p in a.parameters()])
 
 
+@pytest.mark.slow
 def test_compiled_blocks_trace_the_fp8_path_with_eager_results(tiny_backbone):
     """aot_eager: the fp8 autograd function adds no graph and computes exactly what eager computes."""
     adapters = build_adapters(tiny_backbone, AdapterConfig(rank=4), seed=0).as_dict()
@@ -117,6 +118,7 @@ def test_compiled_blocks_trace_the_fp8_path_with_eager_results(tiny_backbone):
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
 def test_compiled_blocks_pack_what_they_save(tiny_backbone, monkeypatch):
     """The saved-tensor hooks reach what a compiled block saves (at run time, no extra graph); the gradients
     stay within fp8 rounding of the unpacked ones."""

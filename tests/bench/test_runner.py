@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from lumina2_train.bench.cases import REF_BUDGET, Group, Variant
@@ -10,6 +11,7 @@ from lumina2_train.bench.runner import run_bench, run_config
 from lumina2_train.tiny import TINY_DIT
 
 
+@pytest.mark.slow
 def test_tiny_bench_runs_end_to_end():
     target = Variant("eager, auto", compile=False, memory_budget_gib=REF_BUDGET, target_ratio=2.5,
                      target_peak_gib=REF_BUDGET)
@@ -45,6 +47,7 @@ def test_variant_settings_become_the_run_config(tmp_path):
     assert lora.adapter.targets == ("attention",) and lora.adapter.rank == 16 and not lora.train.compile
 
 
+@pytest.mark.slow
 def test_profile_records_where_device_time_goes(tmp_path):
     from lumina2_train.bench.profile import kernel_class
 

@@ -37,6 +37,7 @@ def test_first_build_encodes_everything_second_loads_no_encoder(photo_data, enco
     assert second == cache and second.fingerprint == cache.fingerprint
 
 
+@pytest.mark.slow
 def test_handle_api(photo_data, encoders, tmp_path):
     dataset = scan_dataset(photo_data)
     cache = build_cache(dataset, encoders, CFG, root=tmp_path / "c", extra_prompts=["neg", ""])
@@ -68,6 +69,7 @@ def test_cached_features_are_what_the_encoders_give(photo_data, encoders, tmp_pa
     torch.testing.assert_close(cache.sample(2).cap_feats, direct, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_changed_caption_reencodes_only_that_caption(photo_data, photo_folder, encoders, new_encoders, tmp_path):
     build_cache(scan_dataset(photo_data), encoders, CFG, root=tmp_path / "c")
     (photo_folder / "img3.txt").write_text("an entirely new caption")
@@ -78,6 +80,7 @@ def test_changed_caption_reencodes_only_that_caption(photo_data, photo_folder, e
     assert cache.sample(3).caption == "an entirely new caption"
 
 
+@pytest.mark.slow
 def test_changed_crop_reencodes_only_that_latent(photo_data, encoders, new_encoders, tmp_path):
     dataset = scan_dataset(photo_data)
     build_cache(dataset, encoders, CFG, root=tmp_path / "c")
@@ -92,6 +95,7 @@ def test_changed_crop_reencodes_only_that_latent(photo_data, encoders, new_encod
     assert torch.equal(cache.sample(i).latent, again.inner.latent_encoder().encode(prepare_pixels(items[i])[None])[0])
 
 
+@pytest.mark.slow
 def test_changed_image_system_prompt_or_encoder(photo_data, photo_folder, write_image, encoders, new_encoders,
                                                 tmp_path, tiny_encoder_dir):
     build_cache(scan_dataset(photo_data), encoders, CFG, root=tmp_path / "c")
@@ -113,6 +117,7 @@ def test_changed_image_system_prompt_or_encoder(photo_data, photo_folder, write_
     assert other_vae.loads == {"text": 0, "vae": 1}
 
 
+@pytest.mark.slow
 def test_interrupted_pass_resumes_where_it_stopped(photo_data, encoders, new_encoders, tmp_path):
     dataset = scan_dataset(photo_data)
 
@@ -133,6 +138,7 @@ def test_interrupted_pass_resumes_where_it_stopped(photo_data, encoders, new_enc
     assert all(cache.sample(i).latent.shape[0] == 16 for i in range(len(cache)))
 
 
+@pytest.mark.slow
 def test_stale_or_foreign_entries_are_never_used(photo_data, encoders, new_encoders, tmp_path):
     dataset = scan_dataset(photo_data)
     cache = build_cache(dataset, encoders, CFG, root=tmp_path / "c")
@@ -152,6 +158,7 @@ def test_stale_or_foreign_entries_are_never_used(photo_data, encoders, new_encod
     assert read_entry(path0, key0)[1]["key"] == key0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vae_batch_size", [1])
 def test_cache_equals_on_the_fly_bit_for_bit(photo_folder, make_dataset, encoders, new_encoders, tmp_path,
                                              vae_batch_size):
@@ -239,6 +246,7 @@ def test_keys_cover_what_changes_the_entry(photo_data):
     assert text_key("p", "t", 256) not in (text_key("p ", "t", 256), text_key("p", "t2", 256), text_key("p", "t", 128))
 
 
+@pytest.mark.slow
 def test_leftovers_of_a_killed_run_are_removed_and_partial_entries_never_trusted(photo_data, encoders, new_encoders,
                                                                                  tmp_path):
     import subprocess

@@ -80,6 +80,7 @@ def test_output_is_never_clobbered_by_accident(kohya_file, tmp_path, caplog):
     assert formats.load_state_dict(out)[0]["diffusion_model.layers.0.attention.qkv.lora_A.weight"].dtype == torch.bfloat16
 
 
+@pytest.mark.slow
 def test_module_entry_point(kohya_file, tmp_path):
     src, _ = kohya_file
     out = subprocess.run([sys.executable, "-m", "lumina2_train", "convert", str(src), str(tmp_path / "o.safetensors"),

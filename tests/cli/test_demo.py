@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
@@ -18,6 +19,7 @@ def _saved_samples(run_dir, step):
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
 
 
+@pytest.mark.slow
 def test_demo_learns_each_prompts_colours_and_writes_a_native_lora_and_the_pngs(tmp_path):
     """The default demo: every validation prompt's sample ends much closer to its training image's mean colour
     than the pre-trained base's flat colour was (measured by the demo itself, colour_errors.json)."""

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import logging
 
+import pytest
 from safetensors import safe_open
 
 from lumina2_train.cli.main import main
@@ -60,6 +61,7 @@ def _layout(root):
     (root / "config" / "lumina2" / "multidatabackend.json").write_text(json.dumps(backends, indent=2))
 
 
+@pytest.mark.slow
 def test_quickstart_example_trains_here_and_reports_every_key(tmp_path, monkeypatch, caplog):
     caplog.set_level(logging.INFO)
     _layout(tmp_path)

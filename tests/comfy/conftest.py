@@ -5,7 +5,7 @@ one, or when this Python cannot import it (run these tests with ComfyUI's own ve
 with the reason. Locally:
     /work/shared/tools/comfyui_local.sh install-pack .       # our requirements into ComfyUI's venv
     eval "$(/work/shared/tools/comfyui_local.sh env)"        # COMFYUI_PATH, COMFYUI_PYTHON
-    $COMFYUI_PYTHON -m pytest tests/comfy
+    $COMFYUI_PYTHON -m pytest -m "" tests/comfy           # -m "": the slow ones too (e2e, browser)
 """
 
 from __future__ import annotations

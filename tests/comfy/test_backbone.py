@@ -11,6 +11,8 @@ from lumina2_train.backbones.diffusers import DiffusersBackbone
 from lumina2_train.errors import ModelError
 from lumina2_train.tiny.comfy_layout import COMFY_TINY_ARCH
 
+from builders import comfy_velocity
+
 pytestmark = pytest.mark.comfy
 
 
@@ -18,13 +20,6 @@ pytestmark = pytest.mark.comfy
 def backbone(comfy, comfy_model):
     with torch.inference_mode():  # as inside a node
         return ComfyBackbone.from_model_patcher(comfy_model)
-
-
-def _comfy_forward(model, x, sigma, feats, mask=None):
-    """ComfyUI's own NextDiT forward (σ in, ε − x out), as BaseModel._apply_model calls it."""
-    with torch.inference_mode():
-        return model.model.diffusion_model(x, sigma, context=feats, num_tokens=feats.shape[1],
-                                           attention_mask=mask, transformer_options={}).clone()
 
 
 def test_arch_is_read_from_the_module(backbone):
@@ -35,7 +30,7 @@ def test_arch_is_read_from_the_module(backbone):
 
 def test_velocity_equals_comfyui_forward(comfy, comfy_model, backbone, comfy_inputs):
     x, sigma, feats = comfy_inputs(b=2, L=7)
-    ref = _comfy_forward(backbone.patcher, x, sigma, feats)
+    ref = comfy_velocity(backbone.patcher, x, sigma, feats)
     with torch.no_grad():
         ours = backbone.velocity(x, sigma, feats, None)
     assert ours.abs().mean() > 0.1  # a real signal, not zeros
@@ -48,7 +43,7 @@ def test_padded_captions_equal_comfyui_on_the_unpadded_caption(backbone, comfy_i
     x, sigma, feats = comfy_inputs(b=1, L=7, seed=1)
     padded = torch.cat([feats[:, :4], torch.randn(1, 3, 32)], dim=1)
     mask = torch.tensor([[1, 1, 1, 1, 0, 0, 0]])
-    ref = _comfy_forward(backbone.patcher, x, sigma, feats[:, :4])
+    ref = comfy_velocity(backbone.patcher, x, sigma, feats[:, :4])
     with torch.no_grad():
         ours = backbone.velocity(x, sigma, padded, mask)
     assert (ours - ref).abs().max() <= 1e-5
@@ -114,7 +109,7 @@ def test_fp8_stored_model_goes_through_comfy_casting(comfy, comfy_models, comfy_
     assert tree.x_embedder.weight.dtype == torch.float8_e4m3fn and tree.x_embedder.comfy_cast_weights
     assert bb.dtype == fp8.model.manual_cast_dtype  # the compute dtype, not the storage dtype
     x, sigma, feats = comfy_inputs(b=1, L=5, seed=4)
-    ref = _comfy_forward(bb.patcher, x, sigma, feats)
+    ref = comfy_velocity(bb.patcher, x, sigma, feats)
     x.requires_grad_(True)
     with torch.inference_mode(), training_mode():
         ours = bb.velocity(x, sigma, feats, None)

@@ -21,7 +21,7 @@ Skips with the reason when there is no ComfyUI (COMFYUI_PATH), no Chromium or no
 on 2 CPU cores:
     eval "$(/work/shared/tools/comfyui_local.sh env)"
     $COMFYUI_PYTHON -m pip install playwright      # or the [browser] extra; no `playwright install`
-    $COMFYUI_PYTHON -m pytest tests/comfy/test_browser.py
+    $COMFYUI_PYTHON -m pytest -m "" tests/comfy/test_browser.py   # marked slow: -m "" selects it
 """
 
 from __future__ import annotations

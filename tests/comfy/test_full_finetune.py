@@ -19,7 +19,9 @@ from lumina2_train.comfyui.bridge import apply_lora_to_model
 from lumina2_train.config import AdapterConfig, RunConfig, SaveConfig, TrainConfig
 from lumina2_train.demo import write_demo_dataset
 from lumina2_train.files.fullmodel import diff_state_dict
-from lumina2_train.train import TensorCache, TensorSample, Trainer
+from lumina2_train.train import Trainer
+
+from builders import square_cache, velocity_inputs
 
 pytestmark = pytest.mark.comfy
 FULL = AdapterConfig(kind="full", targets=("attention",), blocks="0", refiners=False)
@@ -29,8 +31,7 @@ UNET_LOGS = ("unet missing", "unet unexpected", "left over keys")
 
 
 def _inputs():
-    gen = torch.Generator().manual_seed(5)
-    return torch.randn(2, 16, 8, 8, generator=gen), torch.tensor([0.3, 0.8]), torch.randn(2, 6, 32, generator=gen)
+    return velocity_inputs(2, 6, sigmas=[0.3, 0.8], seed=5)
 
 
 def _velocity(comfy, model):
@@ -67,9 +68,7 @@ def _loaded_hash(comfy, model, state_hash) -> str:
 
 @pytest.fixture(scope="module")
 def lib_run(comfy, comfy_model, comfy_models, state_hash, tmp_path_factory):
-    gen = torch.Generator().manual_seed(11)
-    cache = TensorCache([TensorSample(torch.randn(16, 8, 8, generator=gen), torch.randn(6, 32, generator=gen), f"c{i}")
-                         for i in range(2)])
+    cache = square_cache((6, 6))
     cfg = RunConfig(adapter=FULL, save=SaveConfig(dtype="fp32", name="full"),
                     train=TrainConfig(steps=2, batch_size=1, lr=1e-3, precision="fp32", checkpointing="off", seed=1))
     before = _loaded_hash(comfy, comfy_model, state_hash)

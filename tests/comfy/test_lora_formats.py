@@ -13,6 +13,8 @@ from lumina2_train.backbones.comfy import ComfyBackbone
 from lumina2_train.config import TARGET_PRESETS, AdapterConfig
 from lumina2_train.files.formats import load_state_dict, save_adapters
 
+from builders import velocity_inputs
+
 pytestmark = pytest.mark.comfy
 
 
@@ -45,8 +47,7 @@ def _load(comfy, comfy_model, name, caplog):
 
 
 def _inputs():
-    gen = torch.Generator().manual_seed(4)
-    return torch.randn(1, 16, 8, 8, generator=gen), torch.tensor([0.6]), torch.randn(1, 5, 32, generator=gen)
+    return velocity_inputs(1, 5, sigmas=[0.6], seed=4)
 
 
 @pytest.mark.parametrize("fmt", ["comfyui", "kohya"])

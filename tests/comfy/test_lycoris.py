@@ -11,7 +11,9 @@ from lumina2_train.backbones.comfy import ComfyBackbone
 from lumina2_train.backbones.inference import training_mode
 from lumina2_train.config import TARGET_GROUPS, AdapterConfig, RunConfig, SaveConfig, TrainConfig
 from lumina2_train.files.formats import ADAPTER_SUFFIXES, save_adapters
-from lumina2_train.train import TensorCache, TensorSample, Trainer
+from lumina2_train.train import Trainer
+
+from builders import comfy_velocity, square_cache
 
 pytestmark = pytest.mark.comfy
 # every target group: all 34 Linears of the 1-layer model, embedders and final layer included
@@ -23,12 +25,6 @@ KINDS = {
 SUFFIXES = {"lokr": ("lokr_w1", "lokr_w2_a", "lokr_w2_b", "alpha"),
             "loha": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"),
             "dora": ("lora_A.weight", "lora_B.weight", "dora_scale")}
-
-
-def _cache() -> TensorCache:
-    gen = torch.Generator().manual_seed(11)
-    return TensorCache([TensorSample(torch.randn(16, 8, 8, generator=gen), torch.randn(n, 32, generator=gen), f"c{i}")
-                        for i, n in enumerate((6, 4))])
 
 
 @pytest.fixture(scope="module")
@@ -45,19 +41,13 @@ def trained(comfy, comfy_model, comfy_models, tmp_path_factory):
             with torch.inference_mode():
                 backbone = ComfyBackbone.from_model_patcher(comfy_model)
                 with training_mode():
-                    result = Trainer(cfg, backbone, _cache(), run_dir=tmp_path_factory.mktemp(f"run_{kind}")).run()
+                    result = Trainer(cfg, backbone, square_cache((6, 4)), run_dir=tmp_path_factory.mktemp(f"run_{kind}")).run()
             name = f"lumina2t_test_{kind}.safetensors"
             save_adapters(result.adapters, comfy_models["loras"] / name, dtype="fp32", arch=backbone.arch)
             done[kind] = backbone, result.adapters, name
         return done[kind]
 
     return train
-
-
-def _velocity(model, x, sigma, feats):
-    with torch.inference_mode():
-        return model.model.diffusion_model(x, sigma, context=feats, num_tokens=feats.shape[1],
-                                           transformer_options={}).clone()
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -80,7 +70,7 @@ def test_loads_in_stock_comfyui_with_every_key_and_equals_training(comfy, comfy_
     assert {next(sfx for sfx in ADAPTER_SUFFIXES if k.endswith("." + sfx)) for k in sd} == set(SUFFIXES[kind])
     with torch.inference_mode():
         comfy.mm.load_models_gpu([stock])
-    torch.testing.assert_close(_velocity(stock, x, sigma, feats), ours, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(comfy_velocity(stock, x, sigma, feats), ours, atol=2e-5, rtol=1e-5)
 
 
 def test_dora_magnitude_is_what_comfyui_weight_decompose_divides_by(comfy, trained):

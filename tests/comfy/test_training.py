@@ -12,17 +12,12 @@ from lumina2_train.backbones.inference import training_mode
 from lumina2_train.comfyui.bridge import apply_lora_to_model, comfy_hooks
 from lumina2_train.config import TARGET_GROUPS, AdapterConfig, RunConfig, SaveConfig, TrainConfig
 from lumina2_train.errors import FormatError
-from lumina2_train.train import TensorCache, TensorSample, Trainer
+from lumina2_train.train import Trainer
+
+from builders import comfy_velocity, square_cache
 
 pytestmark = pytest.mark.comfy
 LORA_NAME = "lumina2t_test_all_groups.safetensors"
-
-
-def _cache() -> TensorCache:
-    gen = torch.Generator().manual_seed(11)
-    samples = [TensorSample(torch.randn(16, 8, 8, generator=gen), torch.randn(n, 32, generator=gen), f"c{i}")
-               for i, n in enumerate((6, 4, 6))]
-    return TensorCache(samples)
 
 
 def _ksample(comfy, model, cond):
@@ -62,7 +57,7 @@ def trained(comfy, comfy_model, comfy_models, state_hash, tmp_path_factory):
         with torch.inference_mode():  # ComfyUI runs nodes under inference mode
             backbone = ComfyBackbone.from_model_patcher(comfy_model)
             with training_mode():
-                trainer = Trainer(cfg, backbone, _cache(), comfy_hooks("42", cfg.train.steps),
+                trainer = Trainer(cfg, backbone, square_cache((6, 4, 6)), comfy_hooks("42", cfg.train.steps),
                                   run_dir=tmp_path_factory.mktemp("run"), lora_path=comfy_models["loras"] / LORA_NAME)
                 result = trainer.run()
     finally:
@@ -89,12 +84,6 @@ def test_progress_and_events_reach_comfyui(trained):
     assert {"lumina2t.status", "lumina2t.checkpoint"} <= kinds
 
 
-def _velocity(model, x, sigma, feats):
-    with torch.inference_mode():
-        return model.model.diffusion_model(x, sigma, context=feats, num_tokens=feats.shape[1],
-                                           transformer_options={}).clone()
-
-
 def test_lora_loads_in_stock_comfyui_and_equals_training(comfy, comfy_model, trained, comfy_inputs, caplog):
     x, sigma, feats = comfy_inputs(b=2, L=6, seed=5)
     adapters = trained.result.adapters
@@ -111,13 +100,13 @@ def test_lora_loads_in_stock_comfyui_and_equals_training(comfy, comfy_model, tra
     assert len({k for k in stock.patches if k.endswith(".weight")}) == 34
     with torch.inference_mode():
         comfy.mm.load_models_gpu([stock])
-    from_file = _velocity(stock, x, sigma, feats)
+    from_file = comfy_velocity(stock, x, sigma, feats)
     assert (from_file - ours).abs().max() <= 1e-5
 
     with torch.inference_mode():
         applied = apply_lora_to_model(comfy_model, trained.result.lora_path)
         comfy.mm.load_models_gpu([applied])
-    assert torch.equal(_velocity(applied, x, sigma, feats), from_file)
+    assert torch.equal(comfy_velocity(applied, x, sigma, feats), from_file)
 
 
 def test_apply_lora_refuses_keys_comfyui_does_not_load(comfy, comfy_model):

@@ -12,13 +12,10 @@ from pathlib import Path
 import pytest
 
 from lumina2_train import cli
-from lumina2_train.config import DataConfig
-from lumina2_train.data import scan_command, scan_dataset
+from lumina2_train.data import scan_command
 from lumina2_train.errors import ConfigError, DatasetError
 
-
-def scan(*datasets, seed=0):
-    return scan_dataset(DataConfig(datasets=tuple(datasets), seed=seed))
+from builders import scan
 
 
 def only_skip(handle, name):

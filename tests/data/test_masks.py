@@ -89,6 +89,7 @@ def test_regularisation_weight_scales_the_loss():
     assert run([0.5, 0.5]) == pytest.approx(0.5 * full.item())
 
 
+@pytest.mark.slow
 def test_cache_samples_carry_the_mask(tmp_path, make_dataset, tiny_encoder_dir):
     from lumina2_train.cache import build_cache
     from lumina2_train.config import CacheConfig

@@ -9,13 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from lumina2_train.config import DataConfig
-from lumina2_train.data import normalise_caption, scan_dataset, shuffle_tags
+from lumina2_train.data import normalise_caption, shuffle_tags
 from lumina2_train.errors import DatasetError
 
-
-def scan(*datasets, seed=0):
-    return scan_dataset(DataConfig(datasets=tuple(datasets), seed=seed))
+from builders import scan
 
 
 def captions(handle) -> dict[str, str]:

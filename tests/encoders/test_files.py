@@ -48,6 +48,7 @@ def reference(comfy_files):
     return HFTextEncoder(model.eval(), make_tiny_tokenizer(tmp / "tok")), HFLatentEncoder(vae.eval())
 
 
+@pytest.mark.slow
 def test_split_files_match_the_same_weights_loaded_by_hand(comfy_files, reference):
     te, vae, *_ = comfy_files
     files = HFEncoders.from_paths(str(te), str(vae))
@@ -57,6 +58,7 @@ def test_split_files_match_the_same_weights_loaded_by_hand(comfy_files, referenc
     torch.testing.assert_close(files.latent_encoder().encode(pixels), reference[1].encode(pixels))
 
 
+@pytest.mark.slow
 def test_the_all_in_one_checkpoint_serves_both(comfy_files, reference):
     *_, aio, _, _, _ = comfy_files
     enc = HFEncoders.from_paths(str(aio), str(aio))
@@ -79,6 +81,7 @@ def test_wrong_files_fail_before_anything_loads(tmp_path, comfy_files):
         HFEncoders.from_paths(str(te), str(wide)).latent_encoder()
 
 
+@pytest.mark.slow
 def test_train_config_runs_on_one_all_in_one_file(comfy_files, tmp_path):
     """`train CONFIG` with model.transformer, text_encoder and vae all pointing at lumina_2.safetensors."""
     from safetensors.torch import load_file

@@ -14,6 +14,8 @@ from lumina2_train.config import TARGET_PRESETS, AdapterConfig
 from lumina2_train.files import formats
 from lumina2_train.tiny import NATIVE_WIDTH_DIT, make_tiny_transformer
 
+from builders import diffusers_velocity, lumina2_pipeline, velocity_inputs
+
 FULL_WIDTH_2_LAYERS = dict(NATIVE_WIDTH_DIT, num_layers=2)
 
 
@@ -26,20 +28,14 @@ def _adapters(backbone, **kw):
 
 
 def _inputs():
-    gen = torch.Generator().manual_seed(0)
-    return torch.randn(1, 16, 8, 8, generator=gen), torch.tensor([0.6]), torch.randn(1, 5, 32, generator=gen)
+    return velocity_inputs(1, 5, sigmas=[0.6], seed=0)
 
 
 def _through_diffusers(model, path):
     """Velocity of `model` after Lumina2Pipeline.load_lora_weights(path), in our convention (ε − x)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline
-
-    pipe = Lumina2Pipeline(transformer=model, scheduler=FlowMatchEulerDiscreteScheduler(), vae=None,
-                           text_encoder=None, tokenizer=None)
+    pipe = lumina2_pipeline(model)
     pipe.load_lora_weights(str(path))
-    x, sigma, feats = _inputs()
-    with torch.no_grad():
-        return -pipe.transformer(x, 1 - sigma, feats, torch.ones(1, 5, dtype=torch.long), return_dict=False)[0]
+    return diffusers_velocity(pipe, *_inputs())
 
 
 def _ours(backbone, adapters):

@@ -10,6 +10,8 @@ from lumina2_train.config import TARGET_PRESETS, AdapterConfig
 from lumina2_train.errors import FormatError
 from lumina2_train.files import formats
 
+from builders import diffusers_velocity, lumina2_pipeline, velocity_inputs
+
 
 def _random_adapters(backbone, **kw):
     cfg = AdapterConfig(rank=4, alpha=8.0, **kw)
@@ -24,6 +26,7 @@ def _deltas(mods):
     return {n: m.delta_weight() for n, m in mods.items()}
 
 
+@pytest.mark.slow
 def test_comfyui_file_keys_are_native_and_round_trip_bit_exact(tiny_backbone, tmp_path):
     adapters = _random_adapters(tiny_backbone, targets=TARGET_PRESETS["all"])
     mods = formats.lora_modules(adapters)
@@ -41,6 +44,7 @@ def test_comfyui_file_keys_are_native_and_round_trip_bit_exact(tiny_backbone, tm
         torch.testing.assert_close(back[n].delta_weight(), adapters[n].delta_weight())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["kohya", "diffusers"])
 def test_other_formats_read_back_to_the_same_deltas(tiny_backbone, tmp_path, fmt):
     adapters = _random_adapters(tiny_backbone, targets=("attention", "ffn", "adaln", "final", "embedders"))
@@ -154,8 +158,6 @@ def test_pickles_load_plain_tensors_only_and_never_run_code(tmp_path, suffix):
 @pytest.mark.slow
 def test_our_file_loads_in_diffusers_pipeline_and_matches_training_output(tmp_path):
     """The same native-named file loads through Lumina2Pipeline.load_lora_weights (targets 'all')."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline
-
     from lumina2_train.tiny import NATIVE_WIDTH_DIT, make_tiny_transformer
 
     model = make_tiny_transformer(0, NATIVE_WIDTH_DIT, std=0.02)
@@ -163,15 +165,12 @@ def test_our_file_loads_in_diffusers_pipeline_and_matches_training_output(tmp_pa
     adapters = _random_adapters(backbone, targets=TARGET_PRESETS["all"])
     path = formats.save_lora(formats.lora_modules(adapters), tmp_path / "ours.safetensors", dtype="fp32",
                              arch=backbone.arch)
-    gen = torch.Generator().manual_seed(0)
-    x, sigma, feats = torch.randn(1, 16, 8, 8, generator=gen), torch.tensor([0.6]), torch.randn(1, 5, 32, generator=gen)
+    x, sigma, feats = velocity_inputs(1, 5, sigmas=[0.6], seed=0)
     with torch.no_grad():
         ours = backbone.velocity(x, sigma, feats, None, adapters.as_dict())
-    pipe = Lumina2Pipeline(transformer=model, scheduler=FlowMatchEulerDiscreteScheduler(), vae=None,
-                           text_encoder=None, tokenizer=None)
+    pipe = lumina2_pipeline(model)
     pipe.load_lora_weights(str(path))
-    with torch.no_grad():
-        theirs = -pipe.transformer(x, 1 - sigma, feats, torch.ones(1, 5, dtype=torch.long), return_dict=False)[0]
+    theirs = diffusers_velocity(pipe, x, sigma, feats)
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
 
 

@@ -12,6 +12,8 @@ from lumina2_train.files.loading import load_backbone
 from lumina2_train.tiny import NATIVE_WIDTH_DIT, TINY_DIT
 from lumina2_train.train import Trainer
 
+from builders import velocity_inputs
+
 
 @pytest.fixture
 def trained(tiny_backbone, tensor_cache, run_config, tmp_path):
@@ -23,10 +25,10 @@ def trained(tiny_backbone, tensor_cache, run_config, tmp_path):
 
 
 def _inputs():
-    gen = torch.Generator().manual_seed(4)
-    return torch.randn(2, 16, 8, 8, generator=gen), torch.tensor([0.3, 0.7]), torch.randn(2, 5, 32, generator=gen)
+    return velocity_inputs(2, 5, sigmas=[0.3, 0.7], seed=4)
 
 
+@pytest.mark.slow
 def test_the_model_file_loads_and_matches_the_trained_model(trained, tiny_backbone):
     trainer, res = trained
     sd = load_file(str(res.lora_path))
@@ -41,6 +43,7 @@ def test_the_model_file_loads_and_matches_the_trained_model(trained, tiny_backbo
     assert not torch.allclose(untrained, ours, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_the_diffusers_folder_loads_in_diffusers(trained, tiny_backbone):
     from diffusers import Lumina2Transformer2DModel
 
@@ -53,6 +56,7 @@ def test_the_diffusers_folder_loads_in_diffusers(trained, tiny_backbone):
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_diff_patches_add_up_to_the_trained_weights(trained, tiny_backbone):
     trainer, res = trained
     diffs = diff_state_dict(res.adapters, tiny_backbone)
@@ -62,6 +66,7 @@ def test_diff_patches_add_up_to_the_trained_weights(trained, tiny_backbone):
     assert len(diffs) == len(res.adapters.names)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", [TINY_DIT, NATIVE_WIDTH_DIT, dict(TINY_DIT, hidden_size=2304, num_layers=26,
                                                                      num_attention_heads=24, num_kv_heads=8,
                                                                      axes_dim_rope=(32, 32, 32), cap_feat_dim=2304)])

@@ -156,6 +156,7 @@ def assert_names_field_file_and_fix(msg: str, field: str, path: Path) -> None:
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("field", "case"), IDS, ids=[f"{f}-{c}" for f, c in IDS])
 def test_bad_weights_name_the_field_the_file_and_the_fix(tiny, tmp_path, field, case):
     path = CASES[field](tiny, tmp_path)[case]()
@@ -203,6 +204,7 @@ def test_bad_init_from_names_the_field_the_file_and_the_fix(tiny_backbone, lora_
     load_init_from(adapters, tiny_backbone, lora_file)  # the good file loads
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["truncated", "a PNG", "a folder"])
 def test_bad_init_from_is_found_before_any_model_loads(lora_file, tmp_path, case):
     """run_training's first check reads only the header: no encoder or DiT loads for a file it cannot use."""

@@ -10,6 +10,8 @@ from lumina2_train.errors import HubError
 from lumina2_train.publish.hub import hub_hooks, model_card, push_run, write_model_card
 from lumina2_train.train import train_lora
 
+from builders import linear_decode
+
 
 @pytest.fixture(autouse=True)
 def _no_real_hub(tmp_path, monkeypatch):
@@ -29,15 +31,8 @@ def _hub_cfg(cfg, negative="", **hub):
         validation=ValidationConfig(prompts=("a red cube",), negative_prompt=negative, width=32, height=32, steps=2))
 
 
-def _decode(latents):
-    import torch
-
-    w = torch.linspace(-1, 1, 48).view(3, 16, 1, 1) / 4
-    return torch.nn.functional.interpolate(torch.nn.functional.conv2d(latents, w), scale_factor=8).tanh()
-
-
 def _trained(cfg, tiny_backbone, tensor_cache, run_dir, hooks=None):
-    return train_lora(cfg, tiny_backbone, tensor_cache, hooks, run_dir=run_dir, decode=_decode)
+    return train_lora(cfg, tiny_backbone, tensor_cache, hooks, run_dir=run_dir, decode=linear_decode)
 
 
 def test_model_card_front_matter_prompts_settings_and_samples(run_config, tmp_path):
@@ -53,6 +48,7 @@ def test_model_card_front_matter_prompts_settings_and_samples(run_config, tmp_pa
     assert "| steps | 7 of 7 (batch 2 × accumulation 1) |" in body
 
 
+@pytest.mark.slow
 def test_written_card_links_the_final_samples(run_config, tiny_backbone, tensor_cache, tmp_path):
     cfg = _hub_cfg(run_config(tmp_path, steps=1))
     res = _trained(cfg, tiny_backbone, tensor_cache, tmp_path / "run")
@@ -61,6 +57,7 @@ def test_written_card_links_the_final_samples(run_config, tiny_backbone, tensor_
     assert (tmp_path / "run" / "samples" / "step_000001_prompt_00.png").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("offline", [True, False], ids=["HF_HUB_OFFLINE", "closed-endpoint"])
 def test_push_without_network_fails_clearly_after_the_local_files(run_config, tiny_backbone, tensor_cache, tmp_path,
                                                                   monkeypatch, offline):
@@ -100,9 +97,10 @@ class FakeApi:
         return self._record("upload_file", *a, **k)
 
 
+@pytest.mark.slow
 def test_push_uploads_card_lora_samples_and_an_outside_lora(run_config, tiny_backbone, tensor_cache, tmp_path):
     cfg = _hub_cfg(run_config(tmp_path, steps=1), private=True)
-    res = train_lora(cfg, tiny_backbone, tensor_cache, run_dir=tmp_path / "run", decode=_decode,
+    res = train_lora(cfg, tiny_backbone, tensor_cache, run_dir=tmp_path / "run", decode=linear_decode,
                      lora_path=tmp_path / "comfy_loras" / "shapes.safetensors")
     api = FakeApi()
     assert push_run(cfg, res, api=api) == "https://hub.invalid/me/shapes-lora"
@@ -114,6 +112,7 @@ def test_push_uploads_card_lora_samples_and_an_outside_lora(run_config, tiny_bac
     assert (u_name, u_kw["path_in_repo"]) == ("upload_file", "shapes.safetensors")
 
 
+@pytest.mark.slow
 def test_checkpoint_uploads_follow_saves_and_a_failure_never_stops_training(run_config, tiny_backbone, tensor_cache,
                                                                            tmp_path, caplog):
     cfg = _hub_cfg(run_config(tmp_path, steps=3), push_checkpoints=True)

@@ -18,31 +18,26 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]  # the library, and the tests' builders (as pytest's pythonpath)
 
-from lumina2_train.config import AdapterConfig, RunConfig, SaveConfig, TrainConfig  # noqa: E402
-from lumina2_train.train import TensorCache, TensorSample, train_lora  # noqa: E402
+from lumina2_train.config import RunConfig  # noqa: E402
+from lumina2_train.train import TensorCache, train_lora  # noqa: E402
 from lumina2_train.train.checkpoint import list_checkpoints  # noqa: E402
+
+import builders  # noqa: E402
 
 NAME = "crash"
 BALLAST = "ballast.bin"
 
 
 def tensor_cache() -> TensorCache:
-    """The same four samples as tests/conftest.py's tensor_cache."""
-    gen = torch.Generator().manual_seed(7)
-    lat = [torch.randn(16, 4, 4, generator=gen) for _ in range(3)] + [torch.randn(16, 4, 6, generator=gen)]
-    feats = [torch.randn(n, 32, generator=gen) for n in (5, 3, 5, 4)]
-    samples = [TensorSample(latent=x, cap_feats=f, caption=f"c{i}") for i, (x, f) in enumerate(zip(lat, feats))]
-    return TensorCache(samples, prompts={"": torch.randn(1, 32, generator=gen)}, empty=torch.randn(1, 32, generator=gen))
+    """The same four samples as tests/conftest.py's tensor_cache, with the empty prompt only."""
+    return builders.tensor_cache(prompts={"": 1})
 
 
 def run_config(out: Path, steps: int, resume: bool, every: int = 1, keep_last: int = 2) -> RunConfig:
-    t = TrainConfig(steps=steps, batch_size=2, lr=1e-3, precision="fp32", checkpointing="off", caption_dropout=0.2,
-                    seed=5)
-    return RunConfig(adapter=AdapterConfig(rank=4, alpha=4.0, targets=("attention", "ffn"), dropout=0.1), train=t,
-                     save=SaveConfig(output_dir=str(out), name=NAME, every_n_steps=every, keep_last=keep_last),
-                     resume_from=str(out) if resume and list_checkpoints(out / "checkpoints") else "")
+    return builders.run_config(out, str(out) if resume and list_checkpoints(out / "checkpoints") else "",
+                               save=dict(name=NAME, every_n_steps=every, keep_last=keep_last), steps=steps)
 
 
 def train(run_dir: Path, steps: int, **kw):

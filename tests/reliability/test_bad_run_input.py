@@ -23,12 +23,12 @@ def tiny_run(tmp_path_factory):
     """Tiny diffusers-layout models and a captioned dataset of two images, written once."""
     from lumina2_train.tiny import write_tiny_diffusers
 
-    from ..conftest import _write_image
+    from builders import write_image
 
     base = tmp_path_factory.mktemp("bad_run")
     models = write_tiny_diffusers(base / "models", seed=0)
     for i in range(2):
-        _write_image(base / "data" / f"img{i}.png", (64, 64), caption=f"a picture number {i}", seed=i)
+        write_image(base / "data" / f"img{i}.png", (64, 64), caption=f"a picture number {i}", seed=i)
     return {"models": models, "data": base / "data"}
 
 
@@ -64,6 +64,7 @@ def cli_env() -> dict:
 # ---------------------------------------------------------------- Ctrl-C
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_with_its_message_and_status_130_without_a_traceback(tiny_run, tmp_path):
     """Fails before the fix: the KeyboardInterrupt re-raised after the checkpoint reached the top of the CLI and
     printed a traceback (status 1)."""
@@ -128,6 +129,7 @@ def test_blocks_are_checked_against_a_single_file_header_and_the_loaded_model(ti
 # ---------------------------------------------------------------- resume after the dataset or settings changed
 
 
+@pytest.mark.slow
 def test_resume_after_the_dataset_changed_is_refused_and_harmless_changes_are_logged(tiny_run, tmp_path, caplog):
     """Through the whole pipeline on a scanned dataset. Fails before the fix: the other repeats and the added
     image resumed silently, and the raised step count was not logged."""
@@ -148,9 +150,9 @@ def test_resume_after_the_dataset_changed_is_refused_and_harmless_changes_are_lo
     with pytest.raises(CheckpointError, match=r"data position no longer means the same batches \(the trained images"
                        r".*data.datasets\[0\].repeats: checkpoint 1, now 2\). Resume with the checkpoint's settings"):
         run_training(RunConfig.from_dict(repeats))
-    from ..conftest import _write_image
+    from builders import write_image
 
-    _write_image(data / "img9.png", (64, 64), caption="a new picture", seed=9)
+    write_image(data / "img9.png", (64, 64), caption="a new picture", seed=9)
     with pytest.raises(CheckpointError, match=r"\(the trained images, captions, buckets, repeats or their order "
                        r"\(data order [0-9a-f]{16}, now [0-9a-f]{16}\)\)"):
         run_training(RunConfig.from_dict(run_dict(own, tmp_path, train__steps=2) | {"resume_from": folder}))

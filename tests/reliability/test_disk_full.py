@@ -43,6 +43,7 @@ def run_child(scenario: str, disk: Path, other: Path) -> dict:
     return json.loads(lines[-1][len("REPORT "):])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "win32", reason="needs POSIX resource limits")
 def test_full_disk_while_caching_keeps_complete_entries_and_resumes(tmp_path, write_image):
     images = tmp_path / "images"

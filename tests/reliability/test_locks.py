@@ -98,6 +98,7 @@ def test_threads_never_hold_one_output_together(tmp_path):
     assert most[0] == 1 and busy
 
 
+@pytest.mark.slow
 def test_trainer_refuses_an_output_that_another_run_holds(run_config, tiny_backbone, tensor_cache, tmp_path):
     lora = tmp_path / "loras" / "shared.safetensors"
     with output_lock(tmp_path / "run"):

@@ -22,6 +22,7 @@ from lumina2_train.data.report import DatasetReport, ScanReport
 from lumina2_train.recipe import format_prompt, system_prompt_text
 
 
+@pytest.mark.slow
 def test_scan_of_thousands_of_files_is_bounded(tmp_path):
     r = run_scale(3000, tmp_path / "many")
     assert r["used"] == 3000 and r["skipped"] == 0
@@ -83,6 +84,7 @@ def _warm_cache(root, n: int) -> DatasetHandle:
     return DatasetHandle(items, ScanReport((report,)), "dataset-fp", DataConfig())
 
 
+@pytest.mark.slow
 def test_a_10000_entry_cache_opens_without_reading_entries(tmp_path, monkeypatch):
     n = 10_000
     dataset = _warm_cache(tmp_path / "c", n)

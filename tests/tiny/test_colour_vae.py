@@ -2,6 +2,7 @@
 back, through the same encoder wrapper the pipeline uses (tiny/colour_vae.py)."""
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
@@ -17,6 +18,7 @@ def _pixels(path):
     return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
 
 
+@pytest.mark.slow
 def test_colour_vae_round_trips_block_colours_and_a_random_vae_does_not(tmp_path):
     folder = save_colour_vae(tmp_path)
     vae = HFLatentEncoder(AutoencoderKL.from_pretrained(str(folder)).eval())

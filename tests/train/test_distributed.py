@@ -81,6 +81,7 @@ def test_a_nan_on_one_rank_stops_every_rank(two_processes):
     assert (out / "nan" / "checkpoints" / "step_00000000" / "state.json").is_file()
 
 
+@pytest.mark.slow  # it reads the two-process run of the module fixture (about 50 s)
 def test_resume_refuses_another_global_batch_naming_the_fix(two_processes, tmp_path):
     out, _ = two_processes
     cfg = worker.run_config(tmp_path, batch_size=1, resume_from=str(out / "ddp" / "checkpoints" / "step_00000002"))

@@ -35,6 +35,7 @@ def _ema_cfg(run_config, tmp_path, **save):
     return dataclasses.replace(cfg, save=dataclasses.replace(cfg.save, dtype="fp32", **save))
 
 
+@pytest.mark.slow
 def test_saved_lora_holds_the_ema_weights_when_asked(tiny_backbone, tensor_cache, run_config, tmp_path):
     name = "layers.1.feed_forward.w2"
     trainer = Trainer(_ema_cfg(run_config, tmp_path), tiny_backbone, tensor_cache, run_dir=tmp_path / "e")
@@ -51,6 +52,7 @@ def test_saved_lora_holds_the_ema_weights_when_asked(tiny_backbone, tensor_cache
                                raw2.up.detach() * raw2.scale)
 
 
+@pytest.mark.slow
 def test_resume_with_ema_is_exact(tiny_backbone, tensor_cache, run_config, tmp_path):
     full = Trainer(_ema_cfg(run_config, tmp_path), tiny_backbone, tensor_cache, run_dir=tmp_path / "a")
     full.run()

@@ -12,16 +12,14 @@ from lumina2_train.train import TrainHooks, train_lora
 from lumina2_train.train.evaluation import holdout_indices
 from lumina2_train.train.validation import named_prompts
 
+from builders import linear_decode
+
 
 def _with_validation(cfg, **v):
     return dataclasses.replace(cfg, validation=dataclasses.replace(cfg.validation, **v))
 
 
-def _decode(latents):  # a fixed linear "VAE": 16 latent channels -> 3 pixel channels, ×8 upsampling
-    w = torch.linspace(-1, 1, 48).view(3, 16, 1, 1) / 4
-    return torch.nn.functional.interpolate(torch.nn.functional.conv2d(latents, w), scale_factor=8).tanh()
-
-
+@pytest.mark.slow
 def test_prompt_library_names_prompts_and_files(tiny_backbone, tensor_cache, run_config, tmp_path):
     lib = tmp_path / "prompts.json"
     lib.write_text(json.dumps({"cube": "a red cube", "../evil name": "a red cube"}))
@@ -29,7 +27,7 @@ def test_prompt_library_names_prompts_and_files(tiny_backbone, tensor_cache, run
     assert [n for n, _ in named_prompts(v)] == ["prompt_00", "cube", "../evil name"]
     cfg = _with_validation(run_config(tmp_path, steps=1), prompts=v.prompts, prompt_library=str(lib), width=32,
                            height=32, steps=2)
-    res = train_lora(cfg, tiny_backbone, tensor_cache, run_dir=tmp_path / "r", decode=_decode)
+    res = train_lora(cfg, tiny_backbone, tensor_cache, run_dir=tmp_path / "r", decode=linear_decode)
     names = sorted(p.name for p in (tmp_path / "r" / "samples").glob("step_000001_*.png"))
     assert names == ["step_000001____evil_name.png", "step_000001_cube.png", "step_000001_grid.png",
                      "step_000001_prompt_00.png"]
@@ -44,17 +42,19 @@ def test_prompt_library_errors_name_the_field(tmp_path):
     assert "validation.prompt_library" in ValidationConfig(prompt_library=str(tmp_path / "no.json")).errors()[0]
 
 
+@pytest.mark.slow
 def test_clip_scores_are_computed_with_a_local_clip(tiny_backbone, tensor_cache, run_config, tmp_path):
     from lumina2_train.tiny.clip import write_tiny_clip
 
     clip = write_tiny_clip(tmp_path / "clip")
     cfg = _with_validation(run_config(tmp_path, steps=1), prompts=("a red cube",), width=32, height=32, steps=2,
                            evaluation_type="clip", clip_model=str(clip))
-    res = train_lora(cfg, tiny_backbone, tensor_cache, run_dir=tmp_path / "r", decode=_decode)
+    res = train_lora(cfg, tiny_backbone, tensor_cache, run_dir=tmp_path / "r", decode=linear_decode)
     scores = res.validations[-1].clip_scores
     assert len(scores) == 1 and 0.0 <= scores[0] <= 100.0
 
 
+@pytest.mark.slow
 def test_heldout_items_never_train_and_eval_loss_is_logged(tiny_backbone, tensor_cache, run_config, tmp_path,
                                                            monkeypatch):
     held = holdout_indices(len(tensor_cache), 1, 5)
@@ -81,6 +81,7 @@ def test_heldout_items_never_train_and_eval_loss_is_logged(tiny_backbone, tensor
     assert [e["step"] for e in logged] == [0, 2, 4]
 
 
+@pytest.mark.slow
 def test_heldout_loss_is_deterministic(tiny_backbone, tensor_cache):
     from lumina2_train.train.evaluation import heldout_loss
 

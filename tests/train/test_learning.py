@@ -26,6 +26,7 @@ def _sample(backbone, adapters, feats):
                          settings)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("base, compute", [("no_change", "bf16"), ("int8-torchao", "bf16"), ("fp8-torchao", "bf16"),
                                            ("no_change", "fp8_emulated")])
 def test_lora_learns_a_latent_and_the_sampler_moves_toward_it(tiny_backbone, tmp_path, base, compute):

@@ -8,12 +8,11 @@ from lumina2_train.config import AdapterConfig
 from lumina2_train.train import Trainer
 from lumina2_train.train.lengths import length_groups, velocity_by_length
 
+from builders import velocity_inputs
+
 
 def _batch(L=7, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(4, 16, 8, 12, generator=gen)
-    sigma = torch.rand(4, generator=gen)
-    feats = torch.randn(4, L, 32, generator=gen)
+    x, sigma, feats = velocity_inputs(4, L, seed=seed, hw=(8, 12))
     mask = torch.ones(4, L, dtype=torch.long)
     mask[1, 5:] = 0
     mask[2, 3:] = 0

@@ -7,18 +7,14 @@ import struct
 import time
 
 import pytest
-import torch
 
 from lumina2_train.config import TrackingConfig, ValidationConfig
 from lumina2_train.errors import OptionalDependencyError
 from lumina2_train.train import StepInfo, TrainHooks, combine_hooks, trackers, train_lora
 
+from builders import linear_decode
+
 STEP_TAGS = {"train/loss", "train/lr", "train/sigma", "train/grad_norm", "train/samples_per_s"}
-
-
-def _decode(latents):  # a fixed linear "VAE": 16 latent channels -> 3 pixel channels, ×8 upsampling
-    w = torch.linspace(-1, 1, 48).view(3, 16, 1, 1) / 4
-    return torch.nn.functional.interpolate(torch.nn.functional.conv2d(latents, w), scale_factor=8).tanh()
 
 
 def _tracked(cfg, **tracking):
@@ -29,7 +25,7 @@ def _tracked(cfg, **tracking):
 def _train_tracked(cfg, tiny_backbone, tensor_cache, run_dir):
     hooks, close = trackers.tracker_hooks(cfg, run_dir)
     try:
-        return train_lora(cfg, tiny_backbone, tensor_cache, hooks, run_dir=run_dir, decode=_decode)
+        return train_lora(cfg, tiny_backbone, tensor_cache, hooks, run_dir=run_dir, decode=linear_decode)
     finally:
         close()
 
