@@ -102,7 +102,7 @@ class _Recorder:
 def test_tracking_and_an_offline_hub_push(pack, comfy_models, train_inputs, monkeypatch):
     trackers = pack.lib("train.trackers")
     recorder = _Recorder()
-    monkeypatch.setattr(trackers, "check_trackers", lambda cfg: None)
+    monkeypatch.setattr(pack.lib("run"), "check_trackers", lambda cfg: None)  # where prepare() calls it
     monkeypatch.setattr(trackers, "_open", lambda cfg, run_dir: [recorder])
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (tracking,) = pack.run("Lumina2T_ConfigureTracking", report_to="tensorboard", project="p", run_name="",
