@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(bench_config(args, tmp), backbone, _cache(args, args.batch * world.size, config),
                           run_dir=tmp)
-        trainer._setup()  # the trainer's own setup and optimizer step, minus saving (as bench/runner.py)
+        # the trainer's own set-up (built by the constructor) and optimizer step, minus saving (as bench/runner.py)
         built_s = time.perf_counter() - t0
         with trainer.micro_batches(DataPosition()) as feed:
             timing = measure.time_steps(lambda: trainer._optimizer_step(feed)[0], device, args.warmup, args.steps)
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> dict:
     from .report import environment
 
     return {"args": {k: str(v) for k, v in vars(args).items()}, "world_size": world.size,
-            "parallel": trainer.parallel, "environment": environment(device), "setup_s": built_s,
+            "parallel": trainer.setup.strategy.name, "environment": environment(device), "setup_s": built_s,
             "step_s": step_s, "samples_per_s": args.batch * world.size / step_s, "peak_gib_mean": peak,
             "peak_gib_rank0": timing.peak_gib, "warmup_peak_gib_rank0": timing.warmup_peak_gib,
             "steps_s_rank0": timing.steps_s, "warmup_s_rank0": timing.warmup_s, "loss": timing.last_loss}

@@ -55,7 +55,6 @@ def train_losses(setting: tuple[str, str, str], native: dict, args, device) -> t
                                           saved_activations=activations),
                         save=SaveConfig(output_dir=tmp)).validate(need_data=False)
         trainer = Trainer(cfg, backbone, _cache(args.samples, args.res), run_dir=tmp)
-        trainer._setup()
         t0 = time.perf_counter()
         with trainer.micro_batches(DataPosition()) as feed:
             for _ in range(args.steps):

@@ -133,7 +133,7 @@ def run_variant(group: Group, v: Variant, native: dict, inputs: models.Inputs, s
         if "flops" not in extra:
             extra.update(_flops_and_parity(group, backbone, cfg, inputs, ref))
         trainer = Trainer(cfg, backbone, _tensor_cache(inputs, group.caption_lengths), run_dir=tmp)
-        trainer._setup()  # the bench drives the trainer's own setup and optimizer step, minus saving
+        # the bench drives the trainer's own set-up (built by the constructor) and optimizer step, minus saving
         graphs = dyn.counters["stats"]["unique_graphs"]
         with trainer.micro_batches(DataPosition()) as feed:
             def step(t=trainer) -> float:
@@ -144,8 +144,8 @@ def run_variant(group: Group, v: Variant, native: dict, inputs: models.Inputs, s
                 step, s.device, 2, profile.trace_path(s.profile, group.name, v.label))
             del step
         kept = dict(backbone.options.keep_activations)
-        if trainer.release is not None:
-            trainer.release.remove()
+        if trainer.setup.release is not None:
+            trainer.setup.release.remove()
         del trainer
     del backbone
     _free()

@@ -66,19 +66,87 @@ def _block_units(adapters) -> dict[str, BlockUnit]:
     return {prefix: BlockUnit(mods) for prefix, mods in groups.items()}
 
 
-def wrap_step(backbone, adapters, cfg, world: World):
-    """The module the trainer calls for a micro-step's velocity, and its kind: 'single', 'ddp' or 'fsdp2'.
+class Strategy:
+    """How the micro-step runs over the processes: one process, DDP or FSDP2 (`name`).
+
+    `module` is the step module (wrapped for DDP, sharded for FSDP2); `forward` is what the micro-step calls
+    for the velocity (None: the backbone itself, one process); `units` are the FSDP2 block units the forward
+    calls each block through (ForwardOptions.units).
+    """
+
+    name = "single"
+    is_sharded = False  # the trained weights are split over the processes (no previews, no held-out loss)
+
+    def __init__(self, module: nn.Module, units: dict[str, nn.Module] | None = None):
+        self.module = module
+        self.units = dict(units or {})
+
+    @property
+    def forward(self):
+        return None
+
+    def micro_step(self, is_last: bool):
+        """Gradients are averaged across processes only on the last micro-step of an accumulated step."""
+        return contextlib.nullcontext()
+
+    def gathered(self):
+        """Meanwhile every rank holds the whole trained weights (FSDP2 all-gathers them: a collective)."""
+        return contextlib.nullcontext()
+
+
+class DataParallel(Strategy):
+    """Adapters replicated on every process; DDP averages their gradients in backward."""
+
+    name = "ddp"
+
+    @property
+    def forward(self):
+        return self.module
+
+    def micro_step(self, is_last: bool):
+        return contextlib.nullcontext() if is_last else self.module.no_sync()
+
+
+class FullySharded(Strategy):
+    """A full fine-tune sharded with FSDP2: one unit per transformer block, the rest in the step module."""
+
+    name = "fsdp2"
+    is_sharded = True
+
+    @property
+    def forward(self):
+        return self.module
+
+    def micro_step(self, is_last: bool):
+        self.module.set_requires_gradient_sync(is_last)
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def gathered(self):
+        from torch.distributed.fsdp import FSDPModule
+
+        units = [m for m in self.module.modules() if isinstance(m, FSDPModule)]
+        for unit in units:
+            unit.unshard()
+        try:
+            yield
+        finally:
+            for unit in units:
+                unit.reshard()
+
+
+def build_strategy(backbone, adapters, cfg, world: World) -> Strategy:
+    """The strategy for `world`: one process, DDP (adapters) or FSDP2 (a full fine-tune on several).
 
     FSDP2 shards the adapters' parameters in place (they become DTensors): build the optimizer afterwards.
     """
     if not world.is_distributed:
-        return StepModule(backbone, adapters), "single"
+        return Strategy(StepModule(backbone, adapters))
     if not uses_sharding(cfg, world):
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        module = StepModule(backbone, adapters)
         ids = [backbone.device.index] if backbone.device.type == "cuda" else None
-        return DDP(module, device_ids=ids), "ddp"
+        return DataParallel(DDP(StepModule(backbone, adapters), device_ids=ids))
     from torch.distributed.fsdp import fully_shard
 
     units = _block_units(adapters)
@@ -86,35 +154,7 @@ def wrap_step(backbone, adapters, cfg, world: World):
         fully_shard(unit)
     module = StepModule(backbone, adapters, units)
     fully_shard(module)
-    backbone.options.units = dict(units)
-    return module, "fsdp2"
-
-
-def micro_step_context(module, kind: str, is_last: bool):
-    """Gradients are averaged across processes only on the last micro-step of an accumulated step."""
-    if kind == "ddp" and not is_last:
-        return module.no_sync()
-    if kind == "fsdp2":
-        module.set_requires_gradient_sync(is_last)
-    return contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def gathered(module, kind: str):
-    """Meanwhile every rank holds the whole trained weights (FSDP2 all-gathers them: a collective)."""
-    if kind != "fsdp2":
-        yield
-        return
-    from torch.distributed.fsdp import FSDPModule
-
-    units = [m for m in module.modules() if isinstance(m, FSDPModule)]
-    for unit in units:
-        unit.unshard()
-    try:
-        yield
-    finally:
-        for unit in units:
-            unit.reshard()
+    return FullySharded(module, units)
 
 
 def grad_norm_of(params: list[torch.Tensor], max_norm: float) -> float:

@@ -7,18 +7,21 @@ weights' rounding). No ComfyUI imports.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 
 import torch
 
 from ..backbones.fp8 import check_compute, packed_activations
-from ..backbones.nextdit import compile_block
+from ..backbones.nextdit import ForwardOptions, compile_block
 from ..backbones.quant import quantize_base
 from ..config import RunConfig
 from ..errors import ConfigError
 from .memory import plan_checkpointing, refine_plan, shape_key
 
 log = logging.getLogger(__name__)
+
 
 def cpu_has_bf16() -> bool:
     """True when this CPU runs bf16 matmuls natively (AVX512-BF16 or AMX, through oneDNN)."""
@@ -47,15 +50,9 @@ def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
 GRAPHS_PER_BUCKET = 4  # context refiner, noise refiner, main block; one spare (inference or a new mask shape)
 
 
-def prepare_forward(backbone, cfg: RunConfig, n_buckets: int) -> None:
-    """Set the backbone's ForwardOptions (and base storage) for this run; call after the adapters exist,
-    so a full fine-tune copies the unquantised base weights."""
-    t = cfg.train
-    opts = backbone.options
-    opts.checkpoint = t.checkpointing != "off"
-    opts.recompute_rng = cfg.adapter.dropout > 0  # the only randomness inside a block
-    opts.keep_activations.clear()
-    opts.units = {}  # FSDP2 units are set by train/parallel.wrap_step, per run
+def prepare_base(backbone, cfg: RunConfig) -> None:
+    """Store the frozen base as model.base_precision asks and check model.base_compute can run; call after the
+    adapters exist, so a full fine-tune copies the unquantised base weights."""
     fmt = cfg.model.storage_format
     if fmt in ("fp8", "int8"):
         saved = quantize_base(backbone, fmt)
@@ -65,20 +62,46 @@ def prepare_forward(backbone, cfg: RunConfig, n_buckets: int) -> None:
         raise ConfigError(f"model.base_precision '{cfg.model.base_precision}' is not available in this version; "
                           "choose 'fp8' or 'int8' (stored by the library, no extra package)")
     check_compute(cfg.model.base_compute, backbone.device)  # refuses 'fp8' where it cannot run
-    opts.base_compute = cfg.model.base_compute
-    opts.packer = packed_activations(backbone.tree) if t.saved_activations == "fp8" else None
-    if opts.base_compute != "bf16" or opts.packer is not None:
-        log.info("frozen base GEMMs in %s, kept activations stored in %s", opts.base_compute, t.saved_activations)
-    opts.compiled_block = None
-    if t.compile and backbone.device.type == "cuda":
-        import torch._dynamo
 
-        # one compiled function serves every block; each bucket shape adds a few graphs (static shapes)
-        limit = max(torch._dynamo.config.recompile_limit, GRAPHS_PER_BUCKET * max(n_buckets, 1) + 4)
-        torch._dynamo.config.recompile_limit = limit
-        opts.compiled_block = compile_block()
+
+def forward_options(backbone, cfg: RunConfig, units: dict | None = None) -> ForwardOptions:
+    """This run's ForwardOptions: the backbone's current ones (cudnn_attention kept) with the run's settings, a
+    fresh activation plan and the FSDP2 block `units` (train/parallel.py). Returned, never written in place."""
+    t = cfg.train
+    packer = packed_activations(backbone.tree) if t.saved_activations == "fp8" else None
+    if cfg.model.base_compute != "bf16" or packer is not None:
+        log.info("frozen base GEMMs in %s, kept activations stored in %s", cfg.model.base_compute,
+                 t.saved_activations)
+    compiled = None
+    if t.compile and backbone.device.type == "cuda":
+        compiled = compile_block()  # one compiled function serves every block
     elif t.compile:
         log.info("train.compile is ignored on %s (it compiles for CUDA GPUs)", backbone.device.type)
+    return dataclasses.replace(
+        backbone.options, checkpoint=t.checkpointing != "off",
+        recompute_rng=cfg.adapter.dropout > 0,  # the only randomness inside a block
+        keep_activations={}, units=dict(units or {}), base_compute=cfg.model.base_compute, packer=packer,
+        compiled_block=compiled)
+
+
+def recompile_limit(cfg: RunConfig, device: torch.device, n_buckets: int) -> int:
+    """The dynamo recompile limit the compiled step needs (each bucket shape adds a few graphs: static
+    shapes); 0 when nothing is compiled."""
+    if not (cfg.train.compile and device.type == "cuda"):
+        return 0
+    import torch._dynamo
+
+    return max(torch._dynamo.config.recompile_limit, GRAPHS_PER_BUCKET * max(n_buckets, 1) + 4)
+
+
+def compiled_region(limit: int):
+    """Meanwhile dynamo's recompile limit is at least `limit` (restored after: the process's setting is not
+    changed for other code, e.g. ComfyUI's own compiled models); a no-op for 0."""
+    if not limit:
+        return contextlib.nullcontext()
+    import torch._dynamo
+
+    return torch._dynamo.config.patch(recompile_limit=limit)
 
 
 class CheckpointPlanner:

@@ -1,4 +1,5 @@
-"""An in-memory cache of ready tensors (latents + caption features), with the CacheHandle interface.
+"""An in-memory cache of ready tensors (latents + caption features), with the CacheSource interface
+(cache/source.py).
 
 For training on tensors that are already encoded: ComfyUI LATENT + CONDITIONING inputs, the benchmark,
 and tests. Disk caches with fingerprints live in lumina2_train/cache/.
@@ -34,6 +35,10 @@ class TensorCache:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    @property
+    def on_the_fly(self) -> bool:
+        return False  # every tensor is ready
 
     def repeats(self, i: int) -> int:
         return self.sample_repeats.get(i, 1)

@@ -30,12 +30,11 @@ def test_full_fine_tune_trains_copies_in_backward(tiny_backbone, tensor_cache, t
     from lumina2_train.train.loop import Trainer
 
     trainer = Trainer(cfg, tiny_backbone, tensor_cache, run_dir=tmp_path / "r")
-    trainer._setup()
-    before = {n: m.weight.detach().clone() for n, m in trainer.adapters.items()}
+    before = {n: m.weight.detach().clone() for n, m in trainer.setup.adapters.items()}
     with trainer.micro_batches(trainer.state.position) as feed:
         losses = [trainer._optimizer_step(feed)[0] for _ in range(3)]
     assert all(torch.isfinite(torch.tensor(losses)))
-    assert all(p.grad is None for p in trainer.adapters.parameters())
-    assert all(not torch.equal(m.weight, before[n]) for n, m in trainer.adapters.items())
+    assert all(p.grad is None for p in trainer.setup.adapters.parameters())
+    assert all(not torch.equal(m.weight, before[n]) for n, m in trainer.setup.adapters.items())
     assert all(torch.equal(v, base[k]) for k, v in tiny_backbone.tree.state_dict().items())
     assert train_lora  # the same Trainer the Train node runs

@@ -42,7 +42,7 @@ def test_saved_lora_holds_the_ema_weights_when_asked(tiny_backbone, tensor_cache
     res = trainer.run()
     saved = read_lora(res.lora_path, tiny_backbone.arch)[name]
     raw = res.adapters[name]
-    with trainer.ema.swapped_in():
+    with trainer.setup.ema.swapped_in():
         torch.testing.assert_close(saved.up, raw.up.detach() * raw.scale)
     assert not torch.allclose(saved.up, raw.up.detach() * raw.scale)
     res_raw = train_lora(_ema_cfg(run_config, tmp_path, save_ema=False), tiny_backbone, tensor_cache,
@@ -62,5 +62,5 @@ def test_resume_with_ema_is_exact(tiny_backbone, tensor_cache, run_config, tmp_p
     resumed = Trainer(dataclasses.replace(half, resume_from=str(tmp_path / "b")), tiny_backbone, tensor_cache,
                       run_dir=tmp_path / "b")
     resumed.run()
-    for k, v in full.ema.shadow.items():
-        torch.testing.assert_close(resumed.ema.shadow[k], v, atol=1e-7, rtol=1e-6)
+    for k, v in full.setup.ema.shadow.items():
+        torch.testing.assert_close(resumed.setup.ema.shadow[k], v, atol=1e-7, rtol=1e-6)

@@ -92,7 +92,7 @@ def test_schedulefree_exports_its_averaged_weights(tiny_backbone, tensor_cache, 
     saved = read_lora(result.lora_path, tiny_backbone.arch)
     name = "layers.0.attention.qkv"
     train_mode_up = result.adapters[name].up.detach().clone()
-    trainer.optimizer.eval()
+    trainer.setup.optimizer.eval()
     eval_up = result.adapters[name].up.detach() * result.adapters[name].scale
     assert not torch.allclose(train_mode_up * result.adapters[name].scale, saved[name].up, atol=1e-6)
     torch.testing.assert_close(saved[name].up, eval_up)
