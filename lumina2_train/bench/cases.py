@@ -20,6 +20,7 @@ BASES = ("bf16", "fp8", "int8")
 COMPUTES = ("bf16", "fp8")  # model.base_compute of our step
 ACTIVATIONS = ("bf16", "fp8")  # train.saved_activations of our step
 BACKBONES = ("diffusers", "comfy")
+FAMILIES = ("lumina2", "zimage")  # the random full-size model of a group (models.CONFIGS)
 REF_BUDGET = -1.0  # memory budget "ref": the peak the reference step measured in the same run
 
 
@@ -51,7 +52,10 @@ class Group:
     targets: str = "attn"
     mode: str = "lora"
     caption_tokens: int = 256
-    caption_lengths: tuple[int, ...] = ()  # per-sample caption tokens (cycled over the batch); () = all caption_tokens
+    caption_lengths: tuple[int, ...] = ()  # per-sample caption tokens (cycled over the set); () = all caption_tokens
+    samples: int = 0  # training-set size (0 = one batch; at least len(caption_lengths))
+    aspects: tuple[tuple[int, int], ...] = ()  # (width, height) buckets the set is spread over; () = res²
+    family: str = "lumina2"
     steps: int = 10
     warmup: int = 3
     reference: bool = True
@@ -68,6 +72,15 @@ class Group:
         if any(not 1 <= n <= self.caption_tokens for n in self.caption_lengths):
             out.append(f"--caption-lengths must lie in 1..--caption-tokens {self.caption_tokens} "
                        f"(got {list(self.caption_lengths)})")
+        if self.family not in FAMILIES:
+            out.append(f"--family '{self.family}' is unknown; choose one of {', '.join(FAMILIES)}")
+        n = max(self.batch, self.samples, len(self.caption_lengths))
+        if self.aspects and (n % len(self.aspects) or n // len(self.aspects) % self.batch):
+            out.append(f"{len(self.aspects)} aspect buckets need a training set of whole batches per bucket "
+                       f"(got {n} samples at batch {self.batch}); set samples to a multiple of "
+                       f"{len(self.aspects) * self.batch}")
+        if any(w < 256 or h < 256 or w % 16 or h % 16 for w, h in self.aspects):
+            out.append(f"aspect buckets must be multiples of 16 and at least 256 (got {list(self.aspects)})")
         if self.targets not in TARGETS:
             out.append(f"--targets '{self.targets}' is unknown; choose one of {', '.join(TARGETS)}")
         if self.mode not in MODES:
@@ -153,4 +166,55 @@ def issue14_suite(steps: int = 10, warmup: int = 3) -> list[Group]:
     return [b4, b1, full]
 
 
-SUITES = {"issue5": issue5_suite, "issue14": issue14_suite}
+def draw_lengths(lo: int, hi: int, n: int, seed: int = 0) -> tuple[int, ...]:
+    """n caption lengths drawn uniformly from lo..hi (seeded; the same on every machine)."""
+    import random
+
+    rng = random.Random(seed)
+    return tuple(rng.randint(lo, hi) for _ in range(n))
+
+
+def zimage_suite(steps: int = 6, warmup: int = 3) -> list[Group]:
+    """Issue 15: full-size Z-Image, our step against diffusers + PEFT's ZImageTransformer2DModel, the variants
+    the Lumina2 groups measure (compiled, checkpointing auto under the reference's peak; + fp8 compute)."""
+    exact = Variant("compiled, ckpt auto ≤ ref peak, bf16 exact", memory_budget_gib=REF_BUDGET,
+                    target_peak_gib=REF_BUDGET)
+    fp8 = replace(exact, label="compiled, ckpt auto ≤ ref peak, fp8 compute", base_compute="fp8")
+    return [Group("Z-Image 1024² batch 4, LoRA r16 attention", family="zimage", batch=4, steps=steps,
+                  warmup=warmup, variants=(exact, fp8)),
+            Group("Z-Image 1024² batch 1, LoRA r16 attention", family="zimage", batch=1, steps=steps,
+                  warmup=warmup, variants=(exact,))]
+
+
+CAPTION_RANGE = (40, 300)
+
+
+def captions_suite(steps: int = 12, warmup: int = 6, samples: int = 24) -> list[Group]:
+    """Issue 14 item 5: captions of drawn lengths (CAPTION_RANGE, seeded) at 1024² batch 4; padding to the batch's
+    longest caption (masked attention) against one unmasked forward per length (train.split_caption_lengths).
+    The warm-up is one epoch of the set: every split shape is compiled and planned once; padded batches meet new
+    longest captions in every epoch."""
+    lengths = draw_lengths(*CAPTION_RANGE, samples)
+    pad_on = Variant("compiled, ckpt on, padded to the batch's longest (mask)", ckpt="on")
+    pad_auto = Variant("compiled, ckpt auto ≤ ref peak, padded (mask)", memory_budget_gib=REF_BUDGET,
+                       target_peak_gib=REF_BUDGET)
+    return [Group("1024² batch 4, drawn caption lengths", batch=4, caption_tokens=CAPTION_RANGE[1],
+                  caption_lengths=lengths, samples=samples, steps=steps, warmup=warmup, variants=(
+                      pad_on, replace(pad_on, label="compiled, ckpt on, split by caption length", split_lengths=True),
+                      pad_auto, replace(pad_auto, label="compiled, ckpt auto ≤ ref peak, split by caption length",
+                                        split_lengths=True)))]
+
+
+BUCKETS = ((1024, 1024), (832, 1216), (1216, 832))
+
+
+def buckets_suite(steps: int = 6, warmup: int = 6, samples: int = 24) -> list[Group]:
+    """Issue 14: compile warm-up and graphs over a bucketed epoch of three aspect buckets; the warm-up is the
+    first epoch (each bucket's first batch compiles and plans), the timed steps the second."""
+    auto = Variant("compiled, ckpt auto ≤ ref peak", memory_budget_gib=REF_BUDGET, target_peak_gib=REF_BUDGET)
+    return [Group("3 aspect buckets, batch 4", batch=4, aspects=BUCKETS, samples=samples, steps=steps,
+                  warmup=warmup, variants=(auto, Variant("compiled, ckpt on", ckpt="on")))]
+
+
+SUITES = {"issue5": issue5_suite, "issue14": issue14_suite, "zimage": zimage_suite, "captions": captions_suite,
+          "buckets": buckets_suite}

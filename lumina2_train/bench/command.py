@@ -14,7 +14,21 @@ import os
 from pathlib import Path
 
 from ..errors import Lumina2TrainError
-from .cases import ACTIVATIONS, BACKBONES, BASES, CKPT, COMPUTES, MODES, SUITES, TARGETS, Group, Variant, parse_budget
+from .cases import (
+    ACTIVATIONS,
+    BACKBONES,
+    BASES,
+    CKPT,
+    COMPUTES,
+    FAMILIES,
+    MODES,
+    SUITES,
+    TARGETS,
+    Group,
+    Variant,
+    draw_lengths,
+    parse_budget,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +58,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--caption-tokens", type=int, default=256, help="caption length of every sample")
     p.add_argument("--caption-lengths", default="", metavar="N,N,...",
                    help="per-sample caption tokens, cycled over the batch (mixed lengths: padding or --split-lengths)")
+    p.add_argument("--caption-range", default="", metavar="LO,HI",
+                   help="caption tokens drawn uniformly from LO..HI (seeded), one per sample of --samples")
+    p.add_argument("--samples", type=int, default=0,
+                   help="training-set size (default one batch; with --caption-range 8 batches)")
+    p.add_argument("--family", default="lumina2", choices=FAMILIES,
+                   help="the random full-size model: Lumina-Image-2.0 or Z-Image (diffusers' defaults)")
     p.add_argument("--split-lengths", action="store_true",
                    help="our step with train.split_caption_lengths (one unmasked forward per caption length)")
     p.add_argument("--steps", type=int, default=10, help="timed steps (after warm-up)")
@@ -82,13 +102,23 @@ def groups_from_args(args: argparse.Namespace) -> list[Group]:
         v = Variant(label=_label(args), compile=not args.no_compile, ckpt=args.ckpt, memory_budget_gib=budget,
                     base_precision=args.base_precision, backbone=args.backbone, split_lengths=args.split_lengths,
                     base_compute=args.base_compute, saved_activations=args.saved_activations)
-        groups = [Group(f"{args.res}² batch {args.batch}, {args.mode}", res=args.res, batch=args.batch,
-                        rank=args.rank, targets=args.targets, mode=args.mode, caption_tokens=args.caption_tokens,
-                        caption_lengths=_lengths(args.caption_lengths),
+        lengths, samples, tokens = _lengths(args.caption_lengths), args.samples, args.caption_tokens
+        if args.caption_range:
+            lo, hi = _range(args.caption_range)
+            samples = samples or 8 * args.batch
+            lengths, tokens = draw_lengths(lo, hi, samples), max(tokens, hi)
+        prefix = "Z-Image " if args.family == "zimage" else ""
+        groups = [Group(f"{prefix}{args.res}² batch {args.batch}, {args.mode}", res=args.res, batch=args.batch,
+                        rank=args.rank, targets=args.targets, mode=args.mode, caption_tokens=tokens,
+                        caption_lengths=lengths, samples=samples, family=args.family,
                         steps=args.steps, warmup=args.warmup, reference=not args.no_reference, variants=(v,))]
     errors = [e for g in groups for e in g.errors()]
     if any(v.backbone == "comfy" for g in groups for v in g.variants) and not args.suite and not args.comfyui:
         errors.append("--backbone comfy needs a ComfyUI folder: pass --comfyui PATH or set COMFYUI_PATH")
+    if any(g.family != "lumina2" and (v.backbone == "comfy" or g.mode == "full") for g in groups for v in g.variants):
+        errors.append("--family zimage runs LoRA on the diffusers backbone only (drop --backbone comfy / --mode full)")
+    if getattr(args, "peers", False) and groups[0].family != "lumina2":
+        errors.append("--peers time Lumina2 peers; drop --family zimage")
     if errors:
         raise BenchError("bench: " + "; ".join(errors))
     return groups
@@ -99,6 +129,16 @@ def _lengths(text: str) -> tuple[int, ...]:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise BenchError(f"bench: --caption-lengths '{text}' is not a list of token counts like 256,128,64") from None
+
+
+def _range(text: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(x) for x in text.split(","))
+    except ValueError:
+        raise BenchError(f"bench: --caption-range '{text}' is not two token counts like 40,300") from None
+    if not 1 <= lo <= hi:
+        raise BenchError(f"bench: --caption-range {lo},{hi} must satisfy 1 <= LO <= HI")
+    return lo, hi
 
 
 def _select(groups: list[Group], spec: str) -> list[Group]:
@@ -126,7 +166,7 @@ def _label(args: argparse.Namespace) -> str:
         parts.append(f"{args.saved_activations} activations")
     if args.backbone == "comfy":
         parts.insert(0, "ComfyUI NextDiT")
-    if args.caption_lengths:
+    if args.caption_lengths or args.caption_range:
         parts.append("split by caption length" if args.split_lengths else "padded captions (mask)")
     return ", ".join(parts)
 

@@ -39,13 +39,36 @@ def _f(x, digits: int = 2) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def _model(head: dict) -> str:
+    return "Z-Image, " if head.get("family") == "zimage" else ""
+
+
+def _shape(head: dict) -> str:
+    aspects = head.get("aspects") or ()
+    return f"{head['res']}²" if not aspects else "buckets " + " / ".join(f"{w}×{h}" for w, h in aspects)
+
+
+def _captions(head: dict) -> str:
+    lengths = head.get("caption_lengths") or ()
+    if not lengths:
+        return f"{head['caption_tokens']} tokens"
+    return f"{min(lengths)}–{max(lengths)} tokens (mean {sum(lengths) / len(lengths):.0f} over {len(lengths)} samples; TFLOP of the first)"
+
+
+def _kept(kept: dict) -> str:
+    """Blocks kept per shape; many shapes (mixed caption lengths) as a range."""
+    if len(kept) <= 3:
+        return ", ".join(f"{k}: {n}" for k, n in kept.items()) or "-"
+    return f"{len(kept)} shapes: {min(kept.values())}–{max(kept.values())}"
+
+
 def group_table(g: dict) -> list[str]:
     """One markdown table: the reference and each variant of ours."""
     head = g["group"]
     full = head["mode"] == "full"
     what = "full fine-tune of every Linear" if full else f"LoRA r{head['rank']} on {head['targets']}"
-    lines = [f"### {head['name']}: {head['res']}² batch {head['batch']}, {what}, captions {head['caption_tokens']} "
-             f"tokens, {g.get('flops_per_sample', 0) / 1e12:.1f} TFLOP/sample",
+    lines = [f"### {head['name']}: {_model(head)}{_shape(head)} batch {head['batch']}, {what}, captions "
+             f"{_captions(head)}, {g.get('flops_per_sample', 0) / 1e12:.1f} TFLOP/sample",
              "", "| step | samples/s | × ref | peak GiB | MFU | compile warm-up s | graphs | blocks kept |",
              "|---|---|---|---|---|---|---|---|"]
     ref = g.get("reference")
@@ -58,7 +81,7 @@ def group_table(g: dict) -> list[str]:
         if "error" in v:
             lines.append(f"| {v['label']} | failed: {v['error'][:90]} | | | | | | |")
             continue
-        kept = ", ".join(f"{k}: {n}" for k, n in v.get("blocks_kept", {}).items()) or "-"
+        kept = _kept(v.get("blocks_kept", {}))
         lines.append(f"| {v['label']} | {_f(v['samples_per_s'])} | {_f(v.get('ratio'))} | {_f(v['peak_gib'], 1)} | "
                      f"{_f(100 * v['mfu'], 0)} % | {_f(v['compile_warmup_s'], 0)} | {v.get('graphs', '-')} | {kept} |")
     if g.get("attention_ops"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import statistics
 import tempfile
 import time
 import traceback
@@ -62,14 +63,14 @@ def _free() -> None:
 
 
 def _parity_inputs(inputs: models.Inputs):
-    return models.noisy(inputs, torch.Generator().manual_seed(7))
+    return models.noisy(inputs.latents, inputs.res, torch.Generator().manual_seed(7))
 
 
 def run_reference(group: Group, weights: dict, inputs: models.Inputs, s: Settings) -> dict:
     model = models.build_dit(s.config, s.device, state=weights)
     x_sigma, sigma, target = _parity_inputs(inputs)
     with torch.no_grad():
-        pred = models.reference_velocity(model, x_sigma, sigma, inputs.cap_feats)
+        pred = models.reference_velocity(model, x_sigma, sigma, inputs.cap_feats, inputs.cap_mask)
     parity = {"pred": pred.cpu(), "loss": float(F.mse_loss(pred, target))}
     if group.mode == "full":
         step = models.reference_full_step(model, inputs)
@@ -89,10 +90,12 @@ def _backbone(v: Variant, native: dict, s: Settings):
     return models.diffusers_backbone(s.config, native, s.device)
 
 
-def _tensor_cache(inputs: models.Inputs, lengths: tuple[int, ...] = ()) -> TensorCache:
-    """The batch as the trainer's dataset; `lengths` cut sample i's caption to lengths[i % len] tokens."""
+def _tensor_cache(inputs: models.Inputs) -> TensorCache:
+    """The training set as the trainer's dataset (each caption cut to its own length)."""
+    if inputs.dataset:
+        return TensorCache([TensorSample(latent=lat, cap_feats=feats) for lat, feats in inputs.dataset])
     lat, feats = inputs.latents.float().cpu(), inputs.cap_feats.float().cpu()
-    cut = [lengths[i % len(lengths)] if lengths else feats.shape[1] for i in range(lat.shape[0])]
+    cut = [feats.shape[1]] * lat.shape[0] if inputs.cap_mask is None else inputs.cap_mask.sum(1).tolist()
     return TensorCache([TensorSample(latent=lat[i], cap_feats=feats[i, : cut[i]]) for i in range(lat.shape[0])])
 
 
@@ -100,16 +103,18 @@ def _flops_and_parity(group: Group, backbone, cfg: RunConfig, inputs: models.Inp
     """FLOPs per sample (batch 1, no recompute) and, against the reference, the loss on identical inputs."""
     out: dict = {}
     adapters = build_adapters(backbone, cfg.adapter, backbone.device, seed=0)
-    one = Batch(inputs.latents[:1].float().cpu(), inputs.cap_feats[:1].float().cpu(), None, torch.ones(1), None,
-                (group.res, group.res))
+    n0 = inputs.cap_feats.shape[1] if inputs.cap_mask is None else int(inputs.cap_mask[0].sum())
+    h, w = inputs.latents.shape[-2:]
+    one = Batch(inputs.latents[:1].float().cpu(), inputs.cap_feats[:1, :n0].float().cpu(), None, torch.ones(1), None,
+                (w * 8, h * 8))
     out["flops"] = measure.step_flops(backbone, adapters.as_dict(), one, dtype=torch.bfloat16)
     out["attention_ops"] = measure.attention_ops(backbone, adapters.as_dict(), one, dtype=torch.bfloat16)
     backbone.tree.zero_grad(set_to_none=True)
     if ref is not None:
         x_sigma, sigma, target = _parity_inputs(inputs)
         with torch.no_grad():
-            pred = backbone.velocity(x_sigma.to(torch.bfloat16), sigma, inputs.cap_feats.to(torch.bfloat16), None,
-                                     adapters.as_dict()).float()
+            pred = backbone.velocity(x_sigma.to(torch.bfloat16), sigma, inputs.cap_feats.to(torch.bfloat16),
+                                     inputs.cap_mask, adapters.as_dict()).float()
         ref_pred = ref["parity"]["pred"].to(pred.device)
         loss = float(F.mse_loss(pred, target))
         out["parity"] = {"reference_loss": ref["parity"]["loss"], "ours_loss": loss,
@@ -132,7 +137,7 @@ def run_variant(group: Group, v: Variant, native: dict, inputs: models.Inputs, s
         cfg = run_config(group, v, budget, tmp)
         if "flops" not in extra:
             extra.update(_flops_and_parity(group, backbone, cfg, inputs, ref))
-        trainer = Trainer(cfg, backbone, _tensor_cache(inputs, group.caption_lengths), run_dir=tmp)
+        trainer = Trainer(cfg, backbone, _tensor_cache(inputs), run_dir=tmp)
         # the bench drives the trainer's own set-up (built by the constructor) and optimizer step, minus saving
         graphs = dyn.counters["stats"]["unique_graphs"]
         with trainer.micro_batches(DataPosition()) as feed:
@@ -157,15 +162,20 @@ def run_variant(group: Group, v: Variant, native: dict, inputs: models.Inputs, s
     return row
 
 
+def _step_s(group: Group, t: measure.Timing) -> float:
+    """Seconds per step: the median, or the mean where batches differ (mixed caption lengths, buckets)."""
+    return statistics.fmean(t.steps_s) if models.dataset_size(group) > group.batch else t.step_s
+
+
 def _row(v: Variant, t: measure.Timing, group: Group, ref: dict | None, extra: dict, s: Settings) -> dict:
-    sps = group.batch / t.step_s
+    sps = group.batch / _step_s(group, t)
     flops = extra.get("flops", {}).get("total", 0)
     row = {"variant": asdict(v), "label": v.label, "samples_per_s": sps, "step_s": t.step_s, "steps_s": t.steps_s,
            "peak_gib": t.peak_gib, "warmup_peak_gib": t.warmup_peak_gib, "warmup_s": t.warmup_s,
            "compile_warmup_s": t.compile_warmup_s, "loss": t.last_loss,
            "mfu": flops * sps / (s.matmul_tflops * 1e12) if s.matmul_tflops and flops else 0.0}
     if ref is not None:
-        row["ratio"] = sps / (group.batch / ref["timing"].step_s)
+        row["ratio"] = sps / (group.batch / _step_s(group, ref["timing"]))
         row["ref_peak_gib"] = ref["timing"].peak_gib
     return row
 
@@ -182,7 +192,7 @@ def run_group(group: Group, weights: dict, native: dict, s: Settings) -> dict:
     if group.reference:
         ref = run_reference(group, weights, inputs, s)
         t = ref["timing"]
-        out["reference"] = {"samples_per_s": group.batch / t.step_s, "step_s": t.step_s, "steps_s": t.steps_s,
+        out["reference"] = {"samples_per_s": group.batch / _step_s(group, t), "step_s": t.step_s, "steps_s": t.steps_s,
                             "peak_gib": t.peak_gib, "loss": t.last_loss}
     extra: dict = {}
     t0 = time.perf_counter()
@@ -238,12 +248,18 @@ def run_bench(groups: list[Group], *, comfy_path: str = "", attention: bool = Tr
     after each group (the CLI writes the JSON then, so a cut-off run keeps what it measured)."""
     device = device or torch.device("cuda")
     root, comfy_version = _comfy_root(comfy_path)
-    s = Settings(device, config or models.FULL_DIT, comfy_path=root, profile=profile_dir)
+    s = Settings(device, config or models.CONFIGS[groups[0].family], comfy_path=root, profile=profile_dir)
     s.matmul_tflops = measure.matmul_tflops(device) if device.type == "cuda" else 0.0
-    weights = models.random_weights(s.config, device)
-    native = models.native_state(weights)
     report = {"environment": environment(device, comfy_version), "matmul_tflops": s.matmul_tflops, "groups": []}
+    weights = native = None
     for i, g in enumerate(groups):
+        want = config or models.CONFIGS[g.family]  # `config` (tests: a tiny model) serves every group
+        if weights is None or want is not s.config:
+            weights = native = None
+            _free()
+            s.config = want
+            weights = models.random_weights(s.config, device)
+            native = models.native_state(weights, s.config)
         report["groups"].append(run_group(g, weights, native, s))
         if peers and i == 0:
             report["groups"][0]["peers"] = _peers(g, native, s, peers, peer_steps)
