@@ -11,7 +11,6 @@ import logging
 
 import torch
 
-from builders import write_image
 from lumina2_train import recipe
 from lumina2_train.config import (
     TARGET_PRESETS,
@@ -29,6 +28,8 @@ from lumina2_train.encoders.hf import HFEncoders
 from lumina2_train.files.loading import load_backbone
 from lumina2_train.pipeline import build_training_cache, run_training
 from lumina2_train.tiny import TINY_ZIMAGE, make_tiny_transformer
+
+from builders import write_image
 
 
 def _eval_loss(backbone, adapters, samples):
