@@ -6,6 +6,7 @@ run.py's prepare -> train -> publish, as for the Train node (comfyui/train.py). 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,6 @@ from pathlib import Path
 import torch
 
 from . import run
-from .backbones import family
 from .backbones.quant import quantize_base
 from .cache import build_cache
 from .config import RunConfig, parse_block_spec
@@ -23,6 +23,7 @@ from .errors import ConfigError
 from .files.loading import layer_count, load_backbone
 from .train import TrainHooks, TrainResult
 from .train import distributed as dist
+from .train.recipe_choice import choose_recipe
 from .train.validation import cached_negative, named_prompts
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,9 @@ def run_training(cfg: RunConfig, *, run_dir: Path | None = None, hooks: TrainHoo
         dist.barrier(world)
     encoders.release()
     backbone = load_base(cfg, device)
-    family.require_recipe(backbone.arch, "model.transformer")
+    # the member's recipe fills the timestep / sampler settings left at their defaults (Z-Image: model.variant)
+    cfg = choose_recipe(cfg, backbone.arch, source=cfg.model.transformer, where="model.transformer")
+    plan = dataclasses.replace(plan, cfg=cfg)
 
     def decode(latents: torch.Tensor) -> torch.Tensor:
         return encoders.latent_encoder().decode(latents.to(device)).float().cpu()

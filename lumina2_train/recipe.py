@@ -218,3 +218,48 @@ def sample(velocity: Velocity, noise: torch.Tensor, cond: tuple[torch.Tensor, to
             v = guide(v, velocity(x, sigma, *uncond), settings)
         x = x + (sigmas[i + 1] - sigmas[i]) * v.to(x.dtype)
     return x
+
+
+# ---------------------------------------------------------------- per-family defaults (docs/recipe.md, Z-Image training)
+
+# The noise levels and sampler each NextDiT member trains and previews with; one home. Lumina2's are the config
+# defaults (config/train.py, config/outputs.py); a member's values replace the defaults a run leaves unchanged.
+# Both Z-Image variants train with what diffusers' Z-Image DreamBooth script does with the model's scheduler:
+# σ uniform (its default weighting_scheme "none"), shifted by the scheduler's static shift 3 (Tongyi-MAI/Z-Image's
+# DEFAULT_SCHEDULER_SHIFT; ComfyUI samples every Z-Image with shift 3).
+
+
+@dataclass(frozen=True)
+class FamilyRecipe:
+    key: str  # lumina2 | zimage-turbo | zimage-base
+    title: str
+    timesteps: TimestepSampling
+    sampler: SamplerSettings
+
+
+ZIMAGE_TIMESTEPS = TimestepSampling("uniform", shift_mode="static", static_shift=3.0)
+FAMILY_RECIPES = {
+    "lumina2": FamilyRecipe("lumina2", "Lumina-Image-2.0", TimestepSampling(), SamplerSettings()),
+    # 8 flow-Euler steps on σ = shift₃(linspace(1, 0, 9)), no CFG: Turbo is CFG-distilled (the official
+    # README's num_inference_steps=9 runs 8 DiT forwards on this grid; diffusers' guidance_scale 0 = ours 1)
+    "zimage-turbo": FamilyRecipe("zimage-turbo", "Z-Image-Turbo", ZIMAGE_TIMESTEPS,
+                                 SamplerSettings(steps=8, shift=3.0, guidance=1.0, cfg_renorm=0.0)),
+    # 50 steps with CFG (the official model zoo: 50 steps, CFG). diffusers' ZImagePipeline default guidance_scale
+    # 5 computes cond + 5·(cond − uncond) = uncond + 6·(cond − uncond): ours 6. cfg_normalization off (ours 0),
+    # cfg_truncation 1 (always guided)
+    "zimage-base": FamilyRecipe("zimage-base", "Z-Image (Base)", ZIMAGE_TIMESTEPS,
+                                SamplerSettings(steps=50, shift=3.0, guidance=6.0, cfg_renorm=0.0)),
+}
+
+
+def family_recipe(key: str) -> FamilyRecipe:
+    """The recipe of 'lumina2', 'zimage-turbo' or 'zimage-base'."""
+    if key not in FAMILY_RECIPES:
+        raise ValueError(f"unknown family recipe {key!r}; known: {', '.join(FAMILY_RECIPES)}")
+    return FAMILY_RECIPES[key]
+
+
+def diffusers_guidance(guidance_scale: float) -> float:
+    """diffusers' Z-Image `guidance_scale` s (cond + s·(cond − uncond)) as our CFG scale (uncond + g·(cond − uncond)):
+    g = 1 + s; s = 0 is no guidance."""
+    return 1.0 + guidance_scale

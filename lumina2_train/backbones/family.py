@@ -130,9 +130,13 @@ def check_supported(arch: ArchConfig, where: str) -> ArchConfig:
     return arch
 
 
+# the members with a training recipe in recipe.py (FAMILY_RECIPES; Z-Image's variant: train/recipe_choice.py)
+TRAINED = (LUMINA2, ZIMAGE)
+
+
 def require_recipe(arch, where: str) -> None:
     """Refuse to train a member whose forward we run but whose training recipe (text encoder, prompt template,
-    timestep shift, sampler) is not in recipe.py yet: today only Lumina-Image-2.0 has one."""
-    if arch.family != LUMINA2:
+    timestep shift, sampler) is not in recipe.py: today Lumina-Image-2.0 and Z-Image have one."""
+    if arch.family not in TRAINED:
         raise refusal(where, f"{NAMES.get(arch.family, arch.family)} (its forward is supported, its training "
                              "recipe, i.e. text encoder, timestep shift and sampler, is not yet)")

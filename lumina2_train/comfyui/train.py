@@ -24,7 +24,6 @@ import torch
 
 from .. import run
 from ..adapters.kinds import COMFY_LOADABLE, kind_of
-from ..backbones import family
 from ..backbones.comfy import ComfyBackbone
 from ..backbones.inference import training_mode
 from ..backbones.nextdit import ArchConfig
@@ -43,6 +42,7 @@ from ..storage.paths import writable_file
 from ..train import combine_hooks
 from ..train.checkpoint import resolve_checkpoint
 from ..train.distributed import current_world
+from ..train.recipe_choice import choose_recipe
 from .bridge import apply_lora_to_model, comfy_hooks, comfy_training_state, compile_status
 from .data import output_root, validation_prompts
 from .jobs import finish_job, job_hooks, reporting_stop, start_job
@@ -155,6 +155,15 @@ def _decoder(vae):
     return lambda z: latents.decode(z).float().cpu()
 
 
+def model_file(model) -> str | None:
+    """The file a ComfyUI MODEL was loaded from where its loader recorded it (newer ComfyUI's
+    `cached_patcher_init = (loader, (path, ...))`, kept by clones), else None. Z-Image's variant may be in its name."""
+    init = getattr(model, "cached_patcher_init", None)
+    args = init[1] if isinstance(init, tuple) and len(init) > 1 else ()
+    first = args[0] if isinstance(args, (tuple, list)) and args else None
+    return str(first) if isinstance(first, (str, Path)) else None
+
+
 def _prompt_id() -> str | None:
     try:
         from server import PromptServer
@@ -191,7 +200,9 @@ def train_in_comfy(model, cache, cfg: RunConfig, *, lora_name: str, node_id: str
     with reporting_stop(hooks, job, run_dir, cfg.save.output_dir), training_lock(f"Train node {node_id}"):
         hooks.on_status("loading", "the MODEL onto the training device")
         backbone = ComfyBackbone.from_model_patcher(model)
-        family.require_recipe(backbone.arch, "model")
+        # the member's recipe fills the timestep / sampler settings left at their defaults (Z-Image: its file name)
+        plan = dataclasses.replace(plan, cfg=choose_recipe(cfg, backbone.arch, source=model_file(model), where="model"))
+        cfg = plan.cfg
         with training_mode(), comfy_training_state():
             result = run.train(plan, backbone, cache, hooks, decode=_decoder(vae), workflow=workflow)
         sd = _patches(cfg, result, backbone, lora_path)

@@ -43,6 +43,7 @@ LORA_FORMATS = ("comfyui", "kohya", "diffusers")
 NONFINITE_POLICIES = ("stop", "skip")
 LR_SCALINGS = ("none", "linear", "sqrt")  # train.scale_lr
 QUANTIZE_VIA = ("cpu", "accelerator")
+ZIMAGE_VARIANTS = ("auto", "turbo", "base")  # model.variant (train/recipe_choice.py)
 EVALUATION_TYPES = ("none", "clip")
 SEED_MAX = 2**31 - 1  # seed widgets' upper end
 

@@ -14,6 +14,7 @@ from .choices import (
     TARGET_GROUPS,
     TARGET_PRESETS,
     TEXT_NUMERICS,
+    ZIMAGE_VARIANTS,
 )
 from .settings import setting, setting_errors
 
@@ -43,6 +44,11 @@ class ModelConfig:
         "NVIDIA Ada/Hopper; about 1.3x faster at 1024 px, the loss within 0.3 % of bf16's, docs/benchmarks.md). "
         "fp8_emulated: the same maths on any device, slow (for checking). Adapters, loss and previews stay exact.",
         choices=BASE_COMPUTES)
+    variant: str = setting(
+        "auto", "Z-Image only (the weights do not tell): turbo (Z-Image-Turbo, the 8-step distilled model) or base "
+        "(the undistilled Z-Image). auto reads it from the model's file or folder name ('turbo' in it: turbo; "
+        "'z-image' / 'z_image' without it, or 'base': base). It picks the recipe's preview sampler (docs/recipe.md, "
+        "Z-Image training).", choices=ZIMAGE_VARIANTS)
 
     @property
     def storage_format(self) -> str:
