@@ -95,11 +95,13 @@ def load_base(cfg: RunConfig, device: torch.device):
 
 def build_training_cache(cfg: RunConfig, encoders, cache_root: Path,
                          progress: Callable[[int, int], None] | None = None):
-    """Scan the datasets (strict policy check) and build or reuse the fingerprinted cache."""
+    """Scan the datasets (strict policy check) and build or reuse the fingerprinted cache, its prompts in the
+    format of the text encoder's family (Gemma2: Lumina2, Qwen3: Z-Image)."""
     dataset = scan_dataset(cfg.data).require_usable()
     named = [p for _, p in named_prompts(cfg.validation)]
     prompts = [*named, *cached_negative(cfg.validation.negative_prompt)] if named else []
-    return build_cache(dataset, encoders, cfg.cache, root=cache_root, extra_prompts=prompts, progress=progress)
+    return build_cache(dataset, encoders, cfg.cache, root=cache_root, extra_prompts=prompts, progress=progress,
+                       family=encoders.text_family)
 
 
 def run_training(cfg: RunConfig, *, run_dir: Path | None = None, hooks: TrainHooks | None = None,
@@ -129,6 +131,7 @@ def run_training(cfg: RunConfig, *, run_dir: Path | None = None, hooks: TrainHoo
         dist.barrier(world)
     encoders.release()
     backbone = load_base(cfg, device)
+    cache.require_family(backbone.arch.family, "model.transformer")
     # the member's recipe fills the timestep / sampler settings left at their defaults (Z-Image: model.variant)
     cfg = choose_recipe(cfg, backbone.arch, source=cfg.model.transformer, where="model.transformer")
     plan = dataclasses.replace(plan, cfg=cfg)

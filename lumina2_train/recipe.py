@@ -31,18 +31,63 @@ SYSTEM_PROMPT_TEXT = {
 PROMPT_SEPARATOR = " <Prompt Start> "
 
 
-def system_prompt_text(key: str, custom: str = "") -> str:
-    """The exact system-prompt string for a choice ('custom' uses `custom`)."""
-    return custom.strip() if key == "custom" else SYSTEM_PROMPT_TEXT[key]
+# The families' prompt formats (docs/recipe.md, Text and Z-Image text). Names as backbones/family.py.
+LUMINA2, ZIMAGE = "lumina2", "zimage"
+PROMPT_FAMILIES = (LUMINA2, ZIMAGE)
+# Z-Image's Qwen3 chat turn: what diffusers' ZImagePipeline gets from apply_chat_template(add_generation_prompt,
+# enable_thinking=True) for one user message, and ComfyUI's ZImageTokenizer.llama_template.
+ZIMAGE_PROMPT_TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+# A system turn as Qwen's chat template writes one (Z-Image's pipelines send none; only a custom prompt uses it).
+ZIMAGE_SYSTEM_TURN = "<|im_start|>system\n{}<|im_end|>\n"
+ZIMAGE_MAX_TOKENS = 512  # ZImagePipeline's max_sequence_length: the templated prompt is cut there
 
 
-def format_prompt(caption: str, system_prompt: str) -> str:
-    """The text given to Gemma: `SYSTEM <Prompt Start> caption` (as ComfyUI's CLIPTextEncodeLumina2)."""
+def _require_family(family: str) -> None:
+    if family not in PROMPT_FAMILIES:
+        raise ValueError(f"prompt family {family!r} is unknown; choose one of {', '.join(PROMPT_FAMILIES)}")
+
+
+def system_prompt_text(key: str, custom: str = "", family: str = LUMINA2) -> str:
+    """The exact system-prompt string for a choice ('custom' uses `custom`).
+
+    For Z-Image the presets are Lumina2's Gemma prefixes, which Z-Image never saw: every choice but 'custom'
+    gives "" (its pipelines send no system prompt).
+    """
+    _require_family(family)
+    if key == "custom":
+        return custom.strip()
+    return SYSTEM_PROMPT_TEXT[key] if family == LUMINA2 else ""
+
+
+def format_prompt(caption: str, system_prompt: str, family: str = LUMINA2) -> str:
+    """The text given to the text encoder.
+
+    Lumina2 (Gemma2): `SYSTEM <Prompt Start> caption` (as ComfyUI's CLIPTextEncodeLumina2), the bare caption
+    without a system prompt. Z-Image (Qwen3): the caption in ZIMAGE_PROMPT_TEMPLATE, after a system turn only
+    when a system prompt is given. The tokenizer adds nothing (no BOS for Qwen3).
+    """
+    _require_family(family)
+    if family == ZIMAGE:
+        turn = ZIMAGE_SYSTEM_TURN.format(system_prompt) if system_prompt else ""
+        return turn + ZIMAGE_PROMPT_TEMPLATE.format(caption)
     return f"{system_prompt}{PROMPT_SEPARATOR}{caption}" if system_prompt else caption
 
 
 # The caption-dropout text: the whole string, system prompt included, becomes "" (official recipe).
 DROPPED_PROMPT = ""
+
+
+def dropped_prompt(family: str = LUMINA2) -> str:
+    """What a dropped caption is encoded as, and the empty negative.
+
+    Lumina2: "" (the whole text, system prompt included; official recipe). Z-Image: the template around an
+    empty caption, which is what ZImagePipeline encodes for its default negative (negative_prompt "") and
+    what ComfyUI's CLIP Text Encode gives for an empty text, so caption dropout trains the unconditional
+    branch that CFG samples with. (diffusers' Z-Image LoRA script has no caption dropout.)
+    """
+    _require_family(family)
+    return ZIMAGE_PROMPT_TEMPLATE.format("") if family == ZIMAGE else DROPPED_PROMPT
+
 
 # ---------------------------------------------------------------- latents (docs/recipe.md, Latents)
 

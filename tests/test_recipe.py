@@ -74,6 +74,29 @@ def test_prompt_format_and_system_prompts_are_exact():
     assert recipe.system_prompt_text("custom", "  Mine.  ") == "Mine."
 
 
+def test_zimage_prompt_template_and_dropped_prompt_are_pinned():
+    # diffusers ZImagePipeline: apply_chat_template([user], add_generation_prompt=True, enable_thinking=True);
+    # ComfyUI 0.33 ZImageTokenizer.llama_template: the same string
+    assert recipe.ZIMAGE_PROMPT_TEMPLATE == "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+    assert recipe.format_prompt("a cat", "", "zimage") == "<|im_start|>user\na cat<|im_end|>\n<|im_start|>assistant\n"
+    assert recipe.format_prompt("a cat", "Be brief.", "zimage") == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\na cat<|im_end|>\n<|im_start|>assistant\n")
+    # the empty negative ZImagePipeline encodes (negative_prompt "") is the template around ""
+    assert recipe.dropped_prompt("zimage") == "<|im_start|>user\n<|im_end|>\n<|im_start|>assistant\n"
+    assert recipe.dropped_prompt("zimage") == recipe.format_prompt("", "", "zimage")
+    assert recipe.ZIMAGE_MAX_TOKENS == 512
+    # Lumina2 unchanged, and the default family is Lumina2
+    assert recipe.dropped_prompt() == recipe.dropped_prompt("lumina2") == recipe.DROPPED_PROMPT == ""
+    sys_text = recipe.system_prompt_text("superior")
+    assert recipe.format_prompt("a cat", sys_text) == recipe.format_prompt("a cat", sys_text, "lumina2") == (
+        sys_text + " <Prompt Start> a cat")
+    # Lumina2's presets are Gemma prefixes Z-Image never saw: only 'custom' gives a Z-Image system prompt
+    assert recipe.system_prompt_text("superior", family="zimage") == ""
+    assert recipe.system_prompt_text("custom", " Mine. ", family="zimage") == "Mine."
+    with pytest.raises(ValueError, match="prompt family 'sdxl' is unknown"):
+        recipe.format_prompt("a cat", "", "sdxl")
+
+
 def test_latent_scaling_round_trip():
     raw = torch.randn(1, 16, 3, 3)
     torch.testing.assert_close(recipe.latent_out(recipe.latent_in(raw)), raw)

@@ -15,10 +15,10 @@ from ..config import CacheConfig
 from ..data import DataItem, DatasetHandle, prepare_pixels
 from ..encoders import EncoderProvider, LatentEncoder, TextEncoder
 from ..errors import CacheError, ConfigError
-from ..recipe import DROPPED_PROMPT, LATENT_CHANNELS, format_prompt, system_prompt_text
+from ..recipe import LATENT_CHANNELS, LUMINA2, dropped_prompt, format_prompt, system_prompt_text
 from ..storage.fingerprint import json_fingerprint
-from .handle import CacheHandle
-from .store import LATENTS, TEXTS, entry_path, has_entry, latent_key, text_key, tidy, write_entry
+from .handle import CacheHandle, family_text_key
+from .store import LATENTS, TEXTS, entry_path, has_entry, latent_key, tidy, write_entry
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
@@ -55,13 +55,16 @@ class _Bar:
 
 
 def build_cache(dataset: DatasetHandle, encoders: EncoderProvider, cfg: CacheConfig, *, root: str | Path,
-                extra_prompts: Sequence[str] = (), progress: Progress | None = None) -> CacheHandle:
+                extra_prompts: Sequence[str] = (), progress: Progress | None = None,
+                family: str = LUMINA2) -> CacheHandle:
     """Make sure every latent and caption feature the dataset needs is on disk under `root`.
 
     Args:
         extra_prompts: raw captions (validation prompts, negative prompt) to cache too. The dropped
-            caption "" (no system prompt) is always cached.
+            caption (recipe.dropped_prompt) is always cached.
         progress: called with (done, total) after each batch; None draws a tqdm bar.
+        family: the prompt format (recipe.PROMPT_FAMILIES: "lumina2" Gemma2, "zimage" Qwen3), which the
+            caller takes from the DiT's arch or its text encoder; part of every text key.
     Raises:
         ConfigError: `cfg` is invalid. DatasetError: `dataset.require_usable()` fails (checked before any
         model loads). CacheError: the cache folder cannot be written, or an encoder returns wrong shapes.
@@ -72,13 +75,16 @@ def build_cache(dataset: DatasetHandle, encoders: EncoderProvider, cfg: CacheCon
     dataset.require_usable()
     root = Path(root).expanduser().absolute()
     tidy(root)  # temporary files of killed runs; never a complete entry
-    system = system_prompt_text(cfg.system_prompt, cfg.custom_system_prompt)
+    system = system_prompt_text(cfg.system_prompt, cfg.custom_system_prompt, family)
+    if family != LUMINA2 and cfg.system_prompt not in ("custom", "none"):
+        log.info("cache.system_prompt '%s' is a Lumina2 prefix; %s prompts get none (docs/recipe.md)",
+                 cfg.system_prompt, family)
     keys = tuple((latent_key(i, False, encoders.vae_identity),
                   latent_key(i, True, encoders.vae_identity) if i.flip else "") for i in dataset.items)
     latent_jobs = [] if cfg.vae_cache_disable else _missing_latents(dataset.items, keys, root)
-    prompts = [format_prompt(i.caption, system) for i in dataset.items]
-    prompts += [format_prompt(p, system) for p in extra_prompts] + [DROPPED_PROMPT]
-    text_jobs = _missing_texts(prompts, encoders.text_identity, cfg.max_caption_tokens, root)
+    prompts = [format_prompt(i.caption, system, family) for i in dataset.items]
+    prompts += [format_prompt(p, system, family) for p in extra_prompts] + [dropped_prompt(family)]
+    text_jobs = _missing_texts(prompts, encoders.text_identity, cfg.max_caption_tokens, root, family)
     total = len(latent_jobs) + len(text_jobs)
     log.info("cache %s: %d latents and %d prompts to encode", root, len(latent_jobs), len(text_jobs))
     bar = _Bar(total, progress)
@@ -92,14 +98,15 @@ def build_cache(dataset: DatasetHandle, encoders: EncoderProvider, cfg: CacheCon
         bar.close()
         if total:
             encoders.release()
-    fingerprint = json_fingerprint({"dataset": dataset.fingerprint, "latents": keys, "vae": encoders.vae_identity,
-                                    "on_the_fly": cfg.vae_cache_disable, "texts": prompts[:len(dataset.items)],
-                                    "text": encoders.text_identity, "max_tokens": cfg.max_caption_tokens})
+    parts = {"dataset": dataset.fingerprint, "latents": keys, "vae": encoders.vae_identity,
+             "on_the_fly": cfg.vae_cache_disable, "texts": prompts[:len(dataset.items)],
+             "text": encoders.text_identity, "max_tokens": cfg.max_caption_tokens}
+    fingerprint = json_fingerprint(parts if family == LUMINA2 else {**parts, "family": family})
     return CacheHandle(root=root, fingerprint=fingerprint, system_prompt=system,
                        text_identity=encoders.text_identity, vae_identity=encoders.vae_identity,
                        max_tokens=cfg.max_caption_tokens, items=dataset.items, latent_keys=keys,
                        data=dataset.config, config=cfg, dataset_fingerprint=dataset.fingerprint,
-                       encoders=encoders if cfg.vae_cache_disable else None)
+                       encoders=encoders if cfg.vae_cache_disable else None, family=family)
 
 
 def _missing_latents(items: Sequence[DataItem], keys: Sequence[tuple[str, str]], root: Path) -> list[_LatentJob]:
@@ -112,9 +119,10 @@ def _missing_latents(items: Sequence[DataItem], keys: Sequence[tuple[str, str]],
     return sorted(jobs, key=lambda j: (-j.item.bucket[0] * j.item.bucket[1], j.item.bucket))
 
 
-def _missing_texts(prompts: Sequence[str], identity: str, max_tokens: int, root: Path) -> list[tuple[str, str]]:
+def _missing_texts(prompts: Sequence[str], identity: str, max_tokens: int, root: Path,
+                   family: str) -> list[tuple[str, str]]:
     unique = dict.fromkeys(prompts)  # ordered, no duplicates
-    jobs = [(p, text_key(p, identity, max_tokens)) for p in unique]
+    jobs = [(p, family_text_key(p, identity, max_tokens, family)) for p in unique]
     jobs = [(p, k) for p, k in jobs if not has_entry(entry_path(root, TEXTS, k), k)]
     return sorted(jobs, key=lambda j: len(j[0]))  # similar lengths batch with little padding
 

@@ -12,9 +12,17 @@ from ..config import CacheConfig, DataConfig
 from ..data import DataItem, prepare_pixels
 from ..data.images import prepare_mask
 from ..encoders import EncoderProvider
-from ..errors import CacheError
-from ..recipe import DROPPED_PROMPT, format_prompt
+from ..errors import CacheError, ModelError
+from ..recipe import LUMINA2, dropped_prompt, format_prompt
 from .store import LATENTS, TEXTS, entry_path, read_entry, text_key
+
+
+def family_text_key(prompt: str, text_identity: str, max_tokens: int, family: str) -> str:
+    """The text entry key: store.text_key with the prompt family (recipe.PROMPT_FAMILIES) in the identity, so
+    features of one family's prompt format are never read for another's. Lumina2's keys are the ones caches
+    made before families existed, so those stay valid."""
+    identity = text_identity if family == LUMINA2 else f"{family}|{text_identity}"
+    return text_key(prompt, identity, max_tokens)
 
 
 @dataclass(frozen=True)
@@ -29,7 +37,7 @@ class Sample:
 
 @dataclass(frozen=True)
 class CacheHandle:
-    """The cache of one dataset under one encoder pair and system prompt.
+    """The cache of one dataset under one encoder pair, system prompt and prompt family (Lumina2, Z-Image).
 
     Picklable unless `vae_cache_disable` is on: then it carries the encoder provider and encodes latents
     in `sample()` (use it in the main process, e.g. DataLoader num_workers=0).
@@ -47,6 +55,7 @@ class CacheHandle:
     config: CacheConfig
     dataset_fingerprint: str
     encoders: EncoderProvider | None = field(default=None, compare=False, repr=False)
+    family: str = LUMINA2  # the prompt format of the features (recipe.format_prompt), as backbones/family.py
 
     def __len__(self) -> int:
         """The number of DataItems (repeats not expanded)."""
@@ -95,16 +104,24 @@ class CacheHandle:
         return read_entry(entry_path(self.root, LATENTS, key), key)[0]["latent"]
 
     def prompt_features(self, caption: str) -> torch.Tensor:
-        """(L, D) float32 features of format_prompt(caption, system_prompt).
+        """(L, D) float32 features of format_prompt(caption, system_prompt, family).
 
         Raises:
             KeyError: naming the caption, when it was not cached (pass it in build_cache's extra_prompts).
         """
-        return self._text(format_prompt(caption, self.system_prompt), caption)
+        return self._text(format_prompt(caption, self.system_prompt, self.family), caption)
 
     def empty_prompt_features(self) -> torch.Tensor:
-        """Features of the dropped caption "" (the whole text empty, no system prompt): caption dropout."""
-        return self._text(DROPPED_PROMPT, DROPPED_PROMPT)
+        """Features of the dropped caption (recipe.dropped_prompt: Lumina2 "", no system prompt; Z-Image its
+        template around ""): caption dropout."""
+        return self._text(dropped_prompt(self.family), "")
+
+    def require_family(self, family: str, where: str) -> None:
+        """ModelError when the DiT's family (backbones/family.py) is not the one these features were made for."""
+        if family != self.family:
+            raise ModelError(f"{where}: a {family} model, but the text cache holds {self.family} prompts (its "
+                             f"text encoder's format). Use the text encoder of the {family} model (Lumina2: "
+                             "Gemma2-2B, Z-Image: Qwen3-4B) and build the cache again.")
 
     def caption_length(self, i: int) -> int:
         """Tokens of item i's caption features, read from the entry's safetensors header (no tensor loads).
@@ -113,7 +130,8 @@ class CacheHandle:
             CacheError: the entry is missing or unreadable.
         """
         caption = self.items[i].caption
-        key = text_key(format_prompt(caption, self.system_prompt), self.text_identity, self.max_tokens)
+        key = family_text_key(format_prompt(caption, self.system_prompt, self.family), self.text_identity,
+                              self.max_tokens, self.family)
         path = entry_path(self.root, TEXTS, key)
         try:
             with safe_open(str(path), framework="pt") as f:
@@ -123,7 +141,7 @@ class CacheHandle:
                              "caching step again; it rewrites missing entries.") from None
 
     def _text(self, prompt: str, caption: str) -> torch.Tensor:
-        key = text_key(prompt, self.text_identity, self.max_tokens)
+        key = family_text_key(prompt, self.text_identity, self.max_tokens, self.family)
         path = entry_path(self.root, TEXTS, key)
         if not path.is_file():
             raise KeyError(f"caption {caption!r} has no cached text features in {self.root}. Add it to "

@@ -196,11 +196,12 @@ def progress_bar(node_id: str | None) -> Callable[[int, int], None]:
 
 def build_comfy_cache(dataset, clip, vae, cfg: CacheConfig, *, validation: ValidationConfig | None = None,
                       node_id: str | None = None):
-    """The fingerprinted latent + text cache of `dataset`, encoded with ComfyUI's CLIP (Gemma2) and VAE only where
-    entries are missing; ComfyUI may then unload both. Cached under output/lumina2_train/cache unless cfg.dir.
+    """The fingerprinted latent + text cache of `dataset`, encoded with ComfyUI's CLIP (Gemma2 for Lumina2, Qwen3-4B
+    for Z-Image: the CLIP picks the prompt format) and VAE only where entries are missing; ComfyUI may then unload
+    both. Cached under output/lumina2_train/cache unless cfg.dir.
 
     Raises:
-        ConfigError, DatasetError, ModelError (not Gemma2 / not the Flux VAE), CacheError.
+        ConfigError, DatasetError, ModelError (not Gemma2 or Qwen3-4B / not the Flux VAE), CacheError.
     """
     from ..cache import build_cache
     from ..encoders.comfy import ComfyEncoders
@@ -212,7 +213,7 @@ def build_comfy_cache(dataset, clip, vae, cfg: CacheConfig, *, validation: Valid
     root = Path(cfg.dir) if cfg.dir else output_root() / "cache"
     encoders = ComfyEncoders(clip, vae)
     return build_cache(dataset, encoders, cfg, root=root, extra_prompts=validation_prompts(validation),
-                       progress=progress_bar(node_id))
+                       progress=progress_bar(node_id), family=encoders.text_family)
 
 
 def cache_summary(cache) -> str:

@@ -1,9 +1,14 @@
-"""ComfyUI's CLIP (Gemma2) and VAE objects as the library's EncoderProvider. ComfyUI imports inside functions.
+"""ComfyUI's CLIP (Gemma2 or Qwen3-4B) and VAE objects as the library's EncoderProvider. ComfyUI imports inside
+functions.
 
-Text: `clip.tokenize(text, disable_weights=True)` (captions are raw text: no `(word:1.2)` parsing), BOS + the
-first max_tokens − 1 tokens (ComfyUI itself never truncates), then ComfyUI's Gemma2 encode, which returns
-hidden_states[-2] (layer_idx −2, no final norm) as CONDITIONING does; features are unpadded per text. The
-caller formats the prompt (system prompt + " <Prompt Start> " + caption, recipe.format_prompt).
+Text, Lumina2 (Gemma2): `clip.tokenize(text, disable_weights=True)` (captions are raw text: no `(word:1.2)`
+parsing), BOS + the first max_tokens − 1 tokens (ComfyUI itself never truncates), then ComfyUI's Gemma2 encode,
+which returns hidden_states[-2] (layer_idx −2, no final norm) as CONDITIONING does; features are unpadded per
+text. The caller formats the prompt (system prompt + " <Prompt Start> " + caption, recipe.format_prompt).
+Text, Z-Image (ComfyUI's Qwen3-4B CLIP, CLIPLoader type lumina2 on a Qwen3-4B file): the prompt arrives already in
+the chat template (recipe.format_prompt, family "zimage"), so it is tokenized with `llama_template="{}"`
+(ComfyUI's ZImageTokenizer would wrap it again, and it never parses weights); no BOS, the first
+min(max_tokens, 512) tokens, hidden_states[-2], only the attention-masked tokens.
 Latents: `vae.encode` takes (B, H, W, 3) in [0, 1] and returns RAW Flux latents; recipe.latent_in scales them.
 """
 
@@ -16,17 +21,25 @@ from ..errors import ModelError
 from ..storage.fingerprint import tensor_fingerprint
 
 GEMMA2_KEY = "gemma2_2b"  # the tokenizer/encoder name ComfyUI's Lumina2 text encoder uses
+QWEN3_KEY = "qwen3_4b"  # ComfyUI's Z-Image text encoder (comfy/text_encoders/z_image.py)
+FAMILY_OF_KEY = {GEMMA2_KEY: recipe.LUMINA2, QWEN3_KEY: recipe.ZIMAGE}
 
 
-def _check_clip(clip) -> None:
+def clip_family(clip) -> str:
+    """The prompt family of a ComfyUI CLIP: "lumina2" (Gemma2-2B) or "zimage" (Qwen3-4B).
+
+    Raises:
+        ModelError: not a CLIP, or a text encoder of another model.
+    """
     if not hasattr(clip, "tokenize") or not hasattr(clip, "encode_from_tokens"):
         raise ModelError(f"clip: not a ComfyUI CLIP (got {type(clip).__name__}). Connect the CLIP output of "
                          "Load Checkpoint or of Load CLIP with type 'lumina2'")
     keys = sorted(clip.tokenize(""))
-    if keys != [GEMMA2_KEY]:
-        raise ModelError(f"clip: this text encoder is {', '.join(keys) or 'unknown'}, not Gemma2-2B (Lumina2's). "
-                         "Load gemma_2_2b_fp16.safetensors with Load CLIP, type 'lumina2', or use the CLIP of a "
-                         "Lumina-Image-2.0 checkpoint")
+    if len(keys) != 1 or keys[0] not in FAMILY_OF_KEY:
+        raise ModelError(f"clip: this text encoder is {', '.join(keys) or 'unknown'}, not Gemma2-2B (Lumina2's) or "
+                         "Qwen3-4B (Z-Image's). Load gemma_2_2b_fp16.safetensors or qwen_3_4b.safetensors with Load "
+                         "CLIP, type 'lumina2', or use the CLIP of a Lumina-Image-2.0 checkpoint")
+    return FAMILY_OF_KEY[keys[0]]
 
 
 def _check_vae(vae) -> None:
@@ -67,12 +80,17 @@ def patcher_identity(patcher, state: dict[str, torch.Tensor]) -> str:
 
 
 class ComfyTextEncoder:
-    """TextEncoder over a ComfyUI CLIP holding Lumina2's Gemma2."""
+    """TextEncoder over a ComfyUI CLIP holding Lumina2's Gemma2 or Z-Image's Qwen3-4B."""
 
-    def __init__(self, clip):
+    def __init__(self, clip, family: str = recipe.LUMINA2):
         self.clip = clip
+        self.family = family
 
     def _tokens(self, text: str, max_tokens: int) -> dict:
+        if self.family == recipe.ZIMAGE:  # already templated; ZImageTokenizer turns weights off itself
+            tokens = self.clip.tokenize(text, llama_template="{}")
+            limit = min(max_tokens, recipe.ZIMAGE_MAX_TOKENS)
+            return {k: [batch[:limit] for batch in v[:1]] for k, v in tokens.items()}
         try:
             tokens = self.clip.tokenize(text, disable_weights=True)
         except TypeError:  # a ComfyUI without the option: escape the weight syntax instead
@@ -80,7 +98,7 @@ class ComfyTextEncoder:
         return {k: [batch[:max_tokens] for batch in v[:1]] for k, v in tokens.items()}  # BOS stays first
 
     def encode(self, texts: list[str], max_tokens: int) -> list[torch.Tensor]:
-        """Gemma2 hidden_states[-2] per text: (L_i, D) float32 CPU tensors, L_i ≤ max_tokens, no padding."""
+        """hidden_states[-2] per text: (L_i, D) float32 CPU tensors, L_i ≤ max_tokens, no padding."""
         out = []
         for text in texts:
             res = self.clip.encode_from_tokens(self._tokens(text, max_tokens), return_dict=True)
@@ -117,18 +135,19 @@ class ComfyEncoders:
     """EncoderProvider over ComfyUI CLIP and VAE objects (either may be None when a stage needs only one)."""
 
     def __init__(self, clip=None, vae=None):
-        if clip is not None:
-            _check_clip(clip)
+        self.text_family = clip_family(clip) if clip is not None else recipe.LUMINA2
         if vae is not None:
             _check_vae(vae)
         self.clip, self.vae = clip, vae
-        self.text_identity = "comfy-gemma2:" + patcher_identity(clip.patcher, clip.get_sd()) if clip is not None else ""
+        name = "comfy-gemma2:" if self.text_family == recipe.LUMINA2 else "comfy-qwen3:"
+        self.text_identity = name + patcher_identity(clip.patcher, clip.get_sd()) if clip is not None else ""
         self.vae_identity = "comfy-vae:" + tensor_fingerprint(vae.get_sd()) if vae is not None else ""
 
     def text_encoder(self) -> ComfyTextEncoder:
         if self.clip is None:
-            raise ModelError("clip: no CLIP connected, but captions need encoding. Connect Lumina2's CLIP (Gemma2)")
-        return ComfyTextEncoder(self.clip)
+            raise ModelError("clip: no CLIP connected, but captions need encoding. Connect Lumina2's CLIP (Gemma2) "
+                             "or Z-Image's (Qwen3-4B)")
+        return ComfyTextEncoder(self.clip, self.text_family)
 
     def latent_encoder(self) -> ComfyLatentEncoder:
         if self.vae is None:
@@ -148,4 +167,4 @@ class ComfyEncoders:
         mm.soft_empty_cache()
 
 
-__all__ = ["ComfyEncoders", "ComfyLatentEncoder", "ComfyTextEncoder", "patcher_identity"]
+__all__ = ["ComfyEncoders", "ComfyLatentEncoder", "ComfyTextEncoder", "clip_family", "patcher_identity"]

@@ -1,4 +1,5 @@
-"""Hugging Face encoders from local files: transformers Gemma2 + tokenizer, diffusers AutoencoderKL (Flux AE).
+"""Hugging Face encoders from local files: transformers Gemma2 (Lumina2) or Qwen3 (Z-Image, encoders/qwen3.py) +
+tokenizer, diffusers AutoencoderKL (Flux AE).
 
 Models load lazily (only when a cache misses) and are dropped by `release()`. Identities are content
 hashes of the weight/config/tokenizer files, computed without loading a model. No ComfyUI imports.
@@ -24,6 +25,7 @@ from ..recipe import LATENT_CHANNELS, latent_in, latent_out
 from ..storage.fingerprint import json_fingerprint, tensor_fingerprint
 from . import EncoderProvider
 from .files import check_text_encoder_file, check_vae_file, text_encoder_file_dtype
+from .qwen3 import QWEN3_MODEL_TYPE, HFQwen3TextEncoder, load_qwen3
 
 log = logging.getLogger(__name__)
 # How the Gemma2 arithmetic is done (docs/recipe.md "Text-encoder numerics"): "comfyui" reproduces the
@@ -122,6 +124,8 @@ def folder_identity(folder: Path) -> str:
 class HFTextEncoder:
     """Gemma2 features: hidden_states[-2] (penultimate layer, no final norm), BOS + text, right padding."""
 
+    family = "lumina2"
+
     def __init__(self, model, tokenizer, device: str | torch.device = "cpu", numerics: str = "comfyui",
                  stored_dtype: torch.dtype = torch.float32):
         if tokenizer.bos_token_id is None:
@@ -181,9 +185,10 @@ class HFEncoders(EncoderProvider):
     """An EncoderProvider over Hugging Face models; each model loads on first use and `release()` drops it."""
 
     def __init__(self, *, load_text: Callable[[], HFTextEncoder], load_vae: Callable[[], HFLatentEncoder],
-                 text_identity: str, vae_identity: str):
+                 text_identity: str, vae_identity: str, text_family: str = "lumina2"):
         self._load_text, self._load_vae = load_text, load_vae
-        self._text: HFTextEncoder | None = None
+        self._text: HFTextEncoder | HFQwen3TextEncoder | None = None
+        self.text_family = text_family  # whose prompt format the text encoder takes (recipe.PROMPT_FAMILIES)
         self._vae: HFLatentEncoder | None = None
         self.text_identity = text_identity
         self.vae_identity = vae_identity
@@ -212,7 +217,8 @@ class HFEncoders(EncoderProvider):
             vae_dir = resolve_vae_path(vae)
             vae_identity = json_fingerprint({"vae": folder_identity(vae_dir), "dtype": str(dtype)})
             load_vae = lambda: _load_vae(vae_dir, device, dtype)  # noqa: E731
-        return cls(load_text=load_text, load_vae=load_vae, text_identity=text_identity, vae_identity=vae_identity)
+        return cls(load_text=load_text, load_vae=load_vae, text_identity=text_identity, vae_identity=vae_identity,
+                   text_family=prompt_family(text_encoder, tokenizer))
 
     @classmethod
     def from_models(cls, text_model, tokenizer, vae, device: str | torch.device = "cpu",
@@ -220,6 +226,8 @@ class HFEncoders(EncoderProvider):
         """Already-built models (the demo, tests). Identities hash the weights and the tokenizer vocabulary.
         With numerics "comfyui" the text model is changed in place when it is first used (use_comfyui_numerics)."""
         _check_numerics(numerics)
+        if text_model.config.model_type == QWEN3_MODEL_TYPE:
+            return cls._from_qwen3_model(text_model, tokenizer, vae, device, dtype, numerics)
         stored = next(text_model.parameters()).dtype
         text_identity = json_fingerprint({"gemma2": tensor_fingerprint(text_model.state_dict()),
                                           "tokenizer": json_fingerprint(sorted(tokenizer.get_vocab().items())),
@@ -230,7 +238,17 @@ class HFEncoders(EncoderProvider):
                    load_vae=lambda: HFLatentEncoder(vae.to(device, dtype).eval(), device, dtype),
                    text_identity=text_identity, vae_identity=vae_identity)
 
-    def text_encoder(self) -> HFTextEncoder:
+    @classmethod
+    def _from_qwen3_model(cls, text_model, tokenizer, vae, device, dtype, numerics) -> HFEncoders:
+        text_identity = json_fingerprint({"qwen3": tensor_fingerprint(text_model.state_dict()),
+                                          "tokenizer": json_fingerprint(sorted(tokenizer.get_vocab().items())),
+                                          "dtype": str(dtype), "numerics": numerics})
+        vae_identity = json_fingerprint({"vae": tensor_fingerprint(vae.state_dict()), "dtype": str(dtype)})
+        return cls(load_text=lambda: HFQwen3TextEncoder(text_model.to(device, dtype).eval(), tokenizer, device),
+                   load_vae=lambda: HFLatentEncoder(vae.to(device, dtype).eval(), device, dtype),
+                   text_identity=text_identity, vae_identity=vae_identity, text_family="zimage")
+
+    def text_encoder(self) -> HFTextEncoder | HFQwen3TextEncoder:
         if self._text is None:
             self._text = self._load_text()
             self.loads["text"] += 1
@@ -255,8 +273,9 @@ class HFEncoders(EncoderProvider):
 
 
 def text_source(text_encoder: str, tokenizer: str, device, dtype: torch.dtype,
-                 numerics: str) -> tuple[str, Callable[[], HFTextEncoder]]:
-    """(text identity, loader) for a ComfyUI text-encoder file or a Hugging Face folder; checks, loads nothing."""
+                numerics: str) -> tuple[str, Callable[[], HFTextEncoder | HFQwen3TextEncoder]]:
+    """(text identity, loader) for a ComfyUI text-encoder file (Gemma2) or a Hugging Face folder (Gemma2 or
+    Qwen3); checks, loads nothing."""
     _check_numerics(numerics)
     if Path(os.path.expanduser(text_encoder or "")).is_file():  # ComfyUI's file (encoders/files.py)
         te_file = Path(os.path.expanduser(text_encoder))
@@ -271,9 +290,21 @@ def text_source(text_encoder: str, tokenizer: str, device, dtype: torch.dtype,
                 return HFTextEncoder(model, tok, device, numerics, text_encoder_file_dtype(te_file))
         return identity, load
     te_dir, tok_dir = resolve_text_paths(text_encoder, tokenizer)
+    if text_model_type(te_dir) == QWEN3_MODEL_TYPE:  # Z-Image; numerics only tell the two caches apart
+        identity = json_fingerprint({"qwen3": folder_identity(te_dir), "tokenizer": folder_identity(tok_dir),
+                                     "dtype": str(dtype), "numerics": numerics})
+        return identity, lambda: _load_qwen3(te_dir, tok_dir, device, dtype)
     identity = json_fingerprint({"gemma2": folder_identity(te_dir), "tokenizer": folder_identity(tok_dir),
                                  "dtype": str(dtype), "numerics": numerics})
     return identity, lambda: _load_text(te_dir, tok_dir, device, dtype, numerics)
+
+
+def prompt_family(text_encoder: str, tokenizer: str = "") -> str:
+    """Whose prompt format a text encoder takes: "zimage" for a Qwen3 folder, else "lumina2" (Gemma2)."""
+    if Path(os.path.expanduser(text_encoder or "")).is_file():
+        return "lumina2"  # ComfyUI's single files are read as Gemma2 (encoders/files.py)
+    te_dir, _ = resolve_text_paths(text_encoder, tokenizer)
+    return "zimage" if text_model_type(te_dir) == QWEN3_MODEL_TYPE else "lumina2"
 
 
 def _folder(value: str, field: str, what: str) -> Path:
@@ -293,15 +324,20 @@ def _read_config(folder: Path, field: str) -> dict:
                          "folder.") from None
 
 
+def text_model_type(te_dir: Path) -> str | None:
+    """config.json's model_type of a text-encoder folder."""
+    return _read_config(te_dir, "model.text_encoder").get("model_type")
+
+
 def resolve_text_paths(text_encoder: str, tokenizer: str = "") -> tuple[Path, Path]:
-    """(text encoder folder, tokenizer folder); checks config.json says Gemma2."""
+    """(text encoder folder, tokenizer folder); checks config.json says Gemma2 (Lumina2) or Qwen3 (Z-Image)."""
     te = _folder(text_encoder, "model.text_encoder", "Gemma2 (diffusers text_encoder/ or Hugging Face)")
     root = te if (te / "text_encoder").is_dir() else None
     te = te / "text_encoder" if root else te
-    model_type = _read_config(te, "model.text_encoder").get("model_type")
-    if model_type != "gemma2":
-        raise ModelError(f"model.text_encoder: {te} holds a '{model_type}' model, not Gemma2 (config.json "
-                         "model_type). Lumina2 uses Gemma2-2B; give its folder.")
+    model_type = text_model_type(te)
+    if model_type not in ("gemma2", QWEN3_MODEL_TYPE):
+        raise ModelError(f"model.text_encoder: {te} holds a '{model_type}' model, not Gemma2 or Qwen3 (config.json "
+                         "model_type). Lumina2 uses Gemma2-2B, Z-Image Qwen3-4B; give one of those folders.")
     if tokenizer:
         return te, _folder(tokenizer, "model.tokenizer", "tokenizer")
     for candidate in ([root / "tokenizer"] if root else []) + [te, te.parent / "tokenizer"]:
@@ -337,6 +373,11 @@ def _load_text(te_dir: Path, tok_dir: Path, device, dtype, numerics: str) -> HFT
         stored = folder_dtype(te_dir)
     require_all_weights("model.text_encoder", te_dir, info)  # transformers would leave them random
     return HFTextEncoder(model.to(device).eval(), tokenizer, device, numerics, stored)
+
+
+def _load_qwen3(te_dir: Path, tok_dir: Path, device, dtype) -> HFQwen3TextEncoder:
+    log.info("loading text encoder %s", te_dir)
+    return load_qwen3(te_dir, tok_dir, device, dtype)
 
 
 def _load_vae(vae_dir: Path, device, dtype) -> HFLatentEncoder:
