@@ -175,7 +175,7 @@ def draw_lengths(lo: int, hi: int, n: int, seed: int = 0) -> tuple[int, ...]:
 
 
 def zimage_suite(steps: int = 6, warmup: int = 3) -> list[Group]:
-    """Issue 15: full-size Z-Image, our step against diffusers + PEFT's ZImageTransformer2DModel, the variants
+    """Full-size Z-Image, our step against diffusers + PEFT's ZImageTransformer2DModel, the variants
     the Lumina2 groups measure (compiled, checkpointing auto under the reference's peak; + fp8 compute)."""
     exact = Variant("compiled, ckpt auto ≤ ref peak, bf16 exact", memory_budget_gib=REF_BUDGET,
                     target_peak_gib=REF_BUDGET)
@@ -190,7 +190,7 @@ CAPTION_RANGE = (40, 300)
 
 
 def captions_suite(steps: int = 12, warmup: int = 6, samples: int = 24) -> list[Group]:
-    """Issue 14 item 5: captions of drawn lengths (CAPTION_RANGE, seeded) at 1024² batch 4; padding to the batch's
+    """Captions of drawn lengths (CAPTION_RANGE, seeded) at 1024² batch 4; padding to the batch's
     longest caption (masked attention) against one unmasked forward per length (train.split_caption_lengths).
     The warm-up is one epoch of the set: every split shape is compiled and planned once; padded batches meet new
     longest captions in every epoch."""
@@ -209,7 +209,7 @@ BUCKETS = ((1024, 1024), (832, 1216), (1216, 832))
 
 
 def buckets_suite(steps: int = 6, warmup: int = 6, samples: int = 24) -> list[Group]:
-    """Issue 14: compile warm-up and graphs over a bucketed epoch of three aspect buckets; the warm-up is the
+    """Compile warm-up and graphs over a bucketed epoch of three aspect buckets; the warm-up is the
     first epoch (each bucket's first batch compiles and plans), the timed steps the second."""
     auto = Variant("compiled, ckpt auto ≤ ref peak", memory_budget_gib=REF_BUDGET, target_peak_gib=REF_BUDGET)
     return [Group("3 aspect buckets, batch 4", batch=4, aspects=BUCKETS, samples=samples, steps=steps,

@@ -18,7 +18,7 @@ log = logging.getLogger("lumina2_train")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default="lumina2_demo", help="folder for models, data, cache and results "
                    "(default ./lumina2_demo)")
-    p.add_argument("--steps", type=int, default=300, help="optimizer steps of the LoRA (default 300)")
+    p.add_argument("--steps", type=int, default=600, help="optimizer steps of the LoRA (default 600)")
     p.add_argument("--seed", type=int, default=0, help="seed of the tiny models and the run")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1: the models are so "
                    "small that more threads mostly wait on each other)")
@@ -47,7 +47,7 @@ def demo_config(out: Path, models: dict, dataset: Path, steps: int, seed: int):
                           tokenizer=str(models["tokenizer"]), vae=str(models["vae"]), dtype="fp32"),
         cache=CacheConfig(dir=str(out / "cache"), system_prompt="none"),
         adapter=AdapterConfig(rank=16, alpha=16.0, targets=("attention", "ffn", "adaln")),
-        train=TrainConfig(steps=steps, batch_size=4, lr=4e-3, precision="fp32", checkpointing="off", seed=seed,
+        train=TrainConfig(steps=steps, batch_size=4, lr=4e-3, scheduler="cosine", precision="fp32", checkpointing="off", seed=seed,
                           warmup_steps=5, caption_dropout=0.1, shift_mode="static", static_shift=6.0),
         validation=ValidationConfig(prompts=VALIDATION_PROMPTS, width=64, height=64, steps=16, shift=6.0,
                                     guidance=1.0, seed=seed),

@@ -3,8 +3,8 @@ LoRA trains on a tiny real ZImageTransformer2DModel (diffusers) named like Z-Ima
 noise levels falls well below its start; the run used the Turbo recipe (uniform σ, static shift 3, 8-step
 previews without CFG).
 
-The text features come from the tiny Gemma2 encoder (tiny/text.py), whose width (32) is the tiny Z-Image's
-cap_feat_dim: Z-Image's own Qwen3 encoder is added separately, and the DiT only sees (L, 32) features here.
+The text features come from Z-Image's own encoder family: the tiny Qwen3 (tiny/qwen3.py) with its byte-level BPE
+tokenizer, 32 wide like the tiny Z-Image's cap_feat_dim; the captions are cached in Z-Image's chat template.
 """
 
 import logging
@@ -48,17 +48,18 @@ def _eval_loss(backbone, adapters, samples):
 
 
 def test_a_lora_learns_on_tiny_zimage_with_the_turbo_recipe(tiny_encoder_dir, tmp_path, caplog):
-    from lumina2_train.tiny.text import TINY_TEXT
+    from lumina2_train.tiny.qwen3 import TINY_QWEN3, save_tiny_qwen3
 
-    assert TINY_TEXT["hidden_size"] == TINY_ZIMAGE["cap_feat_dim"]  # the Gemma2 stand-in feeds Z-Image's width
+    assert TINY_QWEN3["hidden_size"] == TINY_ZIMAGE["cap_feat_dim"]
+    text_encoder, tokenizer = save_tiny_qwen3(tmp_path / "qwen3", seed=0)
     model_dir = tmp_path / "Z-Image-Turbo"  # model.variant 'auto' reads the variant from this name
     make_tiny_transformer(seed=0, family="zimage").save_pretrained(str(model_dir / "transformer"))
     for i, caption in enumerate(("a red cube", "a blue ball")):
         write_image(tmp_path / "data" / f"img{i}.png", (64, 64), caption=caption, seed=i)
     cfg = RunConfig(
         data=DataConfig(datasets=(DatasetConfig(path=str(tmp_path / "data"), resolution=64, min_size_px=16),)),
-        model=ModelConfig(transformer=str(model_dir), text_encoder=str(tiny_encoder_dir / "text_encoder"),
-                          tokenizer=str(tiny_encoder_dir / "tokenizer"), vae=str(tiny_encoder_dir / "vae"), dtype="fp32"),
+        model=ModelConfig(transformer=str(model_dir), text_encoder=str(text_encoder),
+                          tokenizer=str(tokenizer), vae=str(tiny_encoder_dir / "vae"), dtype="fp32"),
         cache=CacheConfig(dir=str(tmp_path / "cache")),
         adapter=AdapterConfig(rank=16, alpha=16.0, targets=TARGET_PRESETS["all"] + ("final",)),
         train=TrainConfig(steps=150, batch_size=2, lr=3e-3, precision="fp32", checkpointing="off", seed=1,
@@ -67,6 +68,7 @@ def test_a_lora_learns_on_tiny_zimage_with_the_turbo_recipe(tiny_encoder_dir, tm
         save=SaveConfig(output_dir=str(tmp_path / "runs")))
     encoders = HFEncoders.from_paths(cfg.model.text_encoder, cfg.model.vae, cfg.model.tokenizer,
                                      numerics=cfg.model.text_encoder_numerics)
+    assert encoders.text_family == "zimage"
     cache = build_training_cache(cfg, encoders, tmp_path / "cache")  # the same entries the run then finds
     encoders.release()
     samples = [cache.sample(i) for i in range(len(cache))]
