@@ -1,4 +1,4 @@
-"""Every TrainConfig / SaveConfig option (and model.base_compute) as a widget of 'Train Adapter or Full Model
+"""Every TrainConfig / SaveConfig option (and model.base_compute, model.variant) as a widget of 'Train Adapter or Full Model
 (Lumina2, Advanced)', and back to the configs.
 
 Widget ids are the config field names (save options get a `save_` prefix where a name would clash); each widget's
@@ -15,7 +15,7 @@ from ._api import advanced, io, widget
 _T = TrainConfig()
 SAVE_WIDGETS = {"save_format": "format", "save_dtype": "dtype", "save_every_n_steps": "every_n_steps",
                 "keep_last": "keep_last", "save_ema": "save_ema"}
-MODEL_WIDGETS = ("base_compute",)  # ModelConfig fields the advanced node sets (the MODEL input gives the rest)
+MODEL_WIDGETS = ("base_compute", "variant")  # ModelConfig fields the advanced node sets (the MODEL input gives the rest)
 # TrainConfig widgets in their saved order; a '+' marks an advanced (collapsed) one
 _OPTIMIZER = ("steps", "batch_size", "grad_accum", "lr", "optimizer", "beta1", "beta2", "+eps", "weight_decay",
               "max_grad_norm", "scheduler", "warmup_steps", "+num_cycles", "+power", "min_lr_ratio", "seed")
@@ -64,7 +64,8 @@ def added_inputs() -> list[io.Input]:
     orders required widgets before optional ones, and resume_from, the previous release's last, is optional."""
     return [*(advanced(widget(TrainConfig, e.lstrip("+"), optional=True)) for e in _ADDED),
             advanced(widget(TrainConfig, "saved_activations", optional=True)),
-            advanced(widget(ModelConfig, "base_compute", optional=True))]
+            advanced(widget(ModelConfig, "base_compute", optional=True)),
+            advanced(widget(ModelConfig, "variant", optional=True))]  # Z-Image-Turbo or Base; auto: the file name
 
 
 def model_from_widgets(widgets: dict) -> ModelConfig:

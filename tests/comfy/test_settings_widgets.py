@@ -32,7 +32,8 @@ FIELDS = {
     "Lumina2T_ConfigureTracking": TrackingConfig,
     "Lumina2T_ConfigureHub": HubConfig,
     "Lumina2T_TrainLoRA": {**_TRAIN, "save_every_n_steps": (SaveConfig, "every_n_steps")},
-    "Lumina2T_TrainLoRAAdvanced": {**_SAVE, "base_compute": (ModelConfig, "base_compute")},
+    "Lumina2T_TrainLoRAAdvanced": {**_SAVE, "base_compute": (ModelConfig, "base_compute"),
+                                   "variant": (ModelConfig, "variant")},
     "Lumina2T_SaveLoRA": {"format": (SaveConfig, "format"), "dtype": (SaveConfig, "dtype")},
 }
 EXTRA = {"Lumina2T_LoadDataset": DatasetConfig, "Lumina2T_LoadImageDataset": DatasetConfig,
