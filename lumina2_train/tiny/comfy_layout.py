@@ -19,6 +19,11 @@ ComfyUI builds each model from a mostly fixed config, so "tiny" means "as small 
   CLIPLoader's code path (detection, tokenizer from the file, Gemma2 class, layer -2) at a small size.
   ComfyUI's Gemma2 fixes head_dim at 256 (a class attribute, not a config field) and asserts
   |layer_idx| = 2 < layers, hence 1 head of 256 and 3 layers.
+* **Z-Image diffusion model** (`write_comfy_tiny_zimage`, ComfyUI 0.33+). Detection reads Z-Image from dim
+  3840 and fixes 30 heads of 128, axes (32, 48, 48), rope theta 256, FFN 8/3 (10240), 2 + 2 refiners, learned
+  pad tokens (`cap_pad_token`); only `cap_feat_dim` and the main-layer count come from the file. So: 1 main
+  layer, cap_feat_dim 2560 (ComfyUI's Qwen3-4B CLIP is detected by that width): 0.91 B parameters, bf16 ~1.8 GB,
+  about 6 GB of RAM once ComfyUI has loaded it.
 * **VAE** (`vae/`, loads with VAELoader). Flux-style AEs fall in `comfy.sd.VAE`'s default branch, where only
   the latent channel count comes from the file (`decoder.conv_in.weight`): ch 128, ch_mult (1, 2, 4, 4),
   2 res blocks are fixed. So this is the real Flux AE shape (16 channels, no quant convs, ~84 M parameters,
@@ -31,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from ..backbones.family import ZIMAGE, family_options
 from ..backbones.nextdit import ArchConfig, NativeNextDiT
 from ..recipe import LATENT_CHANNELS
 
@@ -46,6 +52,9 @@ FLUX_VAE = dict(
     block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32,
     use_quant_conv=False, use_post_quant_conv=False,
 )
+ZIMAGE_CAP_FEAT_DIM = 2560  # Qwen3-4B's width: the tiny Qwen3-4B-layout CLIP (tiny/qwen3.py) feeds it
+# the variant is read from the name (train/recipe_choice.py): this file stands for Z-Image-Turbo
+ZIMAGE_FILE_NAME = "diffusion_models/z_image_turbo_tiny_bf16.safetensors"
 FILE_NAMES = {"diffusion_model": "diffusion_models/lumina2_tiny_bf16.safetensors",
               "text_encoder": "text_encoders/gemma2_tiny.safetensors",
               "vae": "vae/flux_ae_tiny.safetensors"}
@@ -56,6 +65,13 @@ def comfy_tiny_clip_options() -> dict:
     return {"gemma2_2b_model_config": dict(COMFY_TINY_GEMMA2)}
 
 
+def comfy_tiny_zimage_arch(cap_feat_dim: int = ZIMAGE_CAP_FEAT_DIM) -> ArchConfig:
+    """What ComfyUI's detection builds for a Z-Image file with one main layer (module docstring, Z-Image)."""
+    return ArchConfig(dim=3840, n_layers=1, n_refiner_layers=2, n_heads=30, n_kv_heads=30, ffn_hidden=10240,
+                      cap_feat_dim=cap_feat_dim, axes_dims=(32, 48, 48), qk_norm_eps=None,
+                      **family_options(ZIMAGE))
+
+
 def comfy_tiny_dit_state_dict(seed: int = 0, arch: ArchConfig = COMFY_TINY_ARCH,
                               dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
     """Random NextDiT weights under ComfyUI's native names; every tensor is non-zero so mix-ups show.
@@ -64,7 +80,8 @@ def comfy_tiny_dit_state_dict(seed: int = 0, arch: ArchConfig = COMFY_TINY_ARCH,
     """
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in NativeNextDiT(arch).state_dict().items()}
-    shapes["norm_final.weight"] = torch.Size([arch.dim])
+    if not arch.is_zimage:  # ComfyUI's Lumina2 NextDiT has it (unused); its Z-Image one reports it unexpected
+        shapes["norm_final.weight"] = torch.Size([arch.dim])
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for name in sorted(shapes):
@@ -144,6 +161,18 @@ def write_comfy_tiny_models(folder: str | Path, seed: int = 0) -> dict[str, Path
     return paths
 
 
-__all__ = ["COMFY_TINY_ARCH", "COMFY_TINY_GEMMA2", "FILE_NAMES", "FLUX_VAE", "comfy_tiny_clip_options",
+def write_comfy_tiny_zimage(folder: str | Path, seed: int = 0) -> Path:
+    """Write the tiny Z-Image diffusion model (ZIMAGE_FILE_NAME) under `folder`; returns its path."""
+    from safetensors.torch import save_file
+
+    path = Path(folder) / ZIMAGE_FILE_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(comfy_tiny_dit_state_dict(seed, comfy_tiny_zimage_arch()), str(path),
+              metadata={"lumina2t.tiny": "random weights for tests"})
+    return path
+
+
+__all__ = ["COMFY_TINY_ARCH", "ZIMAGE_CAP_FEAT_DIM", "ZIMAGE_FILE_NAME", "comfy_tiny_zimage_arch",
+           "write_comfy_tiny_zimage", "COMFY_TINY_GEMMA2", "FILE_NAMES", "FLUX_VAE", "comfy_tiny_clip_options",
            "comfy_tiny_dit_state_dict", "comfy_tiny_text_state_dict", "flux_vae_state_dict",
            "write_comfy_tiny_models"]

@@ -116,6 +116,25 @@ def comfy_clip(comfy, comfy_models):
 
 
 @pytest.fixture(scope="session")
+def comfy_qwen3(comfy, tmp_path_factory):
+    """(CLIP, its state dict): Z-Image's Qwen3-4B CLIP through CLIPLoader's code path (comfy.sd.load_clip, type
+    lumina2) on a random Qwen3-4B-layout file of 3 thin layers (tiny/qwen3.py). Skips on a ComfyUI without it."""
+    from safetensors.torch import save_file
+
+    from lumina2_train.tiny.qwen3 import comfy_tiny_qwen3_options, comfy_tiny_qwen3_state_dict
+
+    if not (comfy.root / "comfy" / "text_encoders" / "z_image.py").is_file():
+        pytest.skip(f"ComfyUI at {comfy.root} has no Z-Image text encoder (Qwen3-4B; ComfyUI 0.3.64 predates it)")
+    sd = comfy_tiny_qwen3_state_dict(seed=0, dtype=torch.bfloat16)
+    path = tmp_path_factory.mktemp("qwen3") / "qwen_3_4b_tiny.safetensors"
+    save_file(sd, str(path))
+    with torch.inference_mode():
+        clip = comfy.sd.load_clip([str(path)], clip_type=comfy.sd.CLIPType.LUMINA2,
+                                  model_options=comfy_tiny_qwen3_options())
+    return clip, sd
+
+
+@pytest.fixture(scope="session")
 def comfy_vae(comfy, comfy_models):
     """VAE from the stock VAELoader node."""
     with torch.inference_mode():

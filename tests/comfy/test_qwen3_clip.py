@@ -15,26 +15,18 @@ import torch
 from lumina2_train import recipe
 from lumina2_train.encoders.comfy import ComfyEncoders, clip_family
 from lumina2_train.encoders.qwen3 import HFQwen3TextEncoder
-from lumina2_train.tiny.qwen3 import comfy_tiny_qwen3_hf_config, comfy_tiny_qwen3_options, comfy_tiny_qwen3_state_dict
+from lumina2_train.tiny.qwen3 import comfy_tiny_qwen3_hf_config
 
 CAPTIONS = ("a red cube on a table", "portrait of an old man with a grey beard, studio lighting")
 
 
 @pytest.fixture(scope="module")
-def qwen3(comfy, tmp_path_factory):
+def qwen3(comfy, comfy_qwen3):
     """(ComfyUI's CLIP, the headless encoder) over the same random tiny Qwen3-4B-layout weights."""
-    tokenizer_dir = comfy.root / "comfy" / "text_encoders" / "qwen25_tokenizer"
-    if not (comfy.root / "comfy" / "text_encoders" / "z_image.py").is_file() or not tokenizer_dir.is_dir():
-        pytest.skip(f"ComfyUI at {comfy.root} has no Z-Image text encoder (Qwen3-4B; ComfyUI 0.3.64 predates it)")
-    from safetensors.torch import save_file
     from transformers import AutoTokenizer, Qwen3Model
 
-    sd = comfy_tiny_qwen3_state_dict(seed=0, dtype=torch.bfloat16)
-    path = tmp_path_factory.mktemp("qwen3") / "qwen_3_4b_tiny.safetensors"
-    save_file(sd, str(path))
-    with torch.inference_mode():
-        clip = comfy.sd.load_clip([str(path)], clip_type=comfy.sd.CLIPType.LUMINA2,
-                                  model_options=comfy_tiny_qwen3_options())
+    clip, sd = comfy_qwen3
+    tokenizer_dir = comfy.root / "comfy" / "text_encoders" / "qwen25_tokenizer"
     model = Qwen3Model(comfy_tiny_qwen3_hf_config()).eval()
     missing, unexpected = model.load_state_dict({k.removeprefix("model."): v.float() for k, v in sd.items()},
                                                 strict=False)

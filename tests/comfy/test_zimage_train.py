@@ -1,0 +1,99 @@
+"""The nodes train Z-Image in a real ComfyUI (0.33+), in-process as ComfyUI runs them: the stock UNETLoader loads a
+tiny ComfyUI-layout Z-Image file (tiny/comfy_layout.py: 3840 wide as ComfyUI's detection needs, one main layer);
+the Cache node encodes the dataset with ComfyUI's Qwen3-4B CLIP (the zimage prompt family) and the Flux VAE; the
+Train node picks the Z-Image-Turbo recipe from the file's name, trains, previews with it, and writes a LoRA that
+the stock LoraLoaderModelOnly loads with every key mapped and that reproduces the Train node's MODEL. ComfyUI
+0.3.64 has no Z-Image, so these tests skip there.
+"""
+
+import logging
+
+import pytest
+import torch
+from safetensors import safe_open
+
+pytestmark = pytest.mark.comfy
+TRAIN = "Lumina2T_TrainLoRA"
+CAPTIONS = ("a red cube", "a blue ball")
+
+
+def velocity(comfy, model, seed: int = 3):
+    gen = torch.Generator().manual_seed(seed)
+    x, sigma = torch.randn(1, 16, 8, 8, generator=gen), torch.tensor([0.6])
+    feats = torch.randn(1, 5, 2560, generator=gen)
+    with torch.inference_mode():
+        comfy.mm.load_models_gpu([model])
+        return model.model.diffusion_model(x, sigma, context=feats, num_tokens=5, transformer_options={}).clone()
+
+
+@pytest.fixture(scope="module")
+def zimage_model(comfy, comfy_models):
+    import importlib
+
+    if not hasattr(importlib.import_module("comfy.supported_models"), "ZImage"):
+        pytest.skip("this ComfyUI has no Z-Image (0.3.64)")
+    from lumina2_train.tiny.comfy_layout import write_comfy_tiny_zimage
+
+    path = write_comfy_tiny_zimage(comfy_models["root"], seed=0)
+    with torch.inference_mode():
+        (model,) = comfy.nodes.UNETLoader().load_unet(path.name, "default")
+    assert type(model.model.model_config).__name__ == "ZImage"
+    yield model
+    path.unlink()
+
+
+@pytest.fixture(scope="module")
+def trained(pack, comfy, zimage_model, comfy_qwen3, comfy_vae, state_hash):
+    from builders import write_image
+
+    for i, caption in enumerate(CAPTIONS):
+        write_image(pack.input / "zimage_set" / f"img{i}.png", (64, 64), caption=caption, seed=i)
+    dataset = pack.run("Lumina2T_LoadDataset", **pack.defaults("Lumina2T_LoadDataset", folder="zimage_set",
+                                                                  resolution=64, min_size_px=0))
+    validation = pack.run("Lumina2T_ConfigureValidation", **pack.defaults(
+        "Lumina2T_ConfigureValidation", prompts=CAPTIONS[0], width=64, height=64))[0]
+    cache = pack.run("Lumina2T_CacheLatentsText", dataset=dataset[0], clip=comfy_qwen3[0], vae=comfy_vae,
+                     validation=validation, **pack.defaults("Lumina2T_CacheLatentsText", system_prompt="none"))
+    adapter = pack.run("Lumina2T_ConfigureAdapter", **pack.defaults("Lumina2T_ConfigureAdapter", rank=4,
+                                                                      alpha=4.0))[0]
+    tree = zimage_model.model.diffusion_model
+    before = state_hash(tree), velocity(comfy, zimage_model)
+    out = pack.run(TRAIN, unique_id="31", **pack.defaults(
+        TRAIN, model=zimage_model, cache=cache[0], adapter=adapter, lora_name="unit/zimage_tiny", steps=2,
+        lr=1e-3, seed=1, validation=validation, vae=comfy_vae))
+    return {"out": out, "cache": cache[0], "before": before, "after": (state_hash(tree), velocity(comfy, zimage_model))}
+
+
+def test_cache_holds_qwen3_features_in_the_zimage_family(trained):
+    cache = trained["cache"]
+    assert cache.family == "zimage" and len(cache) == 2
+    assert cache.sample(0).cap_feats.shape[-1] == 2560
+
+
+def test_train_node_trains_zimage_with_the_turbo_recipe(trained, caplog):
+    model, lora, loss, path, samples = trained["out"].args
+    assert len(loss["loss"]) == 2 and all(v == v for v in loss["loss"])
+    assert samples.shape == (1, 64, 64, 3)
+    with safe_open(path, framework="pt") as f:
+        keys, meta = set(f.keys()), f.metadata()
+    assert keys == set(lora) and all(k.startswith("diffusion_model.") for k in keys)
+    config = meta["lumina2t.config"]
+    # the Turbo recipe, read from the file name z_image_turbo_tiny_bf16.safetensors: uniform sigma, static shift
+    # 3, previews 8 steps without CFG
+    for value in ('"timestep_sampling": "uniform"', '"shift_mode": "static"', '"static_shift": 3.0',
+                  '"steps": 8', '"guidance": 1.0'):
+        assert value in config, value
+    assert trained["after"][0] == trained["before"][0]  # the shared MODEL is untouched
+    assert torch.equal(trained["after"][1], trained["before"][1])
+
+
+def test_zimage_lora_loads_in_stock_comfyui_with_every_key(comfy, zimage_model, trained, caplog):
+    model, lora, *_ = trained["out"].args
+    with caplog.at_level(logging.WARNING), torch.inference_mode():
+        (stock,) = comfy.nodes.LoraLoaderModelOnly().load_lora_model_only(zimage_model, "unit/zimage_tiny.safetensors",
+                                                                          1.0)
+    assert not [r for r in caplog.records if "not loaded" in r.getMessage().lower()]
+    assert set(stock.patches) == set(model.patches) and len(stock.patches) == len(lora) // 2
+    trained_out = velocity(comfy, model)
+    assert torch.equal(velocity(comfy, stock), trained_out)
+    assert (trained_out - trained["before"][1]).abs().max() > 0  # the LoRA does something
