@@ -39,22 +39,24 @@ def check_model_paths(cfg: RunConfig) -> None:
             problems.append(f"model.{field} is empty; give the path of the local weights")
         elif not Path(value).exists():
             problems.append(f"model.{field} '{value}' does not exist; check the path")
-    problems += _init_from_problems(cfg.adapter.init_from)
+    problems += _lora_file_problems("adapter.init_from", cfg.adapter.init_from)
+    problems += _lora_file_problems("adapter.training_adapter", cfg.adapter.training_adapter)
     if not problems:
         problems += _block_problems(cfg)
     if problems:
         raise ConfigError(problems)
 
 
-def _init_from_problems(value: str) -> list[str]:
-    """adapter.init_from is an existing file, and a .safetensors one has a readable header (no tensor loads)."""
+def _lora_file_problems(field: str, value: str) -> list[str]:
+    """A LoRA file setting (adapter.init_from, adapter.training_adapter) names an existing file, and a .safetensors
+    one has a readable header (no tensor loads)."""
     if not value:
         return []
     p = Path(value)
     if not p.exists():
-        return [f"adapter.init_from '{value}' does not exist; check the path"]
+        return [f"{field} '{value}' does not exist; check the path"]
     if p.is_dir():
-        return [f"adapter.init_from '{value}' is a folder where a file is expected; give the LoRA .safetensors file"]
+        return [f"{field} '{value}' is a folder where a file is expected; give the LoRA .safetensors file"]
     if p.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -64,7 +66,7 @@ def _init_from_problems(value: str) -> list[str]:
             with safe_open(str(p), framework="pt") as f:
                 f.keys()
         except Exception as e:  # safetensors raises its own error types for bad headers
-            return [f"adapter.init_from '{value}' {problem(e)} ({str(e)[:200]}). {FIXES['adapter.init_from']}"]
+            return [f"{field} '{value}' {problem(e)} ({str(e)[:200]}). {FIXES[field]}"]
     return []
 
 

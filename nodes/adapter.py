@@ -47,16 +47,23 @@ class ConfigureAdapter(io.ComfyNode):
                                default=NO_LORA,
                                tooltip="Continue from a LoRA in models/loras (ComfyUI, kohya, diffusers or "
                                        "diffusion-pipe files) instead of a fresh adapter."),
+                # added after the previous release: last and optional (docs/architecture.md, "Old files keep working")
+                io.Combo.Input("training_adapter", options=[NO_LORA, *folder_paths.get_filename_list("loras")],
+                               default=NO_LORA, optional=True,
+                               tooltip="A LoRA in models/loras used under the trained one for this run only, never "
+                                       "saved into it nor in the previews: for Z-Image-Turbo, a de-distillation "
+                                       "LoRA. LoRA, LoHa and LoKr only."),
             ],
             outputs=[types.Adapter.Output("adapter", display_name="adapter",
                                           tooltip="The adapter settings, for the Train node.")],
         )
 
     @classmethod
-    def execute(cls, init_from: str, **widgets) -> io.NodeOutput:
+    def execute(cls, init_from: str, training_adapter: str = NO_LORA, **widgets) -> io.NodeOutput:
         targets = tuple(g for g in TARGET_GROUPS if widgets.pop(f"target_{g}"))
-        path = "" if init_from == NO_LORA else folder_paths.get_full_path_or_raise("loras", init_from)
-        return io.NodeOutput(check_config(AdapterConfig(targets=targets, init_from=path, **widgets), "adapter"))
+        paths = {name: "" if value == NO_LORA else folder_paths.get_full_path_or_raise("loras", value)
+                 for name, value in (("init_from", init_from), ("training_adapter", training_adapter))}
+        return io.NodeOutput(check_config(AdapterConfig(targets=targets, **paths, **widgets), "adapter"))
 
 
 NODES = [ConfigureAdapter]

@@ -33,6 +33,9 @@ class AdapterKind:
     hub_tags: tuple[str, ...]
     hub_relation: str  # the model card's base_model_relation
     lycoris_algo: str = ""  # the ss_network_args algo of kohya-style metadata; '' for a plain LoRA
+    additive: bool = True  # its output adds to the base Linear's, whatever the base weight is, so a frozen
+    # training adapter (adapter.training_adapter) can sit under it and be left out of the saved file; DoRA
+    # rescales the base weight it was trained on and a full fine-tune saves the whole weight
 
     @property
     def writes_model(self) -> bool:
@@ -53,13 +56,13 @@ class AdapterKind:
 KINDS: dict[str, AdapterKind] = {k.name: k for k in (
     AdapterKind("lora", "LoRA", "lora", "loras", "file", False, True, False, "A LoRA", ("lora",), "adapter"),
     AdapterKind("dora", "DoRA", "comfyui", "loras", "file", False, True, False, "A LoRA", ("lora",), "adapter",
-                lycoris_algo="lora"),
+                lycoris_algo="lora", additive=False),
     AdapterKind("loha", "LoHa", "comfyui", "loras", "file", False, True, False, "A LoHa",
                 ("lora", "lycoris", "loha"), "adapter", lycoris_algo="loha"),
     AdapterKind("lokr", "LoKr", "comfyui", "loras", "file", False, True, False, "A LoKr",
                 ("lora", "lycoris", "lokr"), "adapter", lycoris_algo="lokr"),
     AdapterKind("full", "full fine-tune", "model", "diffusion_models", "diff", True, False, True,
-                "A full fine-tune", ("full-finetune",), "finetune"),
+                "A full fine-tune", ("full-finetune",), "finetune", additive=False),
 )}
 
 

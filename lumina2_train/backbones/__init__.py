@@ -8,7 +8,8 @@ No ComfyUI imports here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -32,12 +33,35 @@ class Backbone:
         self.weight_fn = weight_fn
         self.kind = kind
         self.options = ForwardOptions()
+        # adapter.training_adapter: frozen LoRA pairs by Linear name under the trained adapters (adapters/frozen.py),
+        # set once by the run's set-up; off while previews sample
+        self.training_adapter: dict[str, nn.Module] = {}
+        self._training_adapter_on = True
+        self._stacked: dict = {}
+
+    def forward_adapters(self, adapters: dict[str, nn.Module] | None) -> dict[str, nn.Module] | None:
+        """The adapters the forward applies: `adapters`, over the training adapter while it is on."""
+        if not self.training_adapter or not self._training_adapter_on:
+            return adapters
+        from ..adapters.frozen import stacked
+
+        return stacked(adapters, self.training_adapter, self._stacked)
+
+    @contextlib.contextmanager
+    def training_adapter_off(self) -> Iterator[None]:
+        """The forward without the training adapter (validation previews: the model as it will be used)."""
+        on, self._training_adapter_on = self._training_adapter_on, False
+        try:
+            yield
+        finally:
+            self._training_adapter_on = on
 
     def velocity(self, x_sigma: torch.Tensor, sigma: torch.Tensor, cap_feats: torch.Tensor,
                  cap_mask: torch.Tensor | None, adapters: dict[str, nn.Module] | None = None,
                  *, frozen: bool = True) -> torch.Tensor:
         """ε − x for latents `x_sigma` (B, 16, h, w) at noise levels `sigma` (B,)."""
-        lin = Linears(adapters, self.weight_fn, frozen=frozen, compute=self.options.base_compute)
+        lin = Linears(self.forward_adapters(adapters), self.weight_fn, frozen=frozen,
+                      compute=self.options.base_compute)
         return velocity(self.tree, self.arch, x_sigma, sigma, cap_feats, cap_mask, lin, self.options)
 
     def linear(self, name: str) -> nn.Module:
@@ -63,7 +87,10 @@ class Backbone:
         return self.tree.x_embedder.weight.dtype
 
     def base_fingerprint(self) -> str:
-        """A short hash of the base weights (recorded in checkpoints and LoRA metadata)."""
+        """A short hash of the base weights, and of the training adapter when there is one (recorded in
+        checkpoints and LoRA metadata)."""
         from ..storage.fingerprint import tensor_fingerprint
 
-        return tensor_fingerprint(self.tree.state_dict())
+        under = {f"training_adapter.{n}.{k}": t for n, m in self.training_adapter.items()
+                 for k, t in m.state_dict().items()}
+        return tensor_fingerprint({**self.tree.state_dict(), **under})

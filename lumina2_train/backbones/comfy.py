@@ -185,7 +185,8 @@ class ComfyBackbone(Backbone):
                  cap_mask: torch.Tensor | None, adapters: dict[str, nn.Module] | None = None,
                  *, frozen: bool = True) -> torch.Tensor:
         """ε − x (library convention) from ComfyUI's NextDiT weights; see Backbone.velocity."""
-        lin = ComfyLinears(adapters, self.weight_fn, frozen=frozen, copy_weights=needs_weight_copies(self.tree),
+        lin = ComfyLinears(self.forward_adapters(adapters), self.weight_fn, frozen=frozen,
+                           copy_weights=needs_weight_copies(self.tree),
                            compute=self.options.base_compute)
         return velocity(self.tree, self.arch, x_sigma, sigma, cap_feats, cap_mask, lin, self.options)
 

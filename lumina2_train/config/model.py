@@ -86,6 +86,10 @@ class AdapterConfig:
                                widget_min=-1, widget_max=1024)
     init_from: str = setting("", "Continue from an existing LoRA file (any format files/formats.py reads) instead "
                                  "of a fresh adapter.")
+    training_adapter: str = setting(
+        "", "A LoRA file used under the trained adapter for this run only and never saved into it: for "
+            "Z-Image-Turbo, a de-distillation LoRA, so that the new LoRA learns your data rather than undoing the "
+            "step distillation. Previews sample without it (the model as it will be used). LoRA, LoHa and LoKr.")
 
     def errors(self, at: str = "adapter") -> list[str]:
         out = setting_errors(self, at)
@@ -99,7 +103,7 @@ class AdapterConfig:
         return out
 
     def _kind_errors(self, at: str) -> list[str]:
-        """What this kind's policy (adapters/kinds.py) rules out: no targets, an init_from file."""
+        """What this kind's policy (adapters/kinds.py) rules out: no targets, an init_from or training adapter file."""
         from ..adapters.kinds import kind_of  # here: the adapters package imports this module
 
         kind, out = kind_of(self), []
@@ -108,6 +112,12 @@ class AdapterConfig:
         if self.init_from and not kind.init_from:
             out.append(f"{at}.init_from is set but kind is '{self.kind}': a {kind.title} starts from the model it "
                        "is given; load a fine-tuned model file as that model instead, or clear init_from")
+        if self.training_adapter and not kind.additive:
+            out.append(f"{at}.training_adapter is set but the adapter is a {kind.title}, which "
+                       + ("saves the whole weight, so the training adapter would be in the saved model"
+                          if kind.writes_model else "rescales the base weight it trains on, so its saved "
+                          "magnitudes would not fit the model without the training adapter")
+                       + "; train a LoRA, LoHa or LoKr with it, or clear training_adapter")
         return out
 
     @property

@@ -1,10 +1,10 @@
 """Errors about weight files, worded the same at every load site: `<field>: <file> <problem> (<detail>). <fix>.`
 
-The base model, the text encoder, its tokenizer, the VAE, `adapter.init_from` and the CLIP scorer each load
-inside `naming(field, path)`: a failure of safetensors, torch, transformers or diffusers (a truncated or damaged
-file, another kind of file, a folder where a file belongs, missing weights, other shapes) becomes the project's
-error naming the setting, the file, what is wrong and the fix; one of our own errors that does not name a
-setting yet gets the field (and the file) in front. Out-of-memory and interrupts keep their types.
+The base model, the text encoder, its tokenizer, the VAE, `adapter.init_from`, `adapter.training_adapter` and the
+CLIP scorer each load inside `naming(field, path)`: a failure of safetensors, torch, transformers or diffusers (a
+truncated or damaged file, another kind of file, a folder where a file belongs, missing weights, other shapes)
+becomes the project's error naming the setting, the file, what is wrong and the fix; one of our own errors that
+does not name a setting yet gets the field (and the file) in front. Out-of-memory and interrupts keep their types.
 No ComfyUI imports.
 """
 
@@ -33,6 +33,8 @@ FIXES = {
     "model.tokenizer": f"Give the Gemma2 tokenizer folder (tokenizer.json or tokenizer.model); {AGAIN}",
     "adapter.init_from": "Give a LoRA .safetensors file written for this Lumina2 model (by this pack, ComfyUI, "
                          f"kohya or diffusers), with adapter.rank set to its rank; {AGAIN}",
+    "adapter.training_adapter": "Give a LoRA .safetensors file written for this model (a de-distillation LoRA for "
+                                f"Z-Image-Turbo, in the ComfyUI, kohya or diffusers layout); {AGAIN}",
     "validation.clip_model": f"Give a local Hugging Face CLIP model folder; {AGAIN}",
 }
 _NAMES_A_FIELD = re.compile(r"^[a-z_]+(\.[a-z_0-9\[\]]+)+[ :']")  # 'model.vae: ...', "adapter.blocks '0' ..."

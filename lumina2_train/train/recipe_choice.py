@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 TRAIN_FIELDS = {"timestep_sampling": "distribution", "logit_mean": "logit_mean", "logit_std": "logit_std",
                 "shift_mode": "shift_mode", "static_shift": "static_shift"}
 SAMPLER_FIELDS = ("steps", "shift", "guidance", "cfg_renorm", "cfg_trunc", "guidance_rescale")
+TURBO_WITHOUT_TRAINING_ADAPTER = (
+    "%s: Z-Image-Turbo is step-distilled, and a LoRA trained on it directly tends to undo the distillation (its "
+    "images drift to soft, generic ones at 8 steps). Set adapter.training_adapter (Configure Adapter's "
+    "training_adapter) to a de-distillation LoRA for Z-Image-Turbo, or train on Z-Image (Base); docs/recipe.md, "
+    "'The training adapter'")
 _DE_TURBO = re.compile(r"de[-_ ]?turbo")  # a de-distilled Turbo (neither recipe is known to fit it)
 _ZIMAGE_NAME = re.compile(r"z[-_ ]?image")
 
@@ -95,6 +100,8 @@ def choose_recipe(cfg: RunConfig, arch, *, source: str | None, where: str) -> Ru
     if key is None:
         out = dataclasses.replace(out, validation=cfg.validation)
     _log_choice(cfg, out, key, source)
+    if key == "zimage-turbo" and not cfg.adapter.training_adapter:
+        log.warning(TURBO_WITHOUT_TRAINING_ADAPTER, where)
     return out
 
 

@@ -16,6 +16,7 @@ from ..cache.source import CacheSource
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..files.init_from import load_init_from
+from ..files.training_adapter import load_training_adapter
 from .batches import BucketBatches
 from .distributed import World, distributed_errors, log_batch_and_lr, lr_factor
 from .ema import EMA
@@ -58,6 +59,8 @@ def build_setup(cfg: RunConfig, backbone, cache: CacheSource, world: World, dtyp
     if errors:
         raise ConfigError(errors)
     device = backbone.device
+    if cfg.adapter.training_adapter:  # under the adapters from the first forward on; part of the base hash
+        backbone.training_adapter = load_training_adapter(cfg.adapter.training_adapter, backbone)
     adapters = build_adapters(backbone, cfg.adapter, device, seed=cfg.train.seed)
     if cfg.adapter.init_from:
         load_init_from(adapters, backbone, cfg.adapter.init_from)

@@ -54,7 +54,8 @@ def cached_negative(negative_prompt: str) -> list[str]:
 
 def sample_latents(backbone, adapters, cache, v: ValidationConfig, prompts: list[str], *, device,
                    dtype) -> torch.Tensor:
-    """One latent per prompt, each from noise seeded by (v.seed + prompt index)."""
+    """One latent per prompt, each from noise seeded by (v.seed + prompt index); without the training adapter
+    (adapter.training_adapter), so the previews show the model as it will be used."""
     settings = sampler_settings(v)
     uncond_feats = None if v.disable_unconditional else negative_features(cache, v.negative_prompt)
 
@@ -67,7 +68,8 @@ def sample_latents(backbone, adapters, cache, v: ValidationConfig, prompts: list
         noise = torch.randn(1, recipe.LATENT_CHANNELS, v.height // 8, v.width // 8, generator=gen)
         cond = (cache.prompt_features(prompt)[None].to(device, dtype), None)
         uncond = None if uncond_feats is None else (uncond_feats[None].to(device, dtype), None)
-        out.append(recipe.sample(velocity, noise.to(device, dtype), cond, uncond, settings).float().cpu())
+        with backbone.training_adapter_off():
+            out.append(recipe.sample(velocity, noise.to(device, dtype), cond, uncond, settings).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, recipe.LATENT_CHANNELS, v.height // 8, v.width // 8)
 
 

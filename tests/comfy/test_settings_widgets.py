@@ -40,7 +40,8 @@ EXTRA = {"Lumina2T_LoadDataset": DatasetConfig, "Lumina2T_LoadImageDataset": Dat
          "Lumina2T_TrainLoRAAdvanced": TrainConfig}
 OVERRIDES = {("Lumina2T_TrainLoRAAdvanced", "save_format"): {"options": ["comfyui", "kohya"]}}
 # widgets the nodes write themselves: list settings (a list has no single widget), a file list
-OWN = {"prompts", "eval_sigmas", "report_to", "beta1", "beta2", "init_from"}  # init_from: models/loras files
+OWN = {"prompts", "eval_sigmas", "report_to", "beta1", "beta2", "init_from",  # init_from, training_adapter:
+       "training_adapter"}  # models/loras files
 
 
 def _field(node_id, input_id):

@@ -2,11 +2,13 @@
 tiny ComfyUI-layout Z-Image file (tiny/comfy_layout.py: 3840 wide as ComfyUI's detection needs, one main layer);
 the Cache node encodes the dataset with ComfyUI's Qwen3-4B CLIP (the zimage prompt family) and the Flux VAE; the
 Train node picks the Z-Image-Turbo recipe from the file's name, trains, previews with it, and writes a LoRA that
-the stock LoraLoaderModelOnly loads with every key mapped and that reproduces the Train node's MODEL. ComfyUI
-0.3.64 has no Z-Image, so these tests skip there.
+the stock LoraLoaderModelOnly loads with every key mapped and that reproduces the Train node's MODEL; a training
+adapter from models/loras stays out of both. ComfyUI 0.3.64 has no Z-Image: its own loader refuses the file, and the
+training tests skip there.
 """
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +26,23 @@ def velocity(comfy, model, seed: int = 3):
     with torch.inference_mode():
         comfy.mm.load_models_gpu([model])
         return model.model.diffusion_model(x, sigma, context=feats, num_tokens=5, transformer_options={}).clone()
+
+
+def test_a_comfyui_without_zimage_refuses_the_file_before_any_node_of_ours(comfy, comfy_models):
+    """ComfyUI 0.3.64 reads every NextDiT file as the 2304-wide Lumina2, so its own loader fails on a Z-Image file
+    (3840 wide) with a size mismatch: no Z-Image MODEL can reach the Train node there (docs/comfyui.md)."""
+    import importlib
+
+    if hasattr(importlib.import_module("comfy.supported_models"), "ZImage"):
+        pytest.skip("this ComfyUI loads Z-Image (0.33+): the tests below train it")
+    from lumina2_train.tiny.comfy_layout import write_comfy_tiny_zimage
+
+    path = write_comfy_tiny_zimage(comfy_models["root"], seed=0)
+    try:
+        with pytest.raises(RuntimeError, match=r"size mismatch for .*x_embedder.*3840"), torch.inference_mode():
+            comfy.nodes.UNETLoader().load_unet(path.name, "default")
+    finally:
+        path.unlink()
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +116,42 @@ def test_zimage_lora_loads_in_stock_comfyui_with_every_key(comfy, zimage_model, 
     trained_out = velocity(comfy, model)
     assert torch.equal(velocity(comfy, stock), trained_out)
     assert (trained_out - trained["before"][1]).abs().max() > 0  # the LoRA does something
+
+
+def test_a_training_adapter_is_under_the_run_and_out_of_its_lora_and_model(pack, comfy, zimage_model, trained,
+                                                                          comfy_vae, state_hash):
+    """adapter.training_adapter from models/loras (a de-distillation LoRA for Turbo): the run trains over it, the
+    saved LoRA and the MODEL output leave it out, and neither its file nor the shared MODEL is written."""
+    import hashlib
+
+    import folder_paths
+
+    from lumina2_train.files.formats import LoraModule, save_lora
+
+    tree = zimage_model.model.diffusion_model
+    gen = torch.Generator().manual_seed(5)
+    under = {}
+    for name in ("layers.0.attention.qkv", "layers.0.attention.out", "layers.0.feed_forward.w1"):
+        out_f, in_f = tree.get_submodule(name).weight.shape
+        under[name] = LoraModule(torch.randn(2, in_f, generator=gen) * 0.05, torch.randn(out_f, 2, generator=gen) * 0.05)
+    path = Path(folder_paths.get_folder_paths("loras")[0]) / "unit" / "zimage_under.safetensors"
+    save_lora(under, path, fmt="comfyui", dtype="bf16")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    adapter = pack.run("Lumina2T_ConfigureAdapter", **pack.defaults(
+        "Lumina2T_ConfigureAdapter", rank=4, alpha=4.0, training_adapter="unit/zimage_under.safetensors"))[0]
+    assert adapter.training_adapter == str(path)
+    plain = velocity(comfy, zimage_model)  # loads the plain MODEL (ComfyUI takes off patches of earlier clones)
+    before = state_hash(tree)
+    out = pack.run(TRAIN, unique_id="32", **pack.defaults(
+        TRAIN, model=zimage_model, cache=trained["cache"], adapter=adapter, lora_name="unit/zimage_over", steps=2,
+        lr=1e-3, seed=1))
+    model, lora, loss, lora_path, _ = out.args
+    assert loss["loss"][0] != trained["out"].args[2]["loss"][0]  # same run, seed and batch: the base differs
+    assert set(lora) == set(trained["out"].args[1])  # only the trained adapter's keys (attention), no w1
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    assert torch.equal(velocity(comfy, zimage_model), plain) and state_hash(tree) == before
+    with torch.inference_mode():
+        (stock,) = comfy.nodes.LoraLoaderModelOnly().load_lora_model_only(zimage_model,
+                                                                          f"unit/{Path(lora_path).name}", 1.0)
+    assert torch.equal(velocity(comfy, model), velocity(comfy, stock))  # the MODEL output: Turbo + the new LoRA
+    path.unlink()

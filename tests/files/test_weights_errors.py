@@ -208,12 +208,12 @@ def test_bad_init_from_names_the_field_the_file_and_the_fix(tiny_backbone, lora_
 @pytest.mark.parametrize("case", ["truncated", "a PNG", "a folder"])
 def test_bad_init_from_is_found_before_any_model_loads(lora_file, tmp_path, case):
     """run_training's first check reads only the header: no encoder or DiT loads for a file it cannot use."""
-    from lumina2_train.pipeline import _init_from_problems
+    from lumina2_train.pipeline import _lora_file_problems
 
     path = INIT_CASES[case](lora_file, tmp_path)
-    problems = _init_from_problems(str(path))
+    problems = _lora_file_problems("adapter.init_from", str(path))
     assert len(problems) == 1 and problems[0].startswith(f"adapter.init_from '{path}' "), problems
     assert "Give " in problems[0] or "give " in problems[0], problems
-    assert not _init_from_problems(str(lora_file))
+    assert not _lora_file_problems("adapter.init_from", str(lora_file))
     with pytest.raises(ConfigError, match="adapter.init_from"):
         raise ConfigError(problems)
