@@ -40,6 +40,12 @@ ZIMAGE_PROMPT_TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\
 # A system turn as Qwen's chat template writes one (Z-Image's pipelines send none; only a custom prompt uses it).
 ZIMAGE_SYSTEM_TURN = "<|im_start|>system\n{}<|im_end|>\n"
 ZIMAGE_MAX_TOKENS = 512  # ZImagePipeline's max_sequence_length: the templated prompt is cut there
+LUMINA2_CAPTION_TOKENS = 256  # Lumina-Image-2.0's training caption length (the cache.max_caption_tokens default)
+
+
+def caption_tokens(family: str) -> int:
+    """Tokens a family trains its captions with: Lumina2 256, Z-Image 512 (its pipeline's limit)."""
+    return ZIMAGE_MAX_TOKENS if family == ZIMAGE else LUMINA2_CAPTION_TOKENS
 
 
 def _require_family(family: str) -> None:

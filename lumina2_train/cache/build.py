@@ -15,7 +15,7 @@ from ..config import CacheConfig
 from ..data import DataItem, DatasetHandle, prepare_pixels
 from ..encoders import EncoderProvider, LatentEncoder, TextEncoder
 from ..errors import CacheError, ConfigError
-from ..recipe import LATENT_CHANNELS, LUMINA2, dropped_prompt, format_prompt, system_prompt_text
+from ..recipe import LATENT_CHANNELS, LUMINA2, caption_tokens, dropped_prompt, format_prompt, system_prompt_text
 from ..storage.fingerprint import json_fingerprint
 from .handle import CacheHandle, family_text_key
 from .store import LATENTS, TEXTS, entry_path, has_entry, latent_key, tidy, write_entry
@@ -54,6 +54,13 @@ class _Bar:
             self.tqdm.close()
 
 
+def max_caption_tokens(cfg: CacheConfig, family: str) -> int:
+    """cache.max_caption_tokens; left at its default, the family's own (recipe.caption_tokens: Z-Image 512)."""
+    if cfg.max_caption_tokens == type(cfg)().max_caption_tokens:
+        return caption_tokens(family)
+    return cfg.max_caption_tokens
+
+
 def build_cache(dataset: DatasetHandle, encoders: EncoderProvider, cfg: CacheConfig, *, root: str | Path,
                 extra_prompts: Sequence[str] = (), progress: Progress | None = None,
                 family: str = LUMINA2) -> CacheHandle:
@@ -84,7 +91,8 @@ def build_cache(dataset: DatasetHandle, encoders: EncoderProvider, cfg: CacheCon
     latent_jobs = [] if cfg.vae_cache_disable else _missing_latents(dataset.items, keys, root)
     prompts = [format_prompt(i.caption, system, family) for i in dataset.items]
     prompts += [format_prompt(p, system, family) for p in extra_prompts] + [dropped_prompt(family)]
-    text_jobs = _missing_texts(prompts, encoders.text_identity, cfg.max_caption_tokens, root, family)
+    max_tokens = max_caption_tokens(cfg, family)
+    text_jobs = _missing_texts(prompts, encoders.text_identity, max_tokens, root, family)
     total = len(latent_jobs) + len(text_jobs)
     log.info("cache %s: %d latents and %d prompts to encode", root, len(latent_jobs), len(text_jobs))
     bar = _Bar(total, progress)
@@ -93,18 +101,18 @@ def build_cache(dataset: DatasetHandle, encoders: EncoderProvider, cfg: CacheCon
             _encode_latents(latent_jobs, encoders.latent_encoder(), cfg.vae_batch_size, root, bar)
         if text_jobs:
             _encode_texts(text_jobs, encoders, root, bar, batch_size=cfg.encode_batch_size,
-                          max_tokens=cfg.max_caption_tokens)
+                          max_tokens=max_tokens)
     finally:
         bar.close()
         if total:
             encoders.release()
     parts = {"dataset": dataset.fingerprint, "latents": keys, "vae": encoders.vae_identity,
              "on_the_fly": cfg.vae_cache_disable, "texts": prompts[:len(dataset.items)],
-             "text": encoders.text_identity, "max_tokens": cfg.max_caption_tokens}
+             "text": encoders.text_identity, "max_tokens": max_tokens}
     fingerprint = json_fingerprint(parts if family == LUMINA2 else {**parts, "family": family})
     return CacheHandle(root=root, fingerprint=fingerprint, system_prompt=system,
                        text_identity=encoders.text_identity, vae_identity=encoders.vae_identity,
-                       max_tokens=cfg.max_caption_tokens, items=dataset.items, latent_keys=keys,
+                       max_tokens=max_tokens, items=dataset.items, latent_keys=keys,
                        data=dataset.config, config=cfg, dataset_fingerprint=dataset.fingerprint,
                        encoders=encoders if cfg.vae_cache_disable else None, family=family)
 
@@ -172,5 +180,5 @@ def _encode_texts(jobs: list[tuple[str, str]], encoders: EncoderProvider, root: 
             write_entry(entry_path(root, TEXTS, key), {"cap_feats": f.float(), "cap_mask": mask}, meta)
         bar.advance(len(batch))
     if truncated:
-        log.warning("%d prompt(s) reached cache.max_caption_tokens=%d and were cut there; raise it to keep "
-                    "their ends", truncated, max_tokens)
+        log.warning("%d prompt(s) reached %d tokens (cache.max_caption_tokens) and were cut there; raise it to "
+                    "keep their ends", truncated, max_tokens)

@@ -121,8 +121,9 @@ class CacheConfig:
         "the bare caption.", choices=SYSTEM_PROMPTS)
     custom_system_prompt: str = setting("", "For system_prompt 'custom': the prefix text (before ' <Prompt "
                                             "Start> ').")
-    max_caption_tokens: int = setting(256, "Gemma tokens kept per caption, system prompt included (Lumina2 trains "
-                                           "at 256).", min=8, max=4096)
+    max_caption_tokens: int = setting(256, "Text tokens kept per caption, system prompt included. Left at 256, "
+                                           "each model's own: Lumina2 256, Z-Image 512 (its pipeline's limit).",
+                                      min=8, max=4096)
     encode_batch_size: int = setting(
         4, "Captions per text-encoder call. Larger is faster on a GPU and needs more memory while caching; the "
         "features do not depend on it beyond the last float bits.", min=1, widget_max=256)

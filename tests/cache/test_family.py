@@ -74,3 +74,23 @@ def test_both_families_share_a_root_without_mixing(photo_data, encoders, zimage_
     with pytest.raises(ModelError, match=r"model.transformer: a zimage model, but the text cache holds lumina2"):
         lumina.require_family(recipe.ZIMAGE, "model.transformer")
     zimage.require_family(recipe.ZIMAGE, "model.transformer")
+
+
+def test_captions_keep_each_familys_length_unless_the_setting_says(tmp_path, write_image, make_dataset,
+                                                                    zimage_encoders, encoders):
+    """cache.max_caption_tokens left at 256 keeps Z-Image captions to 512 tokens (its pipeline's limit), Lumina2's
+    to 256; a value the user set is kept for both."""
+    from lumina2_train.config import DataConfig
+
+    long_caption = " ".join(f"tag{i % 7} photo number {i}" for i in range(120))  # several hundred tokens
+    write_image(tmp_path / "long" / "img0.png", (64, 64), caption=long_caption, seed=0)
+    dataset = scan_dataset(DataConfig(datasets=(make_dataset(tmp_path / "long"),)))
+    lengths = {}
+    for label, enc, family, cfg in (
+            ("zimage", zimage_encoders, recipe.ZIMAGE, CFG), ("lumina2", encoders, recipe.LUMINA2, CFG),
+            ("zimage-100", zimage_encoders, recipe.ZIMAGE, dataclasses.replace(CFG, max_caption_tokens=100))):
+        cache = build_cache(dataset, enc, cfg, root=tmp_path / label, family=family)
+        lengths[label] = (cache.caption_length(0), cache.max_tokens)
+    assert lengths["zimage"][1] == 512 and 256 < lengths["zimage"][0] <= 512
+    assert lengths["lumina2"] == (256, 256)
+    assert lengths["zimage-100"] == (100, 100)
