@@ -17,6 +17,7 @@ import torch
 
 from ..backbones.keys import native_state_to_diffusers
 from ..backbones.nextdit import ArchConfig
+from ..errors import ModelError
 from ..storage.atomic import atomic_save_safetensors
 from .formats import COMFY_PREFIX, SAVE_DTYPES
 
@@ -69,7 +70,9 @@ def save_diffusion_model(adapters, backbone, path: str | Path, *, dtype: str = "
 
 
 def diffusers_config(arch: ArchConfig) -> dict:
-    """A Lumina2Transformer2DModel config that rebuilds exactly these shapes."""
+    """A Lumina2Transformer2DModel (Z-Image: ZImageTransformer2DModel) config that rebuilds exactly these shapes."""
+    if arch.family == "zimage":
+        return zimage_diffusers_config(arch)
     multiple_of = math.gcd(arch.ffn_hidden, 256)
     default_hidden = multiple_of * math.ceil(4 * arch.dim / multiple_of)
     return {
@@ -83,12 +86,28 @@ def diffusers_config(arch: ArchConfig) -> dict:
     }
 
 
+def zimage_diffusers_config(arch: ArchConfig) -> dict:
+    """A ZImageTransformer2DModel config for these shapes. Its FFN width is fixed by the model (int(dim / 3 · 8)),
+    so other widths are refused (no diffusers class builds them)."""
+    if arch.ffn_hidden != int(arch.dim / 3 * 8):
+        raise ModelError(f"this Z-Image's FFN is {arch.ffn_hidden} wide; diffusers' ZImageTransformer2DModel builds "
+                         f"{int(arch.dim / 3 * 8)} for dim {arch.dim}, so no diffusers folder can hold it. Use the "
+                         "model file (models/diffusion_models) instead")
+    return {
+        "_class_name": "ZImageTransformer2DModel", "_diffusers_version": "0.36.0", "all_patch_size": [arch.patch_size],
+        "all_f_patch_size": [1], "in_channels": arch.in_channels, "dim": arch.dim, "n_layers": arch.n_layers,
+        "n_refiner_layers": arch.n_refiner_layers, "n_heads": arch.n_heads, "n_kv_heads": arch.n_kv_heads,
+        "norm_eps": arch.norm_eps, "qk_norm": True, "cap_feat_dim": arch.cap_feat_dim, "rope_theta": arch.rope_theta,
+        "t_scale": arch.time_scale, "axes_dims": list(arch.axes_dims), "axes_lens": list(arch.axes_lens),
+    }
+
+
 def save_diffusers_transformer(adapters, backbone, folder: str | Path, *, dtype: str = "bf16") -> Path:
     """A diffusers `transformer/` folder (config.json + diffusion_pytorch_model.safetensors), built under a
     temporary name and renamed into place."""
     folder = Path(folder)
     native = finetuned_state_dict(adapters, backbone, SAVE_DTYPES[dtype])
-    sd = native_state_to_diffusers(native, backbone.arch.qkv_split)
+    sd = native_state_to_diffusers(native, backbone.arch.qkv_split, backbone.arch.family)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:

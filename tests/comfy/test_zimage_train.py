@@ -111,7 +111,7 @@ def test_zimage_lora_loads_in_stock_comfyui_with_every_key(comfy, zimage_model, 
     with caplog.at_level(logging.WARNING), torch.inference_mode():
         (stock,) = comfy.nodes.LoraLoaderModelOnly().load_lora_model_only(zimage_model, "unit/zimage_tiny.safetensors",
                                                                           1.0)
-    assert not [r for r in caplog.records if "not loaded" in r.getMessage().lower()]
+    assert not [r for r in caplog.records if "lora key not loaded" in r.getMessage().lower()]
     assert set(stock.patches) == set(model.patches) and len(stock.patches) == len(lora) // 2
     trained_out = velocity(comfy, model)
     assert torch.equal(velocity(comfy, stock), trained_out)
@@ -155,3 +155,30 @@ def test_a_training_adapter_is_under_the_run_and_out_of_its_lora_and_model(pack,
                                                                           f"unit/{Path(lora_path).name}", 1.0)
     assert torch.equal(velocity(comfy, model), velocity(comfy, stock))  # the MODEL output: Turbo + the new LoRA
     path.unlink()
+
+
+@pytest.mark.parametrize("kind", ["lokr", "full"])
+def test_lycoris_and_full_train_zimage_and_load_in_stock_comfyui(pack, comfy, zimage_model, trained, kind, caplog):
+    """A LoKr file loads through LoraLoaderModelOnly with every key; a full fine-tune (layer 0's attention) is a
+    Z-Image file UNETLoader opens, equal to the Train node's MODEL output (the input patched with .diff)."""
+    adapter = pack.run("Lumina2T_ConfigureAdapter", **pack.defaults(
+        "Lumina2T_ConfigureAdapter", kind=kind, rank=4, alpha=4.0, blocks="0", refiners=False))[0]
+    out = pack.run(TRAIN, unique_id=f"33{kind}", **pack.defaults(
+        TRAIN, model=zimage_model, cache=trained["cache"], adapter=adapter, lora_name=f"unit/zimage_{kind}",
+        steps=2, lr=1e-3, seed=1))
+    model, lora, loss, path = out.args[:4]
+    assert len(loss["loss"]) == 2
+    trained_out = velocity(comfy, model)
+    assert (trained_out - trained["before"][1]).abs().max() > 0
+    with caplog.at_level(logging.WARNING), torch.inference_mode():
+        if kind == "lokr":
+            assert any(".lokr_w1" in k for k in lora)
+            (stock,) = comfy.nodes.LoraLoaderModelOnly().load_lora_model_only(zimage_model,
+                                                                              f"unit/{Path(path).name}", 1.0)
+        else:
+            assert Path(path).parent.parent.name == "diffusion_models"
+            (stock,) = comfy.nodes.UNETLoader().load_unet(f"unit/{Path(path).name}", "default")
+            assert type(stock.model.model_config).__name__ == "ZImage"
+    assert not [r for r in caplog.records if "lora key not loaded" in r.getMessage().lower()]
+    torch.testing.assert_close(velocity(comfy, stock), trained_out, rtol=0, atol=1e-2 if kind == "full" else 0)
+    Path(path).unlink()
