@@ -37,6 +37,7 @@ class Variant:
     base_compute: str = "bf16"
     saved_activations: str = "bf16"
     split_lengths: bool = False  # train.split_caption_lengths (mixed caption lengths: one forward per length)
+    training_adapter_rank: int = 0  # > 0: adapter.training_adapter, a random LoRA of this rank on every block Linear
     target_ratio: float = 0.0  # the speed target for this row (0 = none)
     target_peak_gib: float = 0.0  # 0 = none, REF_BUDGET = the reference's peak
 
@@ -176,12 +177,15 @@ def draw_lengths(lo: int, hi: int, n: int, seed: int = 0) -> tuple[int, ...]:
 
 def zimage_suite(steps: int = 6, warmup: int = 3) -> list[Group]:
     """Full-size Z-Image, our step against diffusers + PEFT's ZImageTransformer2DModel, the variants
-    the Lumina2 groups measure (compiled, checkpointing auto under the reference's peak; + fp8 compute)."""
+    the Lumina2 groups measure (compiled, checkpointing auto under the reference's peak; + fp8 compute), and the
+    cost of a training adapter (adapter.training_adapter: a de-distillation LoRA under the trained one)."""
     exact = Variant("compiled, ckpt auto ≤ ref peak, bf16 exact", memory_budget_gib=REF_BUDGET,
                     target_peak_gib=REF_BUDGET)
     fp8 = replace(exact, label="compiled, ckpt auto ≤ ref peak, fp8 compute", base_compute="fp8")
+    under = replace(exact, label="compiled, ckpt auto ≤ ref peak, bf16 + training adapter r16 (all block Linears)",
+                    training_adapter_rank=16)
     return [Group("Z-Image 1024² batch 4, LoRA r16 attention", family="zimage", batch=4, steps=steps,
-                  warmup=warmup, variants=(exact, fp8)),
+                  warmup=warmup, variants=(exact, fp8, under)),
             Group("Z-Image 1024² batch 1, LoRA r16 attention", family="zimage", batch=1, steps=steps,
                   warmup=warmup, variants=(exact,))]
 

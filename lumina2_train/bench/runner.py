@@ -40,11 +40,11 @@ class Settings:
     profile: Path | None = None  # --profile: a folder for traces; each variant is then profiled too
 
 
-def run_config(group: Group, v: Variant, budget_gib: float, out_dir: str) -> RunConfig:
+def run_config(group: Group, v: Variant, budget_gib: float, out_dir: str, training_adapter: str = "") -> RunConfig:
     """The RunConfig our step trains with for this variant (what a user would set to get it)."""
     full = group.mode == "full"
     adapter = AdapterConfig(kind="full" if full else "lora", rank=group.rank, alpha=float(group.rank),
-                            targets=FULL_TARGETS if full else TARGETS[group.targets])
+                            targets=FULL_TARGETS if full else TARGETS[group.targets], training_adapter=training_adapter)
     train = TrainConfig(steps=1_000_000, batch_size=group.batch, lr=1e-5 if full else 1e-4, precision="bf16",
                         checkpointing=v.ckpt, compile=v.compile, memory_budget_gib=budget_gib,
                         max_grad_norm=0.0 if full else 1.0, optimizer_states="8bit" if full else "fp32",
@@ -88,6 +88,20 @@ def _backbone(v: Variant, native: dict, s: Settings):
             raise RuntimeError("no ComfyUI tree (set --comfyui or COMFYUI_PATH)")
         return models.comfy_backbone(s.config, native, s.device, s.comfy_path)
     return models.diffusers_backbone(s.config, native, s.device)
+
+
+def _training_adapter_file(backbone, rank: int, folder: Path) -> str:
+    """A random LoRA of `rank` on every block Linear (attention, FFN, adaLN), as de-distillation adapters are."""
+    from ..adapters import select_targets
+    from ..files.formats import LoraModule, save_lora
+
+    gen = torch.Generator().manual_seed(3)
+    mods = {}
+    for name in select_targets(backbone.arch, AdapterConfig(targets=TARGETS["all"])):
+        out_f, in_f = backbone.linear(name).weight.shape
+        mods[name] = LoraModule(torch.randn(rank, in_f, generator=gen) * 0.01, torch.randn(out_f, rank, generator=gen)
+                                * 0.01)
+    return str(save_lora(mods, folder / "training_adapter.safetensors", arch=backbone.arch))
 
 
 def _tensor_cache(inputs: models.Inputs) -> TensorCache:
@@ -134,7 +148,8 @@ def run_variant(group: Group, v: Variant, native: dict, inputs: models.Inputs, s
     budget = ref_peak if v.memory_budget_gib == REF_BUDGET else v.memory_budget_gib
     backbone = _backbone(v, native, s)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = run_config(group, v, budget, tmp)
+        under = _training_adapter_file(backbone, v.training_adapter_rank, Path(tmp)) if v.training_adapter_rank else ""
+        cfg = run_config(group, v, budget, tmp, under)
         if "flops" not in extra:
             extra.update(_flops_and_parity(group, backbone, cfg, inputs, ref))
         trainer = Trainer(cfg, backbone, _tensor_cache(inputs), run_dir=tmp)

@@ -16,14 +16,16 @@ CPU = torch.device("cpu")
 def test_zimage_group_runs_ours_against_the_diffusers_reference():
     group = Group("tiny Z-Image", family="zimage", res=64, batch=2, rank=4, caption_tokens=40, steps=1, warmup=1,
                   variants=(Variant("eager, ckpt on", compile=False, ckpt="on"),
-                            Variant("eager, auto", compile=False, memory_budget_gib=REF_BUDGET)))
+                            Variant("eager, auto", compile=False, memory_budget_gib=REF_BUDGET),
+                            Variant("eager, ckpt on, training adapter r2", compile=False, ckpt="on",
+                                    training_adapter_rank=2)))
     report, text = run_bench([group], device=CPU, config=dict(TINY_ZIMAGE), attention=False)
     g = report["groups"][0]
     assert g["group"]["family"] == "zimage"
     # our forward and diffusers' ZImageTransformer2DModel on the same weights and inputs (bf16 autocast)
     assert g["parity"]["loss_rel_diff"] < 1e-2 and g["parity"]["pred_rel_l2"] < 5e-2
     assert g["reference"]["samples_per_s"] > 0 and g["flops_per_sample"] > 0
-    assert [v.get("error") for v in g["variants"]] == [None, None]
+    assert [v.get("error") for v in g["variants"]] == [None, None, None]
     assert all(v["samples_per_s"] > 0 and v["ratio"] > 0 for v in g["variants"])
     assert "### tiny Z-Image: Z-Image, 64² batch 2" in text
 
