@@ -1,12 +1,15 @@
 """`comfy-e2e --comfyui PATH [--python PY]`: the training example workflow, end to end, on a real ComfyUI server.
 
 In a temporary base folder (ComfyUI's --base-directory: models, custom_nodes, input, output, temp, user) it links
-this pack into custom_nodes/, writes the tiny ComfyUI-layout models and the demo images, starts `PY main.py
---cpu` on 127.0.0.1 (a free port), queues example_workflows/"Train a LoRA and sample with it.json" over HTTP with
-the tiny files, small sizes and a few steps substituted, follows the websocket, checks the LoRA file (every key
-under diffusion_model., the step in its metadata), the lumina2t.* events, the progress events and the sample
-image, then queues the same graph again resuming that run for 2 more steps, checks the step count continues, and
-stops the server it started. `--json` ends with one JSON object: ok, lora, steps, resumed_steps, ... (docs/e2e.md).
+this pack into custom_nodes/, writes the tiny ComfyUI-layout models of the workflow's family (Lumina2; Z-Image
+when its UNETLoader loads a z_image file, as --workflow "example_workflows/Train a Z-Image LoRA and sample with
+it.json" does: ComfyUI 0.33 or newer, 2.8 GB of tiny files) and the demo images, starts `PY main.py
+--cpu` on 127.0.0.1 (a free port), queues --workflow (default example_workflows/"Train a LoRA and sample with
+it.json") over HTTP with the tiny files, small sizes and a few steps substituted, follows the websocket, checks the
+LoRA file (every key under diffusion_model., the step in its metadata), the lumina2t.* events, the progress events
+and the sample image, then queues the same graph again resuming that run for 2 more steps, checks the step count
+continues, and stops the server it started. `--json` ends with one JSON object: ok, lora, steps, resumed_steps,
+... (docs/e2e.md).
 """
 
 from __future__ import annotations
@@ -49,10 +52,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------- the base folder
 
-def prepare_base(base: Path) -> dict[str, str]:
-    """Folders, the pack link, tiny models and the demo dataset; returns the tiny model names by loader input."""
+def workflow_family(workflow: dict) -> str:
+    """"zimage" when the workflow's UNETLoader loads a Z-Image file (its name says z_image or z-image, as
+    z_image_turbo_bf16.safetensors does), else "lumina2": which tiny models stand in for its files."""
+    names = [str(v).lower().replace("-", "_") for n in workflow.get("nodes", []) if n.get("type") == "UNETLoader"
+             for v in (n.get("widgets_values") or [])[:1]]
+    return "zimage" if any("z_image" in name for name in names) else "lumina2"
+
+
+def tiny_model_names(family: str) -> dict[str, str]:
+    """The tiny ComfyUI-layout files' names by loader input (diffusion_model, text_encoder, vae)."""
+    from ..tiny.comfy_layout import FILE_NAMES
+    from ..tiny.zimage import comfy_zimage_file_names
+
+    return comfy_zimage_file_names() if family == "zimage" else {k: Path(v).name for k, v in FILE_NAMES.items()}
+
+
+def prepare_base(base: Path, family: str = "lumina2") -> dict[str, str]:
+    """Folders, the pack link, the family's tiny models and the demo dataset; returns the tiny model names by
+    loader input."""
     from ..demo import write_demo_dataset
     from ..tiny.comfy_layout import FILE_NAMES, write_comfy_tiny_models
+    from ..tiny.zimage import COMFY_QWEN3_FILE_NAME, write_comfy_tiny_zimage_models
 
     if not (PACK_ROOT / "__init__.py").is_file() or not (PACK_ROOT / "nodes").is_dir():
         raise ServerError(f"{PACK_ROOT}: not the pack's source tree (no __init__.py or nodes/). Run comfy-e2e from a "
@@ -62,11 +83,17 @@ def prepare_base(base: Path) -> dict[str, str]:
     link = base / "custom_nodes" / PACK_NAME
     if not link.exists():
         link.symlink_to(PACK_ROOT, target_is_directory=True)
-    if not all((base / "models" / f).is_file() for f in FILE_NAMES.values()):
-        log.info("writing the tiny ComfyUI-layout models (about 1 GB) ...")
-        write_comfy_tiny_models(base / "models", seed=0)
+    names = tiny_model_names(family)
+    if family == "zimage":
+        files = {"diffusion_models/" + names["diffusion_model"], COMFY_QWEN3_FILE_NAME, FILE_NAMES["vae"]}
+        write, size = write_comfy_tiny_zimage_models, "about 2.8 GB"
+    else:
+        files, write, size = set(FILE_NAMES.values()), write_comfy_tiny_models, "about 1 GB"
+    if not all((base / "models" / f).is_file() for f in files):
+        log.info("writing the tiny ComfyUI-layout %s models (%s) ...", family, size)
+        write(base / "models", seed=0)
     write_demo_dataset(base / "input" / "lumina2_dataset", size_px=64)
-    return {key: Path(path).name for key, path in FILE_NAMES.items()}
+    return names
 
 
 def free_port() -> int:
@@ -144,7 +171,7 @@ def tiny_prompt(workflow: dict, object_info: dict, models: dict[str, str], steps
     sets = tiny_settings(models, steps)
     for node in prompt.values():
         node["inputs"].update(sets.get(node["class_type"], {}))
-        if node["class_type"] == "CLIPLoader":  # the stock loader builds the 2.6 B Gemma2 (docs/e2e.md)
+        if node["class_type"] == "CLIPLoader":  # the stock loader builds the 2.6 B Gemma2 / 4 B Qwen3 (docs/e2e.md)
             node["class_type"], node["inputs"] = "Lumina2T_LoadTinyCLIP", {"clip_name": models["text_encoder"]}
     if len(nodes_of_type(prompt, TRAIN_NODE)) != 1:
         raise ServerError(f"the workflow must hold exactly one {TRAIN_NODE} node")
@@ -211,7 +238,8 @@ def check_run(run, train_id: str, first: int, last: int, problems: list[str], *,
 
 def run_e2e(args: argparse.Namespace, base: Path) -> dict:
     started = time.monotonic()
-    models = prepare_base(base)
+    workflow = json.loads(Path(args.workflow).read_text(encoding="utf-8"))
+    models = prepare_base(base, workflow_family(workflow))
     comfyui = Path(args.comfyui).expanduser().resolve()
     if not (comfyui / "main.py").is_file():
         raise ServerError(f"--comfyui {comfyui}: no main.py there. Give the ComfyUI folder")
@@ -223,7 +251,6 @@ def run_e2e(args: argparse.Namespace, base: Path) -> dict:
     result = {"ok": False, "lora": None, "steps": 0, "server_log": str(log_path), "problems": []}
     try:
         wait_ready(client, proc, log_path, timeout_s=300)
-        workflow = json.loads(Path(args.workflow).read_text(encoding="utf-8"))
         prompt = tiny_prompt(workflow, client.get("/object_info", timeout_s=120), models, args.steps)
         result.update(_queue_twice(client, proc, prompt, workflow, args))
     finally:

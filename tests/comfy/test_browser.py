@@ -42,7 +42,8 @@ pytestmark = [pytest.mark.comfy, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = "Lumina2T_TrainLoRA"
 HELP_LINE = "Trains the adapter on the cached dataset"  # web/docs/Lumina2T_TrainLoRA.md, first paragraph
-TEMPLATES = ("Train a LoRA and sample with it", "Resume a training run")  # example_workflows/*.json
+TEMPLATES = ("Train a LoRA and sample with it", "Resume a training run",  # example_workflows/*.json
+             "Train a Z-Image LoRA and sample with it")
 # The Vue node renderer of frontends before 1.30 was an experimental preview that drew no DOM widget of any pack
 # (nor ComfyUI's own text boxes), so the chart cannot appear there; 1.49.6 and 1.58.1 render them.
 VUE_MIN = (1, 30)

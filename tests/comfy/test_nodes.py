@@ -97,21 +97,55 @@ def test_seeds_have_no_control_widget_and_the_train_nodes_output_the_samples_las
         assert str(outputs[4].io_type) == "IMAGE"
 
 
+# where each family's example workflow declares its model files (ComfyUI's repackaged repositories)
+MODEL_REPOS = {"lumina2": "https://huggingface.co/Comfy-Org/Lumina_Image_2.0_Repackaged/",
+               "zimage": "https://huggingface.co/Comfy-Org/z_image_turbo/"}
+
+
+@pytest.fixture
+def zimage_files(comfy, comfy_models):
+    """The tiny Z-Image DiT and Qwen3-4B-layout CLIP files (tiny/zimage.py) in the registered model folders, for
+    the Z-Image workflow's loaders to list; removed afterwards (2.6 GB). Skips on a ComfyUI without Z-Image."""
+    import importlib
+
+    from safetensors.torch import save_file
+
+    from lumina2_train.tiny.comfy_layout import write_comfy_tiny_zimage
+    from lumina2_train.tiny.qwen3 import comfy_tiny_qwen3_state_dict
+    from lumina2_train.tiny.zimage import COMFY_QWEN3_FILE_NAME
+
+    if not hasattr(importlib.import_module("comfy.supported_models"), "ZImage"):
+        pytest.skip("this ComfyUI has no Z-Image (0.3.64)")
+    paths = [write_comfy_tiny_zimage(comfy_models["root"], seed=0), comfy_models["root"] / COMFY_QWEN3_FILE_NAME]
+    save_file(comfy_tiny_qwen3_state_dict(seed=0), str(paths[1]))
+    yield paths
+    for path in paths:
+        path.unlink()
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
-def test_example_workflow_uses_registered_nodes_and_validates(pack, comfy, comfy_models, object_info, path):
+def test_example_workflow_uses_registered_nodes_and_validates(pack, comfy, comfy_models, object_info, path, request):
+    from lumina2_train.comfyui.e2e import tiny_model_names, tiny_prompt, workflow_family
+
     workflow = json.loads(path.read_text(encoding="utf-8"))
+    family = workflow_family(workflow)
+    assert family == ("zimage" if "Z-Image" in path.stem else "lumina2")
     unknown = node_types(workflow) - set(comfy.nodes.NODE_CLASS_MAPPINGS) - FRONTEND_ONLY
     assert not unknown
     assert path.with_suffix(".jpg").is_file(), f"no thumbnail {path.with_suffix('.jpg').name}"
     for node in workflow["nodes"]:  # model files are declared as ComfyUI's own templates do
         if node["type"] in ("UNETLoader", "CLIPLoader", "VAELoader", "CheckpointLoaderSimple"):
             models = node["properties"]["models"]
-            assert models and all(m["url"].startswith("https://huggingface.co/Comfy-Org/Lumina_Image_2.0_Repackaged/")
-                                  and m["name"] in node["widgets_values"] for m in models)
-    from lumina2_train.comfyui.e2e import tiny_prompt
-
-    names = {k: Path(v).name for k, v in comfy_models.items() if k in ("diffusion_model", "text_encoder", "vae")}
+            assert models and all(m["url"].startswith(MODEL_REPOS[family]) and m["name"] in node["widgets_values"]
+                                  and m["url"].endswith("/" + m["name"]) for m in models)
+        if node["type"] == "CLIPLoader":  # ComfyUI loads Gemma2-2B and Z-Image's Qwen3-4B with type lumina2
+            assert node["widgets_values"][1] == "lumina2"
+    if family == "zimage":
+        request.getfixturevalue("zimage_files")
+    names = tiny_model_names(family)
     prompt = tiny_prompt(workflow, object_info, names, steps=2)
+    assert {n["inputs"].get("unet_name") for n in prompt.values() if n["class_type"] == "UNETLoader"} == {
+        names["diffusion_model"]}
     (pack.input / "lumina2_dataset").mkdir(exist_ok=True)
     import execution
 
@@ -125,7 +159,8 @@ def test_bad_inputs_are_refused_when_queued(pack, comfy, comfy_models, object_in
 
     from lumina2_train.comfyui.e2e import tiny_prompt
 
-    workflow = json.loads(WORKFLOWS[-1].read_text(encoding="utf-8"))  # "Train a LoRA and sample with it"
+    train = REPO / "example_workflows" / "Train a LoRA and sample with it.json"  # not WORKFLOWS[-1]: Z-Image sorts last
+    workflow = json.loads(train.read_text(encoding="utf-8"))
     names = {k: Path(v).name for k, v in comfy_models.items() if k in ("diffusion_model", "text_encoder", "vae")}
     prompt = tiny_prompt(workflow, object_info, names, steps=2)
     (pack.input / "lumina2_dataset").mkdir(exist_ok=True)
