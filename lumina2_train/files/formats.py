@@ -1,34 +1,35 @@
-"""LoRA file I/O and format detection: the one home of LoRA key names. No ComfyUI imports.
+"""LoRA file I/O and format detection, for Lumina2 and Z-Image (`arch.family`). No ComfyUI imports.
 
 What we write by default ('comfyui'), per adapted native module `<m>` (e.g. `layers.12.attention.qkv`):
     diffusion_model.<m>.lora_A.weight   (rank, in)    the down projection
     diffusion_model.<m>.lora_B.weight   (out, rank)   the up projection with alpha/rank folded in
 and no `.alpha` key, so ComfyUI applies scale 1.0 and ΔW = lora_B @ lora_A exactly as trained. The fused qkv is
 never split. ComfyUI's LoRA loader maps every key. diffusers' `Lumina2Pipeline.load_lora_weights` loads the same
-file when its modules are block modules of a 2B-width model: the block modules its converter also needs are
-written as zero pairs (consumers.py; listed in the metadata, dropped by our readers). Why alpha is folded
+Lumina2 file when its modules are block modules of a 2B-width model: the block modules its converter also needs
+are written as zero pairs (consumers.py; listed in the metadata, dropped by our readers). Why alpha is folded
 rather than written: docs/architecture.md. Which file loads where: docs/nodes.md.
 
 Also written: 'kohya' (`lora_unet_<m with _>.lora_down/lora_up/alpha`, unscaled up) and 'diffusers'
-(`transformer.<diffusers name>.lora_A/lora_B`, qkv split into to_q/to_k/to_v, scale folded).
-Read: all of the above, ComfyUI-style `lora_up/lora_down(+alpha)`, and diffusion-pipe's (same as ours).
+(`transformer.<diffusers name>.lora_A/lora_B`, qkv split into to_q/to_k/to_v, scale folded; Lumina2's or
+Z-Image's diffusers names by the family). Read: all of the above, ComfyUI-style `lora_up/lora_down(+alpha)`,
+diffusion-pipe's (same as ours), and diffusers names under `diffusion_model.`, `transformer.` or no prefix
+(Z-Image's training adapters), `.alpha` keys honoured; the names of every layout: lora_names.py.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..adapters.kinds import kind_of
-from ..backbones.keys import QKV_PARTS, diffusers_to_native, native_to_diffusers
+from ..backbones.keys import QKV_PARTS, native_to_diffusers
 from ..backbones.nextdit import ArchConfig
 from ..errors import FormatError
 from ..storage.atomic import atomic_save_safetensors
-from . import consumers
+from . import consumers, lora_names
 from .file_metadata import lora_metadata, written_metadata
 
 COMFY_PREFIX = "diffusion_model."
@@ -36,17 +37,6 @@ KOHYA_PREFIX = "lora_unet_"
 DIFFUSERS_PREFIX = "transformer."
 log = logging.getLogger(__name__)
 SAVE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-_KOHYA_NAME = re.compile(
-    r"^(?:(layers|noise_refiner|context_refiner)_(\d+)_(attention_qkv|attention_out|feed_forward_w[123]|"
-    r"adaLN_modulation_1)|(x_embedder|t_embedder_mlp_[02]|cap_embedder_1|final_layer_linear|"
-    r"final_layer_adaLN_modulation_1))$")
-_KOHYA_SUFFIX = {"attention_qkv": "attention.qkv", "attention_out": "attention.out",
-                 "feed_forward_w1": "feed_forward.w1", "feed_forward_w2": "feed_forward.w2",
-                 "feed_forward_w3": "feed_forward.w3", "adaLN_modulation_1": "adaLN_modulation.1"}
-_KOHYA_TOP = {"x_embedder": "x_embedder", "t_embedder_mlp_0": "t_embedder.mlp.0",
-              "t_embedder_mlp_2": "t_embedder.mlp.2", "cap_embedder_1": "cap_embedder.1",
-              "final_layer_linear": "final_layer.linear",
-              "final_layer_adaLN_modulation_1": "final_layer.adaLN_modulation.1"}
 
 
 @dataclass
@@ -99,10 +89,15 @@ def kohya_state_dict(mods: dict[str, LoraModule]) -> dict[str, torch.Tensor]:
 
 
 def diffusers_state_dict(mods: dict[str, LoraModule], arch: ArchConfig) -> dict[str, torch.Tensor]:
-    """PEFT/diffusers names; the fused qkv becomes to_q/to_k/to_v sharing one lora_A (exact)."""
+    """PEFT/diffusers names of the family (Lumina2Transformer2DModel's or ZImageTransformer2DModel's); the fused
+    qkv becomes to_q/to_k/to_v sharing one lora_A (exact)."""
     sd = {}
     for name, m in mods.items():
-        target = native_to_diffusers(name)
+        try:
+            target = native_to_diffusers(name, arch.family)
+        except KeyError:
+            raise FormatError(f"save.format diffusers: module '{name}' has no diffusers name in "
+                              f"{lora_names.NAMES.get(arch.family, arch.family)}. Save it as 'comfyui'") from None
         up = m.up * m.scale
         if isinstance(target, tuple):
             for dname, piece in zip(target, torch.split(up, list(arch.qkv_split), dim=0)):
@@ -168,20 +163,23 @@ def read_adapter_tensors(source: str | Path | dict[str, torch.Tensor]) -> dict[s
 
 def save_lora(mods: dict[str, LoraModule], path: str | Path, *, fmt: str = "comfyui", dtype: str = "bf16",
               arch: ArchConfig | None = None, metadata: dict[str, str] | None = None) -> Path:
-    """Write a LoRA file atomically (temp file + rename)."""
+    """Write a LoRA file atomically (temp file + rename); `arch`, the model's shapes, also names its family in
+    the metadata."""
+    family = arch.family if arch is not None else None
     arch = arch or ArchConfig()
     sd = lora_state_dict(mods, fmt, arch)
     warn_consumers(fmt, True, mods, arch)
-    return save_state_dict(sd, path, dtype, written_metadata(sd, metadata))
+    return save_state_dict(sd, path, dtype, written_metadata(sd, metadata, family))
 
 
 def save_adapters(adapters, path: str | Path, *, fmt: str = "comfyui", dtype: str = "bf16",
                   arch: ArchConfig | None = None, metadata: dict[str, str] | None = None) -> Path:
     """Write any AdapterSet (LoRA, DoRA, LoHa, LoKr) atomically."""
+    family = arch.family if arch is not None else None
     arch = arch or ArchConfig()
     sd = adapter_state_dict(adapters, fmt, arch)
     warn_consumers(fmt, kind_of(adapters.config).layout == "lora", adapters.names, arch)
-    return save_state_dict(sd, path, dtype, written_metadata(sd, metadata))
+    return save_state_dict(sd, path, dtype, written_metadata(sd, metadata, family))
 
 
 def warn_consumers(fmt: str, plain_lora: bool, names, arch: ArchConfig) -> None:
@@ -228,22 +226,35 @@ def load_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     raise FormatError(f"{p}: unknown file type '{p.suffix}'. Give a .safetensors file (or .pt/.ckpt/.bin)")
 
 
+def _module_of(key: str) -> str:
+    """The key less its adapter suffix (lora_A.weight, alpha, hada_w1_a, ...)."""
+    return next((key[: -len(sfx) - 1] for sfx in ADAPTER_SUFFIXES if key.endswith("." + sfx)), key)
+
+
 def detect_format(keys) -> str:
-    """'comfyui', 'kohya' or 'diffusers' from key patterns; FormatError lists the prefixes found otherwise."""
+    """'comfyui' (native names under `diffusion_model.`), 'kohya' (`lora_unet_`) or 'diffusers' (diffusers names
+    under `transformer.`, `diffusion_model.` or no prefix: lora_names.py); FormatError lists the prefixes found
+    otherwise."""
     keys = list(keys)
-    if keys and all(k.startswith(COMFY_PREFIX) for k in keys):
-        return "comfyui"
+    modules = {_module_of(k) for k in keys}
     if keys and all(k.startswith(KOHYA_PREFIX) for k in keys):
         return "kohya"
-    if keys and all(".lora_A." in k or ".lora_B." in k or k.startswith(DIFFUSERS_PREFIX) for k in keys) \
-            and any(".attn." in k or "feed_forward.linear_" in k or "norm1.linear" in k or "norm_out." in k
-                    for k in keys):
+    if keys and all(k.startswith(COMFY_PREFIX) for k in keys):
+        return "diffusers" if any(lora_names.diffusers_only(m[len(COMFY_PREFIX):]) for m in modules) else "comfyui"
+    if all(k.startswith(DIFFUSERS_PREFIX) for k in keys):
+        names = [m[len(DIFFUSERS_PREFIX):] for m in modules]
+    elif not any(k.startswith((COMFY_PREFIX, DIFFUSERS_PREFIX, KOHYA_PREFIX)) for k in keys):
+        names = list(modules)
+    else:
+        names = []
+    plain = all(k.endswith(lora_names.LORA_SUFFIXES) for k in keys)
+    if names and plain and all(lora_names.families_of(names).values()):
         return "diffusers"
     prefixes = sorted({".".join(k.split(".")[:2]) for k in keys})[:8]
     raise FormatError(
         f"unknown LoRA format: key prefixes found {prefixes}; expected 'diffusion_model.<module>' (ComfyUI, "
         "diffusion-pipe), 'lora_unet_<module>' (kohya) or 'transformer.<module>' (diffusers). Is this a "
-        "Lumina2 LoRA?")
+        "Lumina-Image-2.0 or Z-Image LoRA?")
 
 
 def _collect(pairs: dict[str, dict[str, torch.Tensor]], source: str) -> dict[str, LoraModule]:
@@ -263,34 +274,44 @@ def _collect(pairs: dict[str, dict[str, torch.Tensor]], source: str) -> dict[str
 
 
 def _split_key(key: str) -> tuple[str, str]:
-    for suffix in ("lora_A.weight", "lora_B.weight", "lora_down.weight", "lora_up.weight", "alpha"):
+    for suffix in lora_names.LORA_SUFFIXES:
         if key.endswith("." + suffix):
             return key[: -len(suffix) - 1], suffix
     raise FormatError(f"LoRA key '{key}' has a suffix we do not read (lora_A/lora_B/lora_down/lora_up/alpha)")
 
 
-def _native_from_kohya(module: str) -> str:
-    m = _KOHYA_NAME.match(module)
-    if not m:
-        raise FormatError(f"kohya LoRA module 'lora_unet_{module}' is not a Lumina2 NextDiT module")
-    if m.group(4):
-        return _KOHYA_TOP[m.group(4)]
-    return f"{m.group(1)}.{m.group(2)}.{_KOHYA_SUFFIX[m.group(3)]}"
+def _qkv_rows(native: str, parts: dict[int, LoraModule], arch: ArchConfig | None, family: str,
+              source: str) -> list[int]:
+    """Rows of q, k, v: the parts' own, the missing ones from the model (`arch`) or the family's rule (q rows =
+    width; Z-Image: k, v as q; Lumina2: k as v)."""
+    rows = [parts[i].up.shape[0] if i in parts else None for i in range(3)]
+    if arch is not None:
+        if any(r is not None and r != want for r, want in zip(rows, arch.qkv_split)):
+            raise FormatError(f"{source}: the to_q/to_k/to_v pairs of '{native}' have {rows} rows, the model's "
+                              f"{list(arch.qkv_split)}. It was trained for another model: give a LoRA for this one")
+        return list(arch.qkv_split)
+    width = next(iter(parts.values())).down.shape[1]
+    rows[0] = rows[0] or width
+    if family == lora_names.ZIMAGE:
+        return [rows[0]] * 3
+    if rows[1] is None and rows[2] is None:
+        raise FormatError(f"{source}: '{native}' has a to_q pair only, so the rows of to_k/to_v are unknown. Give "
+                          "the file with all three, or read it with the model")
+    return [rows[0], rows[1] or rows[2], rows[2] or rows[1]]
 
 
-def _fuse_qkv(parts: dict[int, LoraModule], arch: ArchConfig) -> LoraModule:
+def _fuse_qkv(parts: dict[int, LoraModule], rows: list[int], native: str, source: str) -> LoraModule:
     """diffusers to_q/to_k/to_v LoRAs -> one native qkv LoRA (exact; rank grows unless lora_A is shared)."""
-    rows = arch.qkv_split
-    first = next(iter(parts.values()))
-    in_f = first.down.shape[1]
     ups = [parts[i].up * parts[i].scale if i in parts else None for i in range(3)]
     downs = [parts[i].down if i in parts else None for i in range(3)]
     present = [d for d in downs if d is not None]
+    if len({d.shape[1] for d in present}) > 1:
+        raise FormatError(f"{source}: the to_q/to_k/to_v pairs of '{native}' read {[d.shape[1] for d in present]} "
+                          "input features; they must be equal. The file is damaged: export it again")
     if len(present) == 3 and all(torch.equal(present[0], d) for d in present[1:]):
         return LoraModule(present[0], torch.cat(ups, dim=0), None)
-    rank = sum(d.shape[0] for d in present)
     down = torch.cat(present, dim=0)
-    up = torch.zeros(sum(rows), rank)
+    up = torch.zeros(sum(rows), down.shape[0])
     r0 = 0
     for i in range(3):
         if ups[i] is None:
@@ -298,13 +319,35 @@ def _fuse_qkv(parts: dict[int, LoraModule], arch: ArchConfig) -> LoraModule:
         row0, r = sum(rows[:i]), downs[i].shape[0]
         up[row0 : row0 + rows[i], r0 : r0 + r] = ups[i]
         r0 += r
-    assert down.shape == (rank, in_f)
     return LoraModule(down, up, None)
 
 
+def _to_native(mods: dict[str, LoraModule], names: dict[str, str], arch: ArchConfig | None, family: str,
+               source: str, underscored: bool) -> dict[str, LoraModule]:
+    """{file module: LoraModule} -> {native module: LoraModule}, the to_q/to_k/to_v parts fused into qkv."""
+    held: dict[str, dict[int | None, str]] = {}
+    for key in mods:
+        native, part = lora_names.resolve(names[key], family, underscored)
+        if part in held.setdefault(native, {}) or (held[native] and (part is None or None in held[native])):
+            raise FormatError(f"{source}: '{key}' and '{next(iter(held[native].values()))}' both hold '{native}'. "
+                              "Keep one of them: the file holds this module twice")
+        held[native][part] = key
+    out = {}
+    for native, parts in held.items():
+        if None in parts:
+            out[native] = mods[parts[None]]
+        else:
+            by_part = {i: mods[k] for i, k in parts.items()}
+            out[native] = _fuse_qkv(by_part, _qkv_rows(native, by_part, arch, family, source), native, source)
+    return out
+
+
 def read_lora(source: str | Path | dict[str, torch.Tensor], arch: ArchConfig | None = None) -> dict[str, LoraModule]:
-    """Any supported Lumina2 LoRA (file or state dict) -> {native module name: LoraModule}."""
-    arch = arch or ArchConfig()
+    """Any supported Lumina2 or Z-Image LoRA (file or state dict) -> {native module name: LoraModule}.
+
+    The family is `arch.family` when `arch` (the model's shapes) is given, and a file for the other family member
+    is refused, naming it; without `arch` the module names tell (a name both members have means the same native
+    module in both)."""
     name = str(source) if not isinstance(source, dict) else "LoRA state dict"
     sd = source if isinstance(source, dict) else load_state_dict(source)[0]
     fmt = detect_format(sd.keys())
@@ -312,21 +355,15 @@ def read_lora(source: str | Path | dict[str, torch.Tensor], arch: ArchConfig | N
     for key, value in sd.items():
         module, suffix = _split_key(key)
         groups.setdefault(module, {})[suffix] = value
-    if fmt == "comfyui":
-        return _collect({m[len(COMFY_PREFIX):]: p for m, p in groups.items()}, name)
-    if fmt == "kohya":
-        return _collect({_native_from_kohya(m[len(KOHYA_PREFIX):]): p for m, p in groups.items()}, name)
-    mods = _collect({m.removeprefix(DIFFUSERS_PREFIX): p for m, p in groups.items()}, name)
-    out: dict[str, LoraModule] = {}
-    qkv: dict[str, dict[int, LoraModule]] = {}
-    for dname, mod in mods.items():
-        native, part = diffusers_to_native(dname)
-        if part is None:
-            out[native] = mod
-        else:
-            qkv.setdefault(native, {})[part] = mod
-    out.update({n: _fuse_qkv(p, arch) for n, p in qkv.items()})
-    return out
+    underscored = fmt == "kohya"
+    names = {m: lora_names.strip_prefix(m, fmt) for m in groups}
+    if arch is not None:
+        lora_names.require_family(names.values(), arch.family, name, underscored)
+    if fmt == "comfyui":  # native names: check_fits judges the modules against the model
+        return _collect({names[m]: p for m, p in groups.items()}, name)
+    # None: every name is in both members and means the same module there
+    family = lora_names.family_from_names(names.values(), name, underscored) or (arch or ArchConfig()).family
+    return _to_native(_collect(groups, name), names, arch, family, name, underscored)
 
 
 def check_fits(mods: dict[str, LoraModule], backbone) -> None:
@@ -343,7 +380,8 @@ def check_fits(mods: dict[str, LoraModule], backbone) -> None:
         elif m.down.shape[1] != in_f or m.up.shape[0] != out_f:
             problems.append(f"'{name}' is {m.up.shape[0]}x{m.down.shape[1]}, the model's is {out_f}x{in_f}")
     if problems:
-        raise FormatError("this LoRA does not fit the loaded Lumina2 model (" + "; ".join(problems[:4]) +
+        model = "Z-Image" if backbone.arch.is_zimage else "Lumina2"
+        raise FormatError(f"this LoRA does not fit the loaded {model} model (" + "; ".join(problems[:4]) +
                           (f"; and {len(problems) - 4} more" if len(problems) > 4 else "") +
                           "). It was trained for another model or another size. Give a LoRA trained for this model")
 
