@@ -13,6 +13,8 @@ import json
 
 import torch
 
+# the modelspec architecture of a whole fine-tuned DiT (a full fine-tune's model file) per family member
+MODEL_ARCHITECTURE = {"lumina2": "lumina-2", "zimage": "z-image"}
 # what a file for each family member says; a value of the other member is replaced when the file is written
 FAMILY_METADATA = {
     "lumina2": {"modelspec.architecture": "lumina-2/lora", "ss_base_model_version": "lumina2",

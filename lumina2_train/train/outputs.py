@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..adapters.kinds import kind_of, network_metadata
+from ..files.file_metadata import MODEL_ARCHITECTURE, for_family
 from ..files.formats import lora_metadata, save_adapters
 from ..files.fullmodel import save_diffusers_transformer, save_diffusion_model
 from .checkpoint import CheckpointState, capture_rng, checkpoint_temp, save_checkpoint
@@ -77,7 +78,8 @@ class TrainerOutputs:
                            extra={"lumina2t.system_prompt": self.cache.system_prompt,
                                   **network_metadata(a)})
         if kind_of(a).writes_model:  # the whole fine-tuned DiT, a file ComfyUI's UNETLoader opens
-            md["modelspec.architecture"] = "lumina-2"
+            md = {**for_family(md, self.backbone.arch.family), "modelspec.architecture": MODEL_ARCHITECTURE.get(
+                self.backbone.arch.family, "lumina-2")}
             return save_diffusion_model(self.setup.adapters, self.backbone, path, dtype=self.cfg.save.dtype,
                                         metadata=md)
         return save_adapters(self.setup.adapters, path, fmt=self.cfg.save.format, dtype=self.cfg.save.dtype,

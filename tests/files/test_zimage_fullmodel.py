@@ -5,6 +5,7 @@ import dataclasses
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from lumina2_train.backbones.diffusers import DiffusersBackbone
@@ -39,6 +40,10 @@ def test_the_zimage_model_file_is_a_zimage_and_matches_the_trained_model(trained
     backbone, res = trained
     sd = load_file(str(res.lora_path))
     assert "layers.0.attention.qkv.weight" in sd and "cap_pad_token" in sd
+    with safe_open(str(res.lora_path), framework="pt") as f:
+        md = f.metadata()
+    assert md["modelspec.architecture"] == "z-image" and md["lumina2t.family"] == "zimage"
+    assert "Lumina-Image-2.0" not in md.get("modelspec.implementation", "")
     assert arch_from_shapes({k: tuple(v.shape) for k, v in sd.items()}, "file").family == "zimage"
     x, s, f = _inputs()
     with torch.no_grad():
