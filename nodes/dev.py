@@ -19,13 +19,13 @@ class LoadTinyCLIP(io.ComfyNode):
         return io.Schema(
             node_id="Lumina2T_LoadTinyCLIP", display_name="Load Tiny Test CLIP (Lumina2, dev)",
             category="Lumina2 Trainer/9 Dev",
-            description="FOR TESTS AND DEMOS ONLY: loads the tiny random Gemma2 text encoder written by "
-                        "'python -m lumina2_train make-tiny-models' (it makes no sensible pictures). Real "
-                        "workflows use Load CLIP with type 'lumina2'.",
+            description="FOR TESTS AND DEMOS ONLY: loads a tiny random text encoder written by "
+                        "'python -m lumina2_train make-tiny-models' (Gemma2 for Lumina2, Qwen3 with --family "
+                        "zimage; it makes no sensible pictures). Real workflows use Load CLIP with type 'lumina2'.",
             inputs=[io.Combo.Input("clip_name", options=folder_paths.get_filename_list("text_encoders"),
                                    tooltip="The tiny text encoder file in models/text_encoders.")],
             outputs=[io.Clip.Output("clip", display_name="clip",
-                                    tooltip="A Lumina2 CLIP (tiny Gemma2), for Cache Latents & Text.")],
+                                    tooltip="A tiny CLIP (Gemma2 or Qwen3, read from the file), for Cache Latents & Text.")],
             is_experimental=True,
         )
 

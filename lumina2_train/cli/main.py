@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("lumina2_train.cli.demo", "run the whole pipeline on the bundled demo data with tiny models"),
     "train": ("lumina2_train.cli.train", "train from a TOML/JSON run config against local weights"),
     "scan": ("lumina2_train.data.scan_command", "report what a dataset folder holds, without loading a model"),
-    "make-tiny-models": ("lumina2_train.cli.tiny_models", "write tiny random Lumina2-shaped models"),
+    "make-tiny-models": ("lumina2_train.cli.tiny_models", "write tiny random Lumina2 or Z-Image models"),
     "convert": ("lumina2_train.cli.convert", "rewrite a LoRA file as comfyui, diffusers or kohya (safe readers)"),
     "bench": ("lumina2_train.bench.command", "time our training step against the reference step (CUDA)"),
     "comfy-e2e": ("lumina2_train.comfyui.e2e", "train the example workflow on a real ComfyUI server, tiny models"),
