@@ -126,6 +126,7 @@ def test_a_training_adapter_is_under_the_run_and_out_of_its_lora_and_model(pack,
 
     import folder_paths
 
+    from lumina2_train.backbones.comfy import arch_from_nextdit
     from lumina2_train.files.formats import LoraModule, save_lora
 
     tree = zimage_model.model.diffusion_model
@@ -135,7 +136,7 @@ def test_a_training_adapter_is_under_the_run_and_out_of_its_lora_and_model(pack,
         out_f, in_f = tree.get_submodule(name).weight.shape
         under[name] = LoraModule(torch.randn(2, in_f, generator=gen) * 0.05, torch.randn(out_f, 2, generator=gen) * 0.05)
     path = Path(folder_paths.get_folder_paths("loras")[0]) / "unit" / "zimage_under.safetensors"
-    save_lora(under, path, fmt="comfyui", dtype="bf16")
+    save_lora(under, path, fmt="comfyui", dtype="bf16", arch=arch_from_nextdit(tree))  # a Z-Image file
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     adapter = pack.run("Lumina2T_ConfigureAdapter", **pack.defaults(
         "Lumina2T_ConfigureAdapter", rank=4, alpha=4.0, training_adapter="unit/zimage_under.safetensors"))[0]
