@@ -35,10 +35,23 @@ class Batch:
                      self.bucket, self.offset, self.global_size)
 
 
+# A batch of mixed caption lengths is padded (and masked) to a multiple of this many tokens: the masked tokens
+# change nothing (positions come from each sample's own length), and a compiled step meets a few padded shapes
+# instead of one per longest caption (docs/benchmarks.md, "Real caption lengths")
+CAPTION_PAD_MULTIPLE = 32
+
+
+def _round_up(n: int) -> int:
+    return -(-n // CAPTION_PAD_MULTIPLE) * CAPTION_PAD_MULTIPLE
+
+
 def pad_captions(feats: list[torch.Tensor], length: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Right-pad (L_i, D) features to (B, max(L_max, length), D); the mask is None when nothing was padded."""
+    """Right-pad (L_i, D) features to (B, L, D), L = max(L_max, length); when lengths differ (a mask is needed) L
+    is rounded up to CAPTION_PAD_MULTIPLE. The mask is None when nothing was padded."""
     lengths = [f.shape[0] for f in feats]
     L = max(max(lengths), length)
+    if min(lengths) != L:
+        L = _round_up(L)
     out = feats[0].new_zeros(len(feats), L, feats[0].shape[1])
     mask = torch.zeros(len(feats), L, dtype=torch.long)
     for i, f in enumerate(feats):
@@ -71,7 +84,8 @@ def collate(cache, indices: list[int], bucket, gen: torch.Generator, caption_dro
     length = 0
     if part is not None:
         empty = cache.empty_prompt_features().shape[0] if any(d for _, d in draws) else 0
-        length = max(empty if drop else cache.caption_length(i) for i, (_, drop) in zip(indices, draws))
+        lengths = [empty if drop else cache.caption_length(i) for i, (_, drop) in zip(indices, draws)]
+        length = max(lengths) if min(lengths) == max(lengths) else _round_up(max(lengths))  # as one process pads
     cap, cap_mask = pad_captions(feats, length)
     has_mask = any(m is not None for m in masks)
     mask_t = torch.stack([m if m is not None else torch.ones_like(lat[0][:1]) for m in masks]) if has_mask else None

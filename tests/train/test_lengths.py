@@ -67,4 +67,25 @@ def test_a_run_with_split_lengths_matches_the_masked_run(run_config, tiny_backbo
         result = Trainer(cfg, backbone, tensor_cache, run_dir=tmp_path / f"run{split}").run()
         losses[split] = result.losses
     assert split_calls and all(n == 3 for n in split_calls)  # every step: lengths 5, 3, 4 in one batch
-    torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), atol=1e-5, rtol=1e-4)
+    # the first step's loss is the same forward on the same weights; later steps carry float noise of the masked
+    # forward (its batch is padded to CAPTION_PAD_MULTIPLE tokens) through AdamW's normalised updates
+    torch.testing.assert_close(torch.tensor(losses[True][0]), torch.tensor(losses[False][0]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), atol=1e-5, rtol=1e-3)
+
+
+def test_mixed_lengths_pad_to_a_multiple_and_the_padding_changes_nothing(tiny_backbone):
+    from lumina2_train.train.step import CAPTION_PAD_MULTIPLE, pad_captions
+
+    gen = torch.Generator().manual_seed(0)
+    feats = [torch.randn(n, 32, generator=gen) for n in (5, 3)]
+    cap, mask = pad_captions(feats)
+    assert cap.shape[1] == CAPTION_PAD_MULTIPLE and mask.sum(1).tolist() == [5, 3]
+    same, none = pad_captions([feats[0], feats[0].clone()])
+    assert same.shape[1] == 5 and none is None  # one length: no mask, no padding (the faster unmasked kernel)
+    x, sigma = torch.randn(2, 16, 8, 8, generator=gen), torch.tensor([0.3, 0.7])
+    tight = torch.zeros(2, 5, 32)
+    tight[0], tight[1, :3] = feats[0], feats[1]
+    with torch.no_grad():
+        want = tiny_backbone.velocity(x, sigma, tight, torch.tensor([[1] * 5, [1, 1, 1, 0, 0]]))
+        got = tiny_backbone.velocity(x, sigma, cap, mask)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
