@@ -134,6 +134,24 @@ def comfy_qwen3(comfy, tmp_path_factory):
     return clip, sd
 
 
+@pytest.fixture(scope="module")
+def zimage_model(comfy, comfy_models):
+    """A tiny Z-Image MODEL from the stock UNETLoader (tiny/comfy_layout.py: 3840 wide as ComfyUI's detection needs,
+    one main layer), per test module, its file removed after; skips on a ComfyUI without Z-Image (0.3.64)."""
+    import importlib
+
+    if not hasattr(importlib.import_module("comfy.supported_models"), "ZImage"):
+        pytest.skip("this ComfyUI has no Z-Image (0.3.64)")
+    from lumina2_train.tiny.comfy_layout import write_comfy_tiny_zimage
+
+    path = write_comfy_tiny_zimage(comfy_models["root"], seed=0)
+    with torch.inference_mode():
+        (model,) = comfy.nodes.UNETLoader().load_unet(path.name, "default")
+    assert type(model.model.model_config).__name__ == "ZImage"
+    yield model
+    path.unlink()
+
+
 @pytest.fixture(scope="session")
 def comfy_vae(comfy, comfy_models):
     """VAE from the stock VAELoader node."""

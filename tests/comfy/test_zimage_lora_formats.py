@@ -35,22 +35,6 @@ def _velocity(comfy, model):
 
 
 @pytest.fixture(scope="module")
-def zimage_model(comfy, comfy_models):
-    import importlib
-
-    if not hasattr(importlib.import_module("comfy.supported_models"), "ZImage"):
-        pytest.skip("this ComfyUI has no Z-Image (0.3.64)")
-    from lumina2_train.tiny.comfy_layout import write_comfy_tiny_zimage
-
-    path = write_comfy_tiny_zimage(comfy_models["root"], seed=0)
-    with torch.inference_mode():
-        (model,) = comfy.nodes.UNETLoader().load_unet(path.name, "default")
-    assert type(model.model.model_config).__name__ == "ZImage"
-    yield model
-    path.unlink()
-
-
-@pytest.fixture(scope="module")
 def files(comfy, comfy_models, zimage_model):
     """{layout: file name} of one random LoRA on every Linear group, its output with our backbone, the base
     output and its module names. Outputs are taken before any LoRA loads (ComfyUI patches the shared weights)."""

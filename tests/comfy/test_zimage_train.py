@@ -46,22 +46,6 @@ def test_a_comfyui_without_zimage_refuses_the_file_before_any_node_of_ours(comfy
 
 
 @pytest.fixture(scope="module")
-def zimage_model(comfy, comfy_models):
-    import importlib
-
-    if not hasattr(importlib.import_module("comfy.supported_models"), "ZImage"):
-        pytest.skip("this ComfyUI has no Z-Image (0.3.64)")
-    from lumina2_train.tiny.comfy_layout import write_comfy_tiny_zimage
-
-    path = write_comfy_tiny_zimage(comfy_models["root"], seed=0)
-    with torch.inference_mode():
-        (model,) = comfy.nodes.UNETLoader().load_unet(path.name, "default")
-    assert type(model.model.model_config).__name__ == "ZImage"
-    yield model
-    path.unlink()
-
-
-@pytest.fixture(scope="module")
 def trained(pack, comfy, zimage_model, comfy_qwen3, comfy_vae, state_hash):
     from builders import write_image
 

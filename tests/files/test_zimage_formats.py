@@ -24,16 +24,20 @@ EVERY_GROUP = ("attention", "ffn", "adaln", "final", "embedders")
 BLOCK = r"^(layers|noise_refiner|context_refiner)\.\d+\."
 
 
-@pytest.fixture(scope="module")
-def zimage():
+def random_zimage_lora(seed: int):
     """(tiny ZImageTransformer2DModel, our backbone on it, random LoRA adapters on every Linear group)."""
-    model = make_tiny_transformer(seed=0, family="zimage")
+    model = make_tiny_transformer(seed=seed, family="zimage")
     backbone = DiffusersBackbone.from_model(model)
     adapters = build_adapters(backbone, AdapterConfig(rank=4, alpha=8.0, targets=EVERY_GROUP))
     with torch.no_grad():
         for p in adapters.parameters():
             p.normal_(0, 0.05)
     return model, backbone, adapters
+
+
+@pytest.fixture(scope="module")
+def zimage():
+    return random_zimage_lora(seed=0)
 
 
 def _deltas(mods):
@@ -100,12 +104,7 @@ def test_the_diffusers_file_loads_in_the_zimage_pipeline_and_matches_our_output(
     """diffusers' ZImagePipeline.load_lora_weights (its loader and PEFT) on our file gives our backbone's output."""
     from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
 
-    model = make_tiny_transformer(seed=1, family="zimage")
-    backbone = DiffusersBackbone.from_model(model)
-    adapters = build_adapters(backbone, AdapterConfig(rank=4, alpha=8.0, targets=EVERY_GROUP))
-    with torch.no_grad():
-        for p in adapters.parameters():
-            p.normal_(0, 0.05)
+    model, backbone, adapters = random_zimage_lora(seed=1)
     path = formats.save_adapters(adapters, tmp_path / "ours.safetensors", fmt="diffusers", dtype="fp32",
                                  arch=backbone.arch)
     x, sigma, feats = velocity_inputs(2, 5, sigmas=[0.6, 0.3], seed=0)
