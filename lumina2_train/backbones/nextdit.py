@@ -12,6 +12,7 @@ shared ComfyUI model stays untouched while a LoRA trains on it.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from . import fp8
+from . import fp8, selective
 from .arch import ArchConfig  # noqa: F401  (re-exported: one import path for callers)
 from .attention import apply_rope, cuda_attention, rope_angles
 from .sequence import lumina2_positions, zimage_sequence
@@ -175,7 +176,11 @@ class ForwardOptions:
     # per (batch, joint tokens): how many blocks, counted from the last main layer backwards, keep their
     # activations instead (chosen from a memory budget by train/memory.py); unknown shapes keep none
     keep_activations: dict[tuple[int, int], int] = field(default_factory=dict)
+    # per (batch, joint tokens): how many of the recomputed blocks before those recompute selectively
+    # (backbones/selective.py: their qkv GEMM and attention outputs are kept); unknown shapes: none
+    selective_blocks: dict[tuple[int, int], int] = field(default_factory=dict)
     compiled_block: Callable | None = None  # compile_block(), set by the trainer when train.compile is on
+    compiled_selective: Callable | None = None  # selective.compile_selective(block_forward), with compiled_block
     cudnn_attention: bool = True  # on CUDA, prefer cuDNN's attention kernel (PyTorch's order otherwise)
     # a recomputed block replays the RNG state of its first run; only needed when adapters draw (dropout)
     recompute_rng: bool = True
@@ -190,6 +195,9 @@ class ForwardOptions:
 
     def kept(self, batch: int, tokens: int) -> int:
         return self.keep_activations.get((batch, tokens), 0) if self.checkpoint else 0
+
+    def selective(self, batch: int, tokens: int) -> int:
+        return self.selective_blocks.get((batch, tokens), 0) if self.checkpoint else 0
 
 
 @dataclass
@@ -249,7 +257,9 @@ def velocity(tree: nn.Module, arch: ArchConfig, x_sigma: torch.Tensor, sigma: to
     cos_c, sin_c, cos_i, sin_i = cos[:, :L], sin[:, :L], cos[:, L:], sin[:, L:]
 
     n_blocks = len(tree.context_refiner) + len(tree.noise_refiner) + len(tree.layers)
-    run = _runner(opts, lin, arch, n_blocks - opts.kept(b, L + tok.img.shape[1]))
+    tokens = L + tok.img.shape[1]
+    n_recomputed = n_blocks - opts.kept(b, tokens)
+    run = _runner(opts, lin, arch, max(0, n_recomputed - opts.selective(b, tokens)), n_recomputed)
     cap, img, order = tok.cap, tok.img, 0
     for i, blk in enumerate(tree.context_refiner):
         cap = run(blk, f"context_refiner.{i}", cap, key_mask, cos_c, sin_c, None, order)
@@ -272,31 +282,44 @@ def velocity(tree: nn.Module, arch: ArchConfig, x_sigma: torch.Tensor, sigma: to
     return -out  # the network predicts x − ε (official convention); the library's velocity is ε − x
 
 
-def _runner(opts: ForwardOptions, lin: Linears, arch: ArchConfig, n_checkpointed: int):
-    """run(block, prefix, x, ...) for the block at position `order`; the first `n_checkpointed` recompute."""
+def _runner(opts: ForwardOptions, lin: Linears, arch: ArchConfig, n_full: int, n_checkpointed: int):
+    """run(block, prefix, x, ...) for the block at position `order`: the first `n_full` recompute whole, the
+    next up to `n_checkpointed` recompute selectively (backbones/selective.py), the rest keep activations."""
     grad = torch.is_grad_enabled()
     names = block_linears(arch)
-    fn = opts.compiled_block if (opts.compiled_block is not None and grad) else block_forward
+    compiled = opts.compiled_block is not None and grad
+    fn = opts.compiled_block if compiled else block_forward
 
     def run(blk, prefix, x, mask, cos, sin, temb, order):
         ad = lin.block(prefix, names)
         cudnn = opts.cudnn_attention and x.is_cuda
-        recompute = opts.checkpoint and grad and order < n_checkpointed
-        rng = recompute and opts.recompute_rng
+        mode = _KEEP
+        if opts.checkpoint and grad and order < n_checkpointed:
+            mode = _FULL if order < n_full else _SELECTIVE
+        rng = mode != _KEEP and opts.recompute_rng
+        block_fn = fn
+        if mode == _SELECTIVE:
+            block_fn = opts.compiled_selective if (compiled and opts.compiled_selective is not None) else \
+                functools.partial(selective.selective_block, block_forward)
         unit = opts.units.get(prefix)
-        packer = opts.packer if (grad and not recompute) else None
+        packer = opts.packer if (grad and mode != _FULL) else None
         if unit is not None:  # through the unit's __call__: FSDP2 unshards before and reshards after
-            return unit(_run_block, fn, recompute, rng, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn, packer)
-        return _run_block(fn, recompute, rng, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn, packer)
+            return unit(_run_block, block_fn, mode, rng, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn, packer)
+        return _run_block(block_fn, mode, rng, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn, packer)
 
     return run
 
 
-def _run_block(fn, recompute: bool, rng: bool, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn, packer=None):
-    if recompute:  # no RNG replay or recompute check unless needed: both cost host time on every block
+_KEEP, _SELECTIVE, _FULL = "keep", "selective", "full"
+
+
+def _run_block(fn, mode: str, rng: bool, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn, packer=None):
+    if mode == _FULL:  # no RNG replay or recompute check unless needed: both cost host time on every block
         return _checkpoint(fn, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn, use_reentrant=False,
                            preserve_rng_state=rng, determinism_check="default" if rng else "none")
-    if packer is not None:  # a kept block: what it saves for backward is stored in fp8 (fp8.PackedActivations)
+    args = (rng, blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn) if mode == _SELECTIVE else \
+        (blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn)
+    if packer is not None:  # what the block saves for backward is stored in fp8 (fp8.PackedActivations)
         with packer.hooks():
-            return fn(blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn)
-    return fn(blk, ad, lin, arch, x, mask, cos, sin, temb, cudnn)
+            return fn(*args)
+    return fn(*args)

@@ -82,6 +82,10 @@ class TrainConfig:
     # blocks keep their activations (no recompute) while the measured step still fits (train/memory.py)
     memory_budget_gib: float = setting(0.0, "checkpointing auto: GiB the run may use (0 = 90 % of the card).",
                                        min=0.0, widget_max=4096.0, step=0.5)
+    # backbones/selective.py; spent before whole kept blocks (train/memory.py); opt-in until measured on a GPU
+    selective_recompute: bool = setting(False, "checkpointing auto: blocks that cannot keep all their activations "
+                                               "keep their qkv GEMM and attention outputs and recompute the rest, "
+                                               "where the budget allows (same numbers, less recompute).")
     # fp8: e4m3 with a scale per row (opt-in)
     saved_activations: str = setting(
         "bf16", "What blocks that keep their activations store for backward: bf16 (exact) or fp8 (half the "

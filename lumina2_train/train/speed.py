@@ -14,8 +14,9 @@ import logging
 import torch
 
 from ..backbones.fp8 import check_compute, packed_activations
-from ..backbones.nextdit import ForwardOptions, compile_block
+from ..backbones.nextdit import ForwardOptions, block_forward, compile_block
 from ..backbones.quant import quantize_base
+from ..backbones.selective import compile_selective
 from ..config import RunConfig
 from ..errors import ConfigError
 from .memory import plan_checkpointing, refine_plan, shape_key
@@ -72,16 +73,18 @@ def forward_options(backbone, cfg: RunConfig, units: dict | None = None) -> Forw
     if cfg.model.base_compute != "bf16" or packer is not None:
         log.info("frozen base GEMMs in %s, kept activations stored in %s", cfg.model.base_compute,
                  t.saved_activations)
-    compiled = None
+    compiled = compiled_sel = None
     if t.compile and backbone.device.type == "cuda":
         compiled = compile_block()  # one compiled function serves every block
+        if t.checkpointing == "auto" and t.selective_recompute:
+            compiled_sel = compile_selective(block_forward)
     elif t.compile:
         log.info("train.compile is ignored on %s (it compiles for CUDA GPUs)", backbone.device.type)
     return dataclasses.replace(
         backbone.options, checkpoint=t.checkpointing != "off",
         recompute_rng=cfg.adapter.dropout > 0,  # the only randomness inside a block
-        keep_activations={}, units=dict(units or {}), base_compute=cfg.model.base_compute, packer=packer,
-        compiled_block=compiled)
+        keep_activations={}, selective_blocks={}, units=dict(units or {}), base_compute=cfg.model.base_compute,
+        packer=packer, compiled_block=compiled, compiled_selective=compiled_sel)
 
 
 def recompile_limit(cfg: RunConfig, device: torch.device, n_buckets: int) -> int:

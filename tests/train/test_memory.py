@@ -4,15 +4,25 @@ import torch
 
 from lumina2_train.adapters import build_adapters
 from lumina2_train.config import AdapterConfig
-from lumina2_train.train.memory import MARGIN, blocks_to_keep
+from lumina2_train.train.memory import allocate
 
 
-def test_blocks_to_keep_fills_the_budget_and_no_more():
+def test_allocate_spends_the_room_on_selective_blocks_first_then_on_kept_ones():
     gib = 2**30
-    assert blocks_to_keep(10 * gib, gib, 16 * gib, 30) == int(16 * (1 - MARGIN) - 10)
-    assert blocks_to_keep(17 * gib, gib, 16 * gib, 30) == 0
-    assert blocks_to_keep(1 * gib, gib, 100 * gib, 30) == 30
-    assert blocks_to_keep(1 * gib, 0, 100 * gib, 30) == 30
+    # selective 1 GiB, kept 6 GiB: 10 GiB makes 10 of 30 selective
+    assert allocate(10 * gib, 30, 0, 0, gib, 6 * gib) == (10, 0)
+    # 40 GiB: all 30 selective (30 GiB), then 10 GiB upgrades 2 of them (5 GiB each)
+    assert allocate(40 * gib, 30, 0, 0, gib, 6 * gib) == (28, 2)
+    assert allocate(1000 * gib, 30, 0, 0, gib, 6 * gib) == (0, 30)
+    assert allocate(-gib, 30, 0, 0, gib, 6 * gib) == (0, 0)
+    # giving back: kept blocks go back to selective first, then selective ones to whole recomputes
+    assert allocate(-5 * gib, 30, 28, 2, gib, 6 * gib) == (29, 1)
+    assert allocate(-12 * gib, 30, 28, 2, gib, 6 * gib) == (28, 0)
+    # no selective recompute: whole blocks only, as many as fit
+    assert allocate(13 * gib, 30, 0, 0, 0, 6 * gib) == (0, 2)
+    assert allocate(13 * gib, 30, 0, 1, 0, 6 * gib) == (0, 3)
+    assert allocate(-7 * gib, 30, 0, 3, 0, 6 * gib) == (0, 1)
+    assert allocate(gib, 30, 0, 0, 0, 0) == (0, 30)
 
 
 def test_kept_blocks_give_the_same_loss_and_gradients(tiny_backbone):
@@ -28,3 +38,4 @@ def test_kept_blocks_give_the_same_loss_and_gradients(tiny_backbone):
     for grads in results[1:]:
         for a, b in zip(results[0], grads):
             torch.testing.assert_close(a, b)
+
