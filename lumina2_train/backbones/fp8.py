@@ -165,22 +165,48 @@ class PackedActivations:
         if (t.dtype != torch.bfloat16 or t.dim() < 3 or t.numel() < MIN_PACKED or not _dense(t)
                 or t.untyped_storage().data_ptr() in self.keep):
             return t
-        q, s = quantize_rows(t)
-        stored = torch.empty_like(t, dtype=FP8)  # same strides as t: the compiled backward checks them
-        stored.copy_(q)
-        return stored, s
+        if t.is_cuda:
+            return _compiled("pack")(t)
+        return _pack_rows(t)
 
     @staticmethod
     def unpack(packed):
         if isinstance(packed, torch.Tensor):
             return packed
         stored, s = packed
-        out = torch.empty_like(stored, dtype=torch.bfloat16)
-        out.copy_(stored.float() * s)
-        return out
+        if stored.is_cuda:
+            return _compiled("unpack")(stored, s)
+        return _unpack_rows(stored, s)
 
     def hooks(self):
         return torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack)
+
+
+def _pack_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_rows stored with t's own strides (the compiled backward checks them)."""
+    q, s = quantize_rows(t)
+    stored = torch.empty_like(t, dtype=FP8)
+    stored.copy_(q)
+    return stored, s
+
+
+def _unpack_rows(stored: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(stored, dtype=torch.bfloat16)
+    out.copy_(stored.float() * s)
+    return out
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def _compiled(which: str):
+    """_pack_rows / _unpack_rows under torch.compile (CUDA): one fused kernel each way instead of the ten eager
+    ones and their fp32 temporaries, which had cost more than the recomputation the packing saves. Dynamic
+    shapes: every saved tensor of every block kind shares the same few graphs."""
+    fn = _COMPILED.get(which)
+    if fn is None:
+        fn = _COMPILED[which] = torch.compile(_pack_rows if which == "pack" else _unpack_rows, dynamic=True)
+    return fn
 
 
 def _dense(t: torch.Tensor) -> bool:

@@ -198,3 +198,18 @@ def test_fp8_is_refused_where_it_cannot_run_and_validated_in_the_config():
     assert any("train.saved_activations 'fp8'" in e and "checkpointing 'on'" in e for e in errors)
     RunConfig(model=ModelConfig(base_compute="fp8"), train=TrainConfig(saved_activations="fp8", checkpointing="auto")
               ).validate(need_data=False)
+
+
+@pytest.mark.slow
+def test_the_compiled_pack_equals_the_eager_one_and_keeps_the_strides():
+    """CUDA packs with the compiled pair (one fused kernel each way); compiled here on the CPU, it must give
+    the eager pair's fp8 values, scales and strides, for contiguous and transposed (dense) saved tensors."""
+    torch.manual_seed(0)
+    base = torch.randn(2, 40, 4, 24, dtype=torch.bfloat16) * 3
+    for t in (base, base.transpose(1, 2)):  # (B, N, H, d) and the (B, H, N, d) view attention saves
+        stored, scale = fp8._compiled("pack")(t)
+        ref_stored, ref_scale = fp8._pack_rows(t)
+        assert stored.stride() == t.stride() and stored.dtype == fp8.FP8
+        assert torch.equal(stored.float(), ref_stored.float()) and torch.equal(scale, ref_scale)
+        back = fp8._compiled("unpack")(stored, scale)
+        assert back.stride() == t.stride() and torch.equal(back, fp8._unpack_rows(ref_stored, ref_scale))
