@@ -49,6 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-precision", default="bf16", choices=BASES, help="storage of the frozen base")
     p.add_argument("--base-compute", default="bf16", choices=COMPUTES,
                    help="the frozen base's block GEMMs: bf16 (exact) or fp8 (model.base_compute)")
+    p.add_argument("--selective", action="store_true",
+                   help="ckpt auto: recompute selectively where the budget allows (train.selective_recompute)")
     p.add_argument("--saved-activations", default="bf16", choices=ACTIVATIONS,
                    help="what kept blocks store for backward (train.saved_activations)")
     p.add_argument("--backbone", default="diffusers", choices=BACKBONES,
@@ -78,6 +80,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peer-comfyui", action="append", default=[], metavar="DIR",
                    help="a ComfyUI tree whose TrainLoraNode --peers times (repeatable; default: --comfyui)")
     p.add_argument("--kohya", default="", metavar="DIR", help="a kohya-ss/sd-scripts checkout for --peers")
+    p.add_argument("--simpletuner", default="", metavar="DIR",
+                   help="a bghira/SimpleTuner checkout (the folder holding simpletuner/) for --peers")
     p.add_argument("--comfy-site", default="", metavar="DIR",
                    help="a folder of extra packages for the ComfyUI peers' processes (prepended to PYTHONPATH)")
     p.add_argument("--kohya-site", default="", metavar="DIR",
@@ -101,7 +105,8 @@ def groups_from_args(args: argparse.Namespace) -> list[Group]:
             raise BenchError(str(e)) from None
         v = Variant(label=_label(args), compile=not args.no_compile, ckpt=args.ckpt, memory_budget_gib=budget,
                     base_precision=args.base_precision, backbone=args.backbone, split_lengths=args.split_lengths,
-                    base_compute=args.base_compute, saved_activations=args.saved_activations)
+                    base_compute=args.base_compute, saved_activations=args.saved_activations,
+                    selective=args.selective)
         lengths, samples, tokens = _lengths(args.caption_lengths), args.samples, args.caption_tokens
         if args.caption_range:
             lo, hi = _range(args.caption_range)
@@ -164,6 +169,8 @@ def _label(args: argparse.Namespace) -> str:
         parts.append(f"{args.base_compute} compute")
     if args.saved_activations != "bf16":
         parts.append(f"{args.saved_activations} activations")
+    if args.ckpt == "auto" and args.selective:
+        parts.append("selective recompute")
     if args.backbone == "comfy":
         parts.insert(0, "ComfyUI NextDiT")
     if args.caption_lengths or args.caption_range:
@@ -182,8 +189,12 @@ def peers_from_args(args: argparse.Namespace, first: Group) -> tuple[list, tuple
               if not (Path(r) / "comfy_extras" / "nodes_train.py").is_file()]
     if args.kohya and not (Path(args.kohya) / "lumina_train_network.py").is_file():
         errors.append(f"--kohya {args.kohya}: no lumina_train_network.py there; pass a kohya-ss/sd-scripts checkout")
-    if not roots and not args.kohya:
-        errors.append("--peers needs --peer-comfyui DIR (or --comfyui) and/or --kohya DIR")
+    st = getattr(args, "simpletuner", "")
+    if st and not (Path(st) / "simpletuner" / "helpers" / "models" / "lumina2" / "model.py").is_file():
+        errors.append(f"--simpletuner {st}: no simpletuner/helpers/models/lumina2/model.py there; pass a "
+                      "bghira/SimpleTuner checkout")
+    if not roots and not args.kohya and not st:
+        errors.append("--peers needs --peer-comfyui DIR (or --comfyui), --kohya DIR and/or --simpletuner DIR")
     try:
         w, n = (int(x) for x in args.peer_steps.split(","))
         if w < 1 or n < 1:
@@ -193,7 +204,7 @@ def peers_from_args(args: argparse.Namespace, first: Group) -> tuple[list, tuple
         w, n = 1, 4
     if errors:
         raise BenchError("bench: " + "; ".join(errors))
-    return peer_specs(roots, args.kohya, first.batch, first.rank, args.comfy_site, args.kohya_site), (w, n)
+    return peer_specs(roots, args.kohya, first.batch, first.rank, args.comfy_site, args.kohya_site, st), (w, n)
 
 
 def require_cuda() -> None:

@@ -55,11 +55,16 @@ def _captions(head: dict) -> str:
     return f"{min(lengths)}–{max(lengths)} tokens (mean {sum(lengths) / len(lengths):.0f} over {len(lengths)} samples; TFLOP of the first)"
 
 
-def _kept(kept: dict) -> str:
-    """Blocks kept per shape; many shapes (mixed caption lengths) as a range."""
+def _kept(kept: dict, selective: dict | None = None) -> str:
+    """Blocks kept per shape (+ selectively recomputed ones); many shapes (mixed caption lengths) as a range."""
+    selective = selective or {}
     if len(kept) <= 3:
-        return ", ".join(f"{k}: {n}" for k, n in kept.items()) or "-"
-    return f"{len(kept)} shapes: {min(kept.values())}–{max(kept.values())}"
+        return ", ".join(f"{k}: {n}" + (f" + {selective[k]} sel." if selective.get(k) else "")
+                         for k, n in kept.items()) or "-"
+    out = f"{len(kept)} shapes: {min(kept.values())}–{max(kept.values())}"
+    if any(selective.values()):
+        out += f" + {min(selective.values())}–{max(selective.values())} sel."
+    return out
 
 
 def group_table(g: dict) -> list[str]:
@@ -81,7 +86,7 @@ def group_table(g: dict) -> list[str]:
         if "error" in v:
             lines.append(f"| {v['label']} | failed: {v['error'][:90]} | | | | | | |")
             continue
-        kept = _kept(v.get("blocks_kept", {}))
+        kept = _kept(v.get("blocks_kept", {}), v.get("blocks_selective"))
         lines.append(f"| {v['label']} | {_f(v['samples_per_s'])} | {_f(v.get('ratio'))} | {_f(v['peak_gib'], 1)} | "
                      f"{_f(100 * v['mfu'], 0)} % | {_f(v['compile_warmup_s'], 0)} | {v.get('graphs', '-')} | {kept} |")
     if g.get("attention_ops"):

@@ -49,7 +49,7 @@ def run_config(group: Group, v: Variant, budget_gib: float, out_dir: str, traini
                         checkpointing=v.ckpt, compile=v.compile, memory_budget_gib=budget_gib,
                         max_grad_norm=0.0 if full else 1.0, optimizer_states="8bit" if full else "fp32",
                         optimizer_in_backward=full, seed=0, split_caption_lengths=v.split_lengths,
-                        saved_activations=v.saved_activations)
+                        saved_activations=v.saved_activations, selective_recompute=v.selective)
     model = ModelConfig(base_precision="no_change" if v.base_precision == "bf16" else v.base_precision,
                         base_compute=v.base_compute)
     return RunConfig(model=model, adapter=adapter, train=train, save=SaveConfig(output_dir=out_dir)).validate(
@@ -164,6 +164,7 @@ def run_variant(group: Group, v: Variant, native: dict, inputs: models.Inputs, s
                 step, s.device, 2, profile.trace_path(s.profile, group.name, v.label))
             del step
         kept = dict(backbone.options.keep_activations)
+        selective = dict(backbone.options.selective_blocks)
         if trainer.setup.release is not None:
             trainer.setup.release.remove()
         del trainer
@@ -171,7 +172,8 @@ def run_variant(group: Group, v: Variant, native: dict, inputs: models.Inputs, s
     _free()
     row = _row(v, timing, group, ref, extra, s)
     row.update(budget_gib=budget, graphs=dyn.counters["stats"]["unique_graphs"] - graphs,
-               blocks_kept={f"{b}x{t}": k for (b, t), k in kept.items()})
+               blocks_kept={f"{b}x{t}": k for (b, t), k in kept.items()},
+               blocks_selective={f"{b}x{t}": k for (b, t), k in selective.items()})
     if prof is not None:
         row["profile"] = prof
     return row

@@ -143,3 +143,26 @@ def test_comfy_model_is_loaded_from_a_file_by_unetloaders_call(tmp_path):
     assert load_model(SimpleNamespace(sd=sd), native, quantized=False, folder=tmp_path) == "MODEL"
     assert calls == [["norm_final.weight", "x_embedder.weight"]]
     assert load_model(SimpleNamespace(sd=sd), native, quantized=False) == "DIRECT"
+
+
+@pytest.mark.skipif(not os.environ.get("SIMPLETUNER"), reason="set SIMPLETUNER to a bghira/SimpleTuner checkout "
+                    "(the folder holding simpletuner/) to run its Lumina2 step")
+def test_simpletuner_lumina2_step_on_a_tiny_model(tmp_path):
+    from lumina2_train.bench.peers.worker import run_peer, write_shared
+
+    w = models.random_weights(TINY, torch.device("cpu"))
+    inputs = models.make_inputs(Group("g", res=64, batch=2, caption_tokens=8), TINY, torch.device("cpu"))
+    paths = write_shared(tmp_path, models.native_state(w), inputs)
+    spec = dict(peer="simpletuner", root=os.environ["SIMPLETUNER"], res=64, batch=2, caption_tokens=8, steps=2,
+                warmup=1, rank=4, config=json.loads(json.dumps(TINY)), **paths, setting=dict(label="lora r4"))
+    row = run_peer(spec, torch.device("cpu"))
+    assert "error" not in row, row.get("traceback")
+    assert {"to_q", "to_k", "to_v", "to_out.0"} <= set(row["lora_targets"])
+    # rank 4 on q, k, v, out of 3 blocks (64 wide; k, v 32 out): rank x (in + out) per module
+    assert row["trainable_params"] == 3 * 4 * ((64 + 64) + (64 + 32) + (64 + 32) + (64 + 64))
+    assert row["samples_per_s"] > 0 and len(row["steps_s"]) == 2 and row["loss"] == row["loss"]
+
+
+def test_a_missing_simpletuner_checkout_is_named(tmp_path):
+    with pytest.raises(command.BenchError, match=r"--simpletuner .*no simpletuner/helpers/models/lumina2"):
+        command.peers_from_args(_args(peers=True, simpletuner=str(tmp_path)), Group("g"))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ...comfyui.peer_trainlora import NodeSetting
 from .kohya import KohyaSetting
+from .simpletuner import SimpleTunerSetting
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[3]
@@ -26,9 +27,9 @@ TIMEOUT_S = 900
 
 @dataclass(frozen=True)
 class PeerSpec:
-    peer: str  # 'comfy' | 'kohya'
-    root: str  # the ComfyUI tree or the sd-scripts checkout
-    setting: NodeSetting | KohyaSetting
+    peer: str  # 'comfy' | 'kohya' | 'simpletuner'
+    root: str  # the ComfyUI tree, the sd-scripts checkout or the SimpleTuner checkout
+    setting: NodeSetting | KohyaSetting | SimpleTunerSetting
     site: str = ""  # a folder prepended to the child's import path ('' = none)
     target_ratio: float = 0.0  # ours ÷ this peer asked for (0 = none)
     target_at_memory: bool = False  # the ratio is asked of our fastest variant within this peer's peak
@@ -54,13 +55,20 @@ def kohya_settings(rank: int) -> list[KohyaSetting]:
                          network_alpha=float(rank))]
 
 
+def simpletuner_settings() -> list[SimpleTunerSetting]:
+    return [SimpleTunerSetting("its Lumina2 LoRA step (PEFT on to_q/k/v/out, checkpointing, SDPA, clip 2.0), "
+                               "torch AdamW")]
+
+
 def peer_specs(comfy_roots: list[str], kohya_root: str, batch: int, rank: int, comfy_site: str = "",
-               kohya_site: str = "") -> list[PeerSpec]:
-    out = [PeerSpec("comfy", root, s, comfy_site, target_ratio=8.0) for root in comfy_roots
+               kohya_site: str = "", simpletuner_root: str = "") -> list[PeerSpec]:
+    out = [PeerSpec("comfy", root, s, comfy_site, target_ratio=8.0, target_at_memory=True) for root in comfy_roots
            for s in comfy_settings(batch)]
     if kohya_root:
         out += [PeerSpec("kohya", kohya_root, s, kohya_site, target_ratio=1.5, target_at_memory=True)
                 for s in kohya_settings(rank)]
+    if simpletuner_root:
+        out += [PeerSpec("simpletuner", simpletuner_root, s) for s in simpletuner_settings()]
     return out
 
 

@@ -10,6 +10,8 @@ def _f(x, digits: int = 2) -> str:
 def _name(row: dict) -> str:
     if row["peer"] == "comfy":
         return f"ComfyUI {row.get('version') or '?'} TrainLoraNode"
+    if row["peer"] == "simpletuner":
+        return f"SimpleTuner {row.get('version', '?')} (its Lumina2 model step)"
     return f"kohya sd-scripts {row.get('version', '?')} (lumina_train_network)"
 
 

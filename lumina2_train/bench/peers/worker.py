@@ -91,7 +91,25 @@ def run_kohya(spec: dict, config: dict, native: dict, inputs: models.Inputs, dev
                 lora_modules=built.modules, version=ko.checkout_version(k.root))
 
 
-RUNNERS = {"comfy": run_comfy, "kohya": run_kohya}
+def run_simpletuner(spec: dict, config: dict, native: dict, inputs: models.Inputs, device: torch.device) -> dict:
+    from ...backbones.keys import native_state_to_diffusers
+    from . import simpletuner as stp
+
+    st = stp.load_simpletuner(spec["root"])
+    setting = stp.SimpleTunerSetting(**spec["setting"])
+    head_dim = config["hidden_size"] // config["num_attention_heads"]
+    kv = config["num_kv_heads"] * head_dim
+    state = native_state_to_diffusers(native, (config["hidden_size"], kv, kv))
+    built = stp.build_step(st, config, state, inputs.latents, inputs.cap_feats, setting, spec["rank"], device)
+    loss = float("nan")
+    with step_clock(device, spec["warmup"]) as clock:
+        for _ in range(spec["warmup"] + spec["steps"]):
+            loss = built.step()
+    return _row(clock.timing(loss), inputs.latents.shape[0], clock, trainable_params=built.trainable,
+                lora_targets=built.targets, version=stp.checkout_version(st.root))
+
+
+RUNNERS = {"comfy": run_comfy, "kohya": run_kohya, "simpletuner": run_simpletuner}
 
 
 def write_shared(folder: Path, native: dict[str, torch.Tensor], inputs: models.Inputs) -> dict:
