@@ -22,6 +22,8 @@ into bf16 (same shape and strides) when the backward needs it. Half the bytes pe
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
@@ -166,7 +168,7 @@ class PackedActivations:
                 or t.untyped_storage().data_ptr() in self.keep):
             return t
         if t.is_cuda:
-            return _compiled("pack")(t)
+            return _run_compiled("pack", t)
         return _pack_rows(t)
 
     @staticmethod
@@ -175,7 +177,7 @@ class PackedActivations:
             return packed
         stored, s = packed
         if stored.is_cuda:
-            return _compiled("unpack")(stored, s)
+            return _run_compiled("unpack", stored, s)
         return _unpack_rows(stored, s)
 
     def hooks(self):
@@ -207,6 +209,18 @@ def _compiled(which: str):
     if fn is None:
         fn = _COMPILED[which] = torch.compile(_pack_rows if which == "pack" else _unpack_rows, dynamic=True)
     return fn
+
+
+def _run_compiled(which: str, *args):
+    """The compiled pair, or the eager one (logged once) where this torch cannot compile it: the same values."""
+    try:
+        return _compiled(which)(*args)
+    except Exception as e:  # a compiler failure must not stop a run the eager pair can carry on
+        eager = _pack_rows if which == "pack" else _unpack_rows
+        logging.getLogger(__name__).warning("fp8 activation %s is not compiled here (%s: %s); packing eagerly",
+                                            which, type(e).__name__, str(e).splitlines()[0][:160] if str(e) else "")
+        _COMPILED[which] = eager
+        return eager(*args)
 
 
 def _dense(t: torch.Tensor) -> bool:

@@ -213,3 +213,15 @@ def test_the_compiled_pack_equals_the_eager_one_and_keeps_the_strides():
         assert torch.equal(stored.float(), ref_stored.float()) and torch.equal(scale, ref_scale)
         back = fp8._compiled("unpack")(stored, scale)
         assert back.stride() == t.stride() and torch.equal(back, fp8._unpack_rows(ref_stored, ref_scale))
+
+
+def test_a_pack_that_cannot_compile_falls_back_to_the_eager_pair(monkeypatch, caplog):
+    def broken(*_a):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(fp8, "_COMPILED", {"pack": broken})
+    t = torch.randn(2, 8, 16, dtype=torch.bfloat16)
+    stored, scale = fp8._run_compiled("pack", t)
+    ref = fp8._pack_rows(t)
+    assert torch.equal(stored.float(), ref[0].float()) and torch.equal(scale, ref[1])
+    assert fp8._COMPILED["pack"] is fp8._pack_rows and "packing eagerly" in caplog.text
