@@ -120,6 +120,9 @@ class TrainConfig:
         if self.saved_activations != "bf16" and self.checkpointing == "on":
             out.append(f"{at}.saved_activations '{self.saved_activations}' applies to blocks that keep their "
                        "activations, and checkpointing 'on' keeps none; set checkpointing to 'auto' or 'off'")
+        if self.selective_recompute and self.checkpointing != "auto":
+            out.append(f"{at}.selective_recompute plans blocks under checkpointing 'auto' (got checkpointing "
+                       f"'{self.checkpointing}'); set checkpointing to 'auto' or selective_recompute to false")
         if (self.optimizer_states != "fp32" or self.optimizer_in_backward) and self.optimizer != "adamw":
             out.append(f"{at}.optimizer_states / optimizer_in_backward work with optimizer 'adamw' (got "
                        f"'{self.optimizer}'); choose 'adamw' or turn them off")

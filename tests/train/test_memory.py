@@ -39,3 +39,13 @@ def test_kept_blocks_give_the_same_loss_and_gradients(tiny_backbone):
         for a, b in zip(results[0], grads):
             torch.testing.assert_close(a, b)
 
+
+
+def test_selective_recompute_outside_checkpointing_auto_is_refused_with_the_fix():
+    from lumina2_train.config import TrainConfig
+
+    for mode in ("on", "off"):
+        errors = TrainConfig(selective_recompute=True, checkpointing=mode).errors()
+        assert any("train.selective_recompute" in e and f"'{mode}'" in e and "set checkpointing to 'auto'" in e
+                   for e in errors), errors
+    assert TrainConfig(selective_recompute=True, checkpointing="auto").errors() == []
