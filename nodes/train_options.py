@@ -65,7 +65,8 @@ def added_inputs() -> list[io.Input]:
     return [*(advanced(widget(TrainConfig, e.lstrip("+"), optional=True)) for e in _ADDED),
             advanced(widget(TrainConfig, "saved_activations", optional=True)),
             advanced(widget(ModelConfig, "base_compute", optional=True)),
-            advanced(widget(ModelConfig, "variant", optional=True))]  # Z-Image-Turbo or Base; auto: the file name
+            advanced(widget(ModelConfig, "variant", optional=True)),  # Z-Image-Turbo or Base; auto: the file name
+            advanced(widget(TrainConfig, "selective_recompute", optional=True))]  # newest: last
 
 
 def model_from_widgets(widgets: dict) -> ModelConfig:

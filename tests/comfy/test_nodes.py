@@ -74,7 +74,8 @@ def test_advanced_train_node_exposes_every_train_and_save_option(pack):
     # places of their widget values)
     ids = [i.id for i in schema.inputs]
     assert ids.index("save_ema") < ids.index("saved_activations") == ids.index("base_compute") - 1
-    assert ids[-1] == "variant"  # model.variant (Z-Image-Turbo or Base), the newest widget, last
+    # model.variant (Z-Image-Turbo or Base), then train.selective_recompute, the newest widget, last
+    assert ids[-2:] == ["variant", "selective_recompute"]
     assert options.model_from_widgets(defaults).variant == "auto"
     assert options.model_from_widgets({**defaults, "variant": "base"}).variant == "base"
     assert options.model_from_widgets(defaults).base_compute == "bf16"
