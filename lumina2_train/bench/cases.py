@@ -161,15 +161,18 @@ def issue14_suite(steps: int = 10, warmup: int = 3) -> list[Group]:
                        "selective recompute", memory_budget_gib=24.0, target_ratio=0.0, target_peak_gib=0.0)
     b4 = Group("1024² batch 4, LoRA r16 attention", batch=4, steps=steps, warmup=warmup,
                variants=(exact, sel, fp8, fp8_sel, fp8_all, peer_mem))
+    b1_bf16 = Variant("compiled, ckpt auto ≤ 5.5 GiB, fp8 compute", memory_budget_gib=5.5, base_compute="fp8",
+                      target_ratio=2.5, target_peak_gib=5.5)
+    b1_8bit = Variant("compiled, ckpt auto ≤ 3.5 GiB, fp8 compute, fp8 base", memory_budget_gib=3.5,
+                      base_precision="fp8", base_compute="fp8", target_ratio=2.5, target_peak_gib=3.5)
     b1 = Group("1024² batch 1, LoRA r16 attention", batch=1, steps=steps, warmup=warmup, variants=(
-        Variant("compiled, ckpt auto ≤ 5.5 GiB, fp8 compute", memory_budget_gib=5.5, base_compute="fp8",
-                target_ratio=2.5, target_peak_gib=5.5),
-        Variant("compiled, ckpt auto ≤ 3.5 GiB, fp8 compute, fp8 base", memory_budget_gib=3.5, base_precision="fp8",
-                base_compute="fp8", target_ratio=2.5, target_peak_gib=3.5)))
+        b1_bf16, replace(b1_bf16, label=b1_bf16.label + ", selective recompute", selective=True),
+        b1_8bit, replace(b1_8bit, label=b1_8bit.label + ", selective recompute", selective=True)))
     full_v = Variant("full, compiled, ckpt auto ≤ 16 GiB, 8-bit AdamW in backward, fp8 frozen base",
                      memory_budget_gib=16.0, base_precision="fp8", target_ratio=2.0, target_peak_gib=16.0)
     full = Group("1024² batch 1, full fine-tune", batch=1, mode="full", steps=steps, warmup=warmup, variants=(
-        full_v, replace(full_v, label=full_v.label + ", fp8 activations", saved_activations="fp8")))
+        full_v, replace(full_v, label=full_v.label + ", selective recompute", selective=True),
+        replace(full_v, label=full_v.label + ", fp8 activations", saved_activations="fp8")))
     return [b4, b1, full]
 
 
