@@ -278,10 +278,12 @@ def run_bench(groups: list[Group], *, comfy_path: str = "", attention: bool = Tr
             weights = models.random_weights(s.config, device)
             native = models.native_state(weights, s.config)
         report["groups"].append(run_group(g, weights, native, s))
-        if peers and i == 0:
-            report["groups"][0]["peers"] = _peers(g, native, s, peers, peer_steps)
         if on_group is not None:
             on_group(report)
+        if peers and i == 0:
+            report["groups"][0]["peers"] = _peers(g, native, s, peers, peer_steps)
+            if on_group is not None:  # again: the peers can take minutes, and their rows join the group's
+                on_group(report)
     if attention and device.type == "cuda":
         g = groups[0]
         tokens = g.caption_tokens + (g.res // 16) ** 2
