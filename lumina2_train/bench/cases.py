@@ -147,13 +147,18 @@ def issue5_suite(steps: int = 10, warmup: int = 3) -> list[Group]:
     return [b4, b1, s512, full]
 
 
+def _selective(v: Variant) -> Variant:
+    """`v` with train.selective_recompute on, labelled so."""
+    return replace(v, label=v.label + ", selective recompute", selective=True)
+
+
 def issue14_suite(steps: int = 10, warmup: int = 3) -> list[Group]:
     """The fp8 targets (fp8 compute, compressed activations; docs/benchmarks.md) and the chain of what each adds."""
     exact = Variant("compiled, ckpt auto ≤ ref peak, bf16 exact", memory_budget_gib=REF_BUDGET, target_ratio=2.0,
                     target_peak_gib=REF_BUDGET)
-    sel = replace(exact, label=exact.label + ", selective recompute", selective=True)
+    sel = _selective(exact)
     fp8 = replace(exact, label="compiled, ckpt auto ≤ ref peak, fp8 compute", base_compute="fp8", target_ratio=2.5)
-    fp8_sel = replace(fp8, label=fp8.label + ", selective recompute", selective=True)
+    fp8_sel = _selective(fp8)
     fp8_all = replace(fp8_sel, label=fp8.label + ", fp8 base, fp8 activations, selective recompute",
                       base_precision="fp8", saved_activations="fp8")
     # within ComfyUI TrainLoraNode's 25.0 GiB (docs/benchmarks.md, "Peers"): the row its 8× target is read from
@@ -166,12 +171,12 @@ def issue14_suite(steps: int = 10, warmup: int = 3) -> list[Group]:
     b1_8bit = Variant("compiled, ckpt auto ≤ 3.5 GiB, fp8 compute, fp8 base", memory_budget_gib=3.5,
                       base_precision="fp8", base_compute="fp8", target_ratio=2.5, target_peak_gib=3.5)
     b1 = Group("1024² batch 1, LoRA r16 attention", batch=1, steps=steps, warmup=warmup, variants=(
-        b1_bf16, replace(b1_bf16, label=b1_bf16.label + ", selective recompute", selective=True),
-        b1_8bit, replace(b1_8bit, label=b1_8bit.label + ", selective recompute", selective=True)))
+        b1_bf16, _selective(b1_bf16),
+        b1_8bit, _selective(b1_8bit)))
     full_v = Variant("full, compiled, ckpt auto ≤ 16 GiB, 8-bit AdamW in backward, fp8 frozen base",
                      memory_budget_gib=16.0, base_precision="fp8", target_ratio=2.0, target_peak_gib=16.0)
     full = Group("1024² batch 1, full fine-tune", batch=1, mode="full", steps=steps, warmup=warmup, variants=(
-        full_v, replace(full_v, label=full_v.label + ", selective recompute", selective=True),
+        full_v, _selective(full_v),
         replace(full_v, label=full_v.label + ", fp8 activations", saved_activations="fp8")))
     return [b4, b1, full]
 
